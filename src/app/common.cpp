@@ -1,0 +1,76 @@
+#include "app/commands.hpp"
+
+#include <cstdio>
+#include <cstdlib>
+
+namespace keel::app {
+
+std::vector<flag_spec> common_flags() {
+  return {
+    {"config", "FILE", "configuration file (default: $KEEL_CONFIG, else built-in defaults)"},
+    {"data-dir", "DIR", "data directory (default ./data)"},
+    {"log-level", "LEVEL", "debug, info, warn or error"},
+    {"log-format", "FORMAT", "text or json (JSON lines)"},
+    {"synchronous", "MODE", "SQLite sync at commit: off, normal or full"},
+  };
+}
+
+result<config> resolve_config(const parsed_args& args) {
+  config cfg;
+  std::optional<std::string> file = args.value("config");
+  if (!file) {
+    if (const char* env = std::getenv("KEEL_CONFIG"); env != nullptr && *env != '\0') file = env;
+  }
+  if (file) {
+    auto loaded = load_config_file(*file, cfg);
+    if (!loaded) return loaded.err();
+    cfg = std::move(*loaded);
+  }
+  KEEL_TRY(apply_environment(cfg));
+  if (auto v = args.value("data-dir")) cfg.server.data_dir = *v;
+  if (auto v = args.value("http")) {
+    KEEL_TRY(parse_listen_address(*v));
+    cfg.http.listen = *v;
+  }
+  if (auto v = args.value("log-level"); v && !parse_log_level(*v, cfg.server.level))
+    return make_error(errc::invalid_argument,
+                      "--log-level must be debug, info, warn or error; got '{}'", *v);
+  if (auto v = args.value("log-format")) {
+    if (*v == "json") cfg.server.format = log_format::json;
+    else if (*v == "text") cfg.server.format = log_format::text;
+    else return make_error(errc::invalid_argument, "--log-format must be text or json; got '{}'", *v);
+  }
+  if (auto v = args.value("synchronous")) {
+    auto mode = sqlite::parse_sync_mode(*v);
+    if (!mode) return mode.err();
+    cfg.log.synchronous = *mode;
+  }
+  configure_logging(cfg.server.level, cfg.server.format);
+  return cfg;
+}
+
+result<std::unique_ptr<embedded_log>> open_log(const config& cfg) {
+  embedded_options options;
+  options.path = cfg.server.data_dir + "/log.db";
+  options.sync = cfg.log.synchronous;
+  options.busy_timeout_ms = cfg.log.busy_timeout_ms;
+  return embedded_log::open(std::move(options));
+}
+
+std::optional<parsed_args> parse_or_report(const command_spec& spec,
+                                           const std::vector<std::string>& args, int& code) {
+  auto parsed = parse_args(spec, args);
+  if (!parsed) {
+    std::fprintf(stderr, "%s\n", parsed.err().message.c_str());
+    code = exit_usage;
+    return std::nullopt;
+  }
+  if (parsed->help) {
+    std::fputs(help_text(spec).c_str(), stdout);
+    code = exit_ok;
+    return std::nullopt;
+  }
+  return std::move(*parsed);
+}
+
+} // namespace keel::app

@@ -1,0 +1,192 @@
+#include "app/config.hpp"
+
+#include <toml++/toml.h>
+
+#include <charconv>
+#include <cstdlib>
+#include <fstream>
+#include <functional>
+#include <set>
+
+namespace keel::app {
+namespace {
+
+/// Reads typed values out of one TOML table, remembering which keys it used
+/// so the rest can be reported as unknown.
+class table_reader {
+public:
+  table_reader(const toml::table* table, std::string prefix)
+    : table_(table), prefix_(std::move(prefix)) {}
+
+  template <class T>
+  result<void> get(std::string_view key, T& out) {
+    used_.insert(std::string{key});
+    if (table_ == nullptr) return ok();
+    const toml::node* node = table_->get(key);
+    if (node == nullptr) return ok();
+    if constexpr (std::is_same_v<T, bool>) {
+      if (auto v = node->value<bool>()) {
+        out = *v;
+        return ok();
+      }
+      return wrong(key, "a boolean");
+    } else if constexpr (std::is_integral_v<T>) {
+      auto v = node->value<std::int64_t>();
+      if (!v || !node->is_integer()) return wrong(key, "an integer");
+      if (*v < static_cast<std::int64_t>(std::numeric_limits<T>::min()) ||
+          static_cast<std::uint64_t>(*v) > static_cast<std::uint64_t>(std::numeric_limits<T>::max()))
+        return make_error(errc::invalid_argument, "{}{} = {} is out of range", prefix_, key, *v);
+      out = static_cast<T>(*v);
+      return ok();
+    } else {
+      if (auto v = node->value<std::string>(); v && node->is_string()) {
+        out = *v;
+        return ok();
+      }
+      return wrong(key, "a string");
+    }
+  }
+
+  result<void> finish() {
+    if (table_ == nullptr) return ok();
+    for (const auto& [key, node] : *table_) {
+      if (!used_.contains(std::string{key.str()}))
+        return make_error(errc::invalid_argument, "unknown setting {}{} (line {})", prefix_,
+                          key.str(), node.source().begin.line);
+    }
+    return ok();
+  }
+
+private:
+  result<void> wrong(std::string_view key, std::string_view want) {
+    return make_error(errc::invalid_argument, "{}{} must be {}", prefix_, key, want);
+  }
+  const toml::table* table_;
+  std::string prefix_;
+  std::set<std::string> used_;
+};
+
+result<void> parse_level(std::string_view text, log_level& out) {
+  if (!parse_log_level(text, out))
+    return make_error(errc::invalid_argument,
+                      "log level must be debug, info, warn or error; got '{}'", text);
+  return ok();
+}
+
+result<void> parse_format(std::string_view text, log_format& out) {
+  if (text == "text") out = log_format::text;
+  else if (text == "json") out = log_format::json;
+  else return make_error(errc::invalid_argument, "log format must be text or json; got '{}'", text);
+  return ok();
+}
+
+} // namespace
+
+result<config> load_config_file(const std::string& path, config cfg) {
+  toml::table root;
+  try {
+    root = toml::parse_file(path);
+  } catch (const toml::parse_error& e) {
+    const auto& where = e.source().begin;
+    // parse_file also fails on a missing file; tell the two apart.
+    if (!std::ifstream(path))
+      return make_error(errc::not_found, "cannot read config file {}", path);
+    return make_error(errc::invalid_argument, "{}:{}:{}: {}", path, where.line, where.column,
+                      e.description());
+  }
+  auto in_file = [&path](error e) { return with_context(std::move(e), path); };
+
+  std::set<std::string> sections{"server", "http", "log"};
+  for (const auto& [key, node] : root)
+    if (!sections.contains(std::string{key.str()}) || !node.is_table())
+      return in_file(make_error(errc::invalid_argument, "unknown section or setting '{}' (line {})",
+                                key.str(), node.source().begin.line));
+
+  {
+    table_reader t{root["server"].as_table(), "server."};
+    std::string level{to_string(cfg.server.level)}, format = cfg.server.format == log_format::json ? "json" : "text";
+    if (auto r = t.get("data_dir", cfg.server.data_dir); !r) return in_file(r.err());
+    if (auto r = t.get("log_level", level); !r) return in_file(r.err());
+    if (auto r = t.get("log_format", format); !r) return in_file(r.err());
+    if (auto r = t.get("retention_check_interval_ms", cfg.server.retention_check_interval_ms); !r) return in_file(r.err());
+    if (auto r = t.get("shutdown_timeout_ms", cfg.server.shutdown_timeout_ms); !r) return in_file(r.err());
+    if (auto r = t.finish(); !r) return in_file(r.err());
+    if (auto r = parse_level(level, cfg.server.level); !r) return in_file(r.err());
+    if (auto r = parse_format(format, cfg.server.format); !r) return in_file(r.err());
+  }
+  {
+    table_reader t{root["http"].as_table(), "http."};
+    if (auto r = t.get("listen", cfg.http.listen); !r) return in_file(r.err());
+    if (auto r = t.get("threads", cfg.http.threads); !r) return in_file(r.err());
+    if (auto r = t.get("body_bytes_max", cfg.http.body_bytes_max); !r) return in_file(r.err());
+    if (auto r = t.get("request_timeout_ms", cfg.http.request_timeout_ms); !r) return in_file(r.err());
+    if (auto r = t.get("connections_max", cfg.http.connections_max); !r) return in_file(r.err());
+    if (auto r = t.get("token", cfg.http.token); !r) return in_file(r.err());
+    if (auto r = t.get("read_token_required", cfg.http.read_token_required); !r) return in_file(r.err());
+    if (auto r = t.finish(); !r) return in_file(r.err());
+    if (auto r = parse_listen_address(cfg.http.listen); !r) return in_file(r.err());
+  }
+  {
+    table_reader t{root["log"].as_table(), "log."};
+    std::string sync{sqlite::to_string(cfg.log.synchronous)};
+    if (auto r = t.get("backend", cfg.log.backend); !r) return in_file(r.err());
+    if (auto r = t.get("synchronous", sync); !r) return in_file(r.err());
+    if (auto r = t.get("busy_timeout_ms", cfg.log.busy_timeout_ms); !r) return in_file(r.err());
+    if (auto r = t.get("default_partitions", cfg.log.default_partitions); !r) return in_file(r.err());
+    if (auto r = t.finish(); !r) return in_file(r.err());
+    auto mode = sqlite::parse_sync_mode(sync);
+    if (!mode) return in_file(mode.err());
+    cfg.log.synchronous = *mode;
+    if (cfg.log.backend != "embedded")
+      return in_file(make_error(errc::invalid_argument,
+                                "log.backend '{}' is not available; use \"embedded\"",
+                                cfg.log.backend));
+    if (cfg.log.default_partitions < 1 || cfg.log.default_partitions > 10000)
+      return in_file(make_error(errc::invalid_argument,
+                                "log.default_partitions must be 1 to 10000"));
+  }
+  cfg.source = path;
+  return cfg;
+}
+
+result<void> apply_environment(config& cfg) {
+  auto env = [](const char* name) -> const char* {
+    const char* v = std::getenv(name);
+    return (v != nullptr && *v != '\0') ? v : nullptr;
+  };
+  if (auto v = env("KEEL_DATA_DIR")) cfg.server.data_dir = v;
+  if (auto v = env("KEEL_HTTP_LISTEN")) {
+    KEEL_TRY(parse_listen_address(v));
+    cfg.http.listen = v;
+  }
+  if (auto v = env("KEEL_HTTP_TOKEN")) cfg.http.token = v;
+  if (auto v = env("KEEL_LOG_LEVEL")) KEEL_TRY(parse_level(v, cfg.server.level));
+  if (auto v = env("KEEL_LOG_FORMAT")) KEEL_TRY(parse_format(v, cfg.server.format));
+  if (auto v = env("KEEL_SYNCHRONOUS")) {
+    auto mode = sqlite::parse_sync_mode(v);
+    if (!mode) return mode.err();
+    cfg.log.synchronous = *mode;
+  }
+  return ok();
+}
+
+result<std::pair<std::string, std::uint16_t>> parse_listen_address(std::string_view text) {
+  auto colon = text.rfind(':');
+  if (colon == std::string_view::npos || colon == 0 || colon + 1 == text.size())
+    return make_error(errc::invalid_argument, "address '{}' must be HOST:PORT", text);
+  std::string_view host = text.substr(0, colon);
+  if (host.front() == '[') {
+    if (host.back() != ']' || host.size() < 3)
+      return make_error(errc::invalid_argument, "address '{}' has a malformed IPv6 host", text);
+    host = host.substr(1, host.size() - 2);
+  }
+  auto port_text = text.substr(colon + 1);
+  unsigned port = 0;
+  auto [end, ec] = std::from_chars(port_text.data(), port_text.data() + port_text.size(), port);
+  if (ec != std::errc{} || end != port_text.data() + port_text.size() || port > 65535)
+    return make_error(errc::invalid_argument, "port '{}' in '{}' must be 0 to 65535", port_text,
+                      text);
+  return std::pair{std::string{host}, static_cast<std::uint16_t>(port)};
+}
+
+} // namespace keel::app

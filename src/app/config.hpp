@@ -1,0 +1,58 @@
+#pragma once
+
+#include "base/logging.hpp"
+#include "base/result.hpp"
+#include "log/sqlite.hpp"
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace keel::app {
+
+/// Everything `keel` reads from conf/keel.toml, the environment and flags.
+/// Defaults are what a single machine wants.
+struct config {
+  struct server_section {
+    std::string data_dir = "./data";
+    log_level level = log_level::info;
+    log_format format = log_format::text;
+    std::int64_t retention_check_interval_ms = 60'000;
+    std::int64_t shutdown_timeout_ms = 10'000;
+  } server;
+
+  struct http_section {
+    std::string listen = "127.0.0.1:8080";
+    std::size_t threads = 2;
+    std::size_t body_bytes_max = 1024 * 1024;
+    std::int64_t request_timeout_ms = 15'000;
+    std::size_t connections_max = 1024;
+    /// Bearer token for mutations (and reads when read_token_required).
+    std::string token;
+    bool read_token_required = false;
+  } http;
+
+  struct log_section {
+    std::string backend = "embedded";
+    sqlite::sync_mode synchronous = sqlite::sync_mode::normal;
+    int busy_timeout_ms = 5000;
+    std::int32_t default_partitions = 4;
+  } log;
+
+  /// Where each value came from, for `keel config` and error messages.
+  std::string source = "defaults";
+};
+
+/// Loads a TOML file over the defaults. Unknown keys and wrong types are errors
+/// naming the key, so a typo never silently falls back to a default.
+result<config> load_config_file(const std::string& path, config base = {});
+
+/// Applies KEEL_* environment variables (KEEL_DATA_DIR, KEEL_HTTP_LISTEN,
+/// KEEL_HTTP_TOKEN, KEEL_LOG_LEVEL, KEEL_LOG_FORMAT, KEEL_SYNCHRONOUS).
+result<void> apply_environment(config& cfg);
+
+/// Splits "host:port" ("[::1]:8080" for IPv6); errc::invalid_argument otherwise.
+result<std::pair<std::string, std::uint16_t>> parse_listen_address(std::string_view text);
+
+} // namespace keel::app

@@ -1,0 +1,22 @@
+#pragma once
+
+#include <boost/json/value.hpp>
+
+#include <string>
+#include <string_view>
+
+namespace keel::app {
+
+/// True when `bytes` is well-formed UTF-8 (no overlongs, surrogates or values
+/// beyond U+10FFFF).
+bool is_utf8(std::string_view bytes) noexcept;
+
+/// Standard base64 (RFC 4648) with padding.
+std::string base64_encode(std::string_view bytes);
+
+/// Record bytes as JSON for `keel tail`: a JSON object or array stays
+/// structured; other UTF-8 text becomes a string; anything else is set under
+/// `<field>_base64` instead of `<field>`.
+void put_bytes(boost::json::object& out, std::string_view field, std::string_view bytes);
+
+} // namespace keel::app

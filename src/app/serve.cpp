@@ -1,0 +1,166 @@
+#include "app/commands.hpp"
+
+#include "base/logging.hpp"
+#include "http/server.hpp"
+#include "log/data_dir.hpp"
+
+#include <boost/json.hpp>
+
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <csignal>
+#include <cstdio>
+#include <ctime>
+#include <filesystem>
+#include <fstream>
+
+namespace keel::app {
+namespace {
+
+command_spec serve_spec() {
+  auto flags = common_flags();
+  flags.push_back({"http", "HOST:PORT", "address of the REST API and dashboard (default 127.0.0.1:8080; port 0 picks one)"});
+  return {"serve",
+          "Run the keel daemon on the embedded log: lock the data directory, open the log,\n"
+          "serve HTTP (/livez, /readyz, /api/v1/...). SIGTERM or SIGINT stops it cleanly.\n"
+          "The bound HTTP address is written to DATA_DIR/http.addr.",
+          "[--data-dir DIR] [--http HOST:PORT]", flags, 0, 0};
+}
+
+std::int64_t now_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+           std::chrono::system_clock::now().time_since_epoch())
+    .count();
+}
+
+/// Writes a file so readers never see it half-written.
+result<void> write_file_atomically(const std::string& path, const std::string& contents) {
+  const std::string temp = path + ".tmp";
+  {
+    std::ofstream out(temp, std::ios::trunc);
+    out << contents;
+    if (!out.flush()) return make_error(errc::io_error, "cannot write {}", temp);
+  }
+  std::error_code ec;
+  std::filesystem::rename(temp, path, ec);
+  if (ec) return make_error(errc::io_error, "cannot rename {} to {}: {}", temp, path, ec.message());
+  return ok();
+}
+
+http::router make_routes(embedded_log& log, const std::atomic<bool>& ready) {
+  http::router routes;
+  routes.add(http::bhttp::verb::get, "/livez", [](const http::request&, const http::route_params&) {
+    return http::json_response(http::bhttp::status::ok, {{"status", "live"}});
+  });
+  routes.add(http::bhttp::verb::get, "/readyz",
+             [&ready](const http::request&, const http::route_params&) {
+               if (!ready.load())
+                 return http::json_response(http::bhttp::status::service_unavailable,
+                                            {{"status", "starting"}});
+               return http::json_response(http::bhttp::status::ok, {{"status", "ready"}});
+             });
+  routes.add(http::bhttp::verb::get, "/api/v1/topics",
+             [&log](const http::request&, const http::route_params&) {
+               auto topics = log.list_topics();
+               if (!topics) return http::error_response(topics.err());
+               boost::json::array out;
+               for (const auto& t : *topics) {
+                 boost::json::array partitions;
+                 for (std::int32_t p = 0; p < t.partitions; ++p) {
+                   auto range = log.offsets(t.name, partition_id{p});
+                   if (!range) return http::error_response(range.err());
+                   partitions.push_back({{"partition", p},
+                                         {"start_offset", range->start.value()},
+                                         {"end_offset", range->end.value()}});
+                 }
+                 out.push_back({{"name", t.name},
+                                {"partitions", std::move(partitions)},
+                                {"cleanup", t.cleanup == cleanup_policy::compact ? "compact" : "delete"},
+                                {"retention_ms", t.retention_ms},
+                                {"retention_bytes", t.retention_bytes}});
+               }
+               return http::json_response(http::bhttp::status::ok, {{"topics", std::move(out)}});
+             });
+  return routes;
+}
+
+} // namespace
+
+int run_serve(const std::vector<std::string>& args) {
+  int code = exit_ok;
+  auto parsed = parse_or_report(serve_spec(), args, code);
+  if (!parsed) return code;
+  auto cfg = resolve_config(*parsed);
+  if (!cfg) {
+    std::fprintf(stderr, "keel serve: %s\n", cfg.err().message.c_str());
+    return exit_usage;
+  }
+  auto listen = parse_listen_address(cfg->http.listen);
+  if (!listen) {
+    std::fprintf(stderr, "keel serve: %s\n", listen.err().message.c_str());
+    return exit_usage;
+  }
+  auto fail = [](const error& e) {
+    log(log_level::error, "serve", "{}", e);
+    return exit_failure;
+  };
+
+  // Block the stop signals before any thread starts, so every thread inherits
+  // the mask and only sigtimedwait below receives them.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+
+  auto dir = data_dir::lock(cfg->server.data_dir);
+  if (!dir) return fail(dir.err());
+  auto opened = open_log(*cfg);
+  if (!opened) return fail(opened.err());
+  auto& log_store = **opened;
+  log(log_level::info, "serve", "opened log {} (synchronous={})", log_store.options().path,
+      sqlite::to_string(cfg->log.synchronous));
+
+  std::atomic<bool> ready{false};
+  http::server_options options;
+  options.address = listen->first;
+  options.port = listen->second;
+  options.threads = cfg->http.threads;
+  options.body_bytes_max = cfg->http.body_bytes_max;
+  options.request_timeout = std::chrono::milliseconds(cfg->http.request_timeout_ms);
+  options.connections_max = cfg->http.connections_max;
+  auto server = http::server::start(options, make_routes(log_store, ready));
+  if (!server) return fail(server.err());
+  const auto bound = fmt::format("{}:{}", (*server)->address(), (*server)->port());
+  if (auto r = write_file_atomically(dir->file("http.addr"), bound + "\n"); !r) return fail(r.err());
+  ready = true;
+  log(log_level::info, "serve", "keel {} serving http://{} with data in {}", KEEL_VERSION, bound,
+      dir->path());
+
+  auto next_clean_ms = now_ms();
+  int received = 0;
+  while (received == 0) {
+    if (now_ms() >= next_clean_ms) {
+      auto cleaned = log_store.clean(now_ms());
+      if (!cleaned) log(log_level::warn, "serve", "retention pass failed: {}", cleaned.err());
+      else if (cleaned->records_deleted > 0)
+        log(log_level::info, "serve", "retention removed {} records", cleaned->records_deleted);
+      next_clean_ms = now_ms() + cfg->server.retention_check_interval_ms;
+    }
+    const auto wait_ms = std::max<std::int64_t>(1, next_clean_ms - now_ms());
+    timespec timeout{static_cast<time_t>(wait_ms / 1000), static_cast<long>((wait_ms % 1000) * 1'000'000)};
+    int sig = sigtimedwait(&stop_signals, nullptr, &timeout);
+    if (sig > 0) received = sig;
+    else if (errno != EAGAIN && errno != EINTR) return fail(make_error(errc::internal, "sigtimedwait failed"));
+  }
+  log(log_level::info, "serve", "received {}, stopping", received == SIGTERM ? "SIGTERM" : "SIGINT");
+  ready = false;
+  (*server)->stop();
+  std::error_code ignored;
+  std::filesystem::remove(dir->file("http.addr"), ignored);
+  log(log_level::info, "serve", "stopped cleanly");
+  return exit_ok;
+}
+
+} // namespace keel::app

@@ -1,0 +1,90 @@
+#include "base/logging.hpp"
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <ctime>
+#include <mutex>
+
+namespace keel {
+namespace {
+
+std::atomic<log_level> min_level_{log_level::info};
+std::atomic<log_format> format_{log_format::text};
+std::mutex write_mutex_;
+
+std::string_view level_name(log_level level) {
+  switch (level) {
+    case log_level::debug: return "debug";
+    case log_level::info: return "info";
+    case log_level::warn: return "warn";
+    case log_level::error: return "error";
+  }
+  return "info";
+}
+
+// Escapes a string for a JSON string literal.
+void append_json_string(std::string& out, std::string_view text) {
+  out.push_back('"');
+  for (unsigned char c : text) {
+    switch (c) {
+      case '"': out += "\\\""; break;
+      case '\\': out += "\\\\"; break;
+      case '\n': out += "\\n"; break;
+      case '\r': out += "\\r"; break;
+      case '\t': out += "\\t"; break;
+      default:
+        if (c < 0x20) out += fmt::format("\\u{:04x}", c);
+        else out.push_back(static_cast<char>(c));
+    }
+  }
+  out.push_back('"');
+}
+
+} // namespace
+
+std::string_view to_string(log_level level) noexcept { return level_name(level); }
+
+void configure_logging(log_level min_level, log_format format) {
+  min_level_ = min_level;
+  format_ = format;
+}
+
+bool log_enabled(log_level level) noexcept { return level >= min_level_.load(); }
+
+bool parse_log_level(std::string_view text, log_level& out) noexcept {
+  for (auto l : {log_level::debug, log_level::info, log_level::warn, log_level::error})
+    if (text == level_name(l)) {
+      out = l;
+      return true;
+    }
+  return false;
+}
+
+void write_log(log_level level, std::string_view component, std::string_view message) {
+  using namespace std::chrono;
+  const auto now = system_clock::now();
+  const auto ms = duration_cast<milliseconds>(now.time_since_epoch()).count();
+  const std::time_t seconds = static_cast<std::time_t>(ms / 1000);
+  std::tm utc{};
+  gmtime_r(&seconds, &utc);
+  char stamp[32];
+  std::strftime(stamp, sizeof stamp, "%Y-%m-%dT%H:%M:%S", &utc);
+  std::string line;
+  if (format_.load() == log_format::json) {
+    line = fmt::format(R"({{"ts":"{}.{:03}Z","level":"{}","component":)", stamp, ms % 1000,
+                       level_name(level));
+    append_json_string(line, component);
+    line += R"(,"msg":)";
+    append_json_string(line, message);
+    line += "}\n";
+  } else {
+    line = fmt::format("{}.{:03}Z {:5} [{}] {}\n", stamp, ms % 1000, level_name(level), component,
+                       message);
+  }
+  std::lock_guard lock{write_mutex_};
+  std::fwrite(line.data(), 1, line.size(), stderr);
+  std::fflush(stderr);
+}
+
+} // namespace keel

@@ -1,0 +1,162 @@
+#include "http/router.hpp"
+
+#include "base/assert.hpp"
+
+#include <exception>
+
+namespace keel::http {
+namespace {
+
+std::vector<std::string_view> split_path(std::string_view path) {
+  std::vector<std::string_view> out;
+  while (!path.empty()) {
+    if (path.front() == '/') {
+      path.remove_prefix(1);
+      continue;
+    }
+    auto end = path.find('/');
+    out.push_back(path.substr(0, end));
+    if (end == std::string_view::npos) break;
+    path.remove_prefix(end);
+  }
+  return out;
+}
+
+int hex_value(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+} // namespace
+
+const std::string& route_params::at(std::string_view name) const {
+  auto it = path.find(name);
+  KEEL_ASSERT(it != path.end(), "route has no parameter {{{}}}", name);
+  return it->second;
+}
+
+bool url_decode(std::string_view in, std::string& out, bool plus_is_space) {
+  out.clear();
+  out.reserve(in.size());
+  for (std::size_t i = 0; i < in.size(); ++i) {
+    char c = in[i];
+    if (c == '%') {
+      if (i + 2 >= in.size()) return false;
+      int hi = hex_value(in[i + 1]);
+      int lo = hex_value(in[i + 2]);
+      if (hi < 0 || lo < 0) return false;
+      out.push_back(static_cast<char>(hi * 16 + lo));
+      i += 2;
+    } else if (c == '+' && plus_is_space) {
+      out.push_back(' ');
+    } else {
+      out.push_back(c);
+    }
+  }
+  return true;
+}
+
+void router::add(bhttp::verb method, std::string_view path_template, handler h) {
+  auto segments = split_path(path_template);
+  for (auto& r : routes_) {
+    if (r.path_template == path_template) {
+      KEEL_ASSERT(!r.handlers.contains(method), "route {} {} added twice",
+                  std::string_view{bhttp::to_string(method)}, path_template);
+      r.handlers[method] = std::move(h);
+      return;
+    }
+  }
+  route r;
+  for (auto s : segments) r.segments.emplace_back(s);
+  r.path_template = std::string{path_template};
+  r.handlers[method] = std::move(h);
+  routes_.push_back(std::move(r));
+}
+
+const router::route* router::match(std::string_view path, route_params* params) const {
+  auto segments = split_path(path);
+  for (const auto& r : routes_) {
+    if (r.segments.size() != segments.size()) continue;
+    bool matched = true;
+    route_params captured;
+    for (std::size_t i = 0; i < segments.size() && matched; ++i) {
+      const auto& want = r.segments[i];
+      if (want.size() > 2 && want.front() == '{' && want.back() == '}') {
+        std::string value;
+        if (!url_decode(segments[i], value, false) || value.empty()) matched = false;
+        else captured.path.emplace(want.substr(1, want.size() - 2), std::move(value));
+      } else if (want != segments[i]) {
+        matched = false;
+      }
+    }
+    if (matched) {
+      if (params != nullptr) params->path = std::move(captured.path);
+      return &r;
+    }
+  }
+  return nullptr;
+}
+
+std::string_view router::route_of(const request& req) const {
+  std::string_view target = req.target();
+  auto path = target.substr(0, target.find('?'));
+  auto* r = match(path, nullptr);
+  return r != nullptr ? std::string_view{r->path_template} : std::string_view{"unmatched"};
+}
+
+response router::dispatch(const request& req) const {
+  std::string_view target = req.target();
+  auto question = target.find('?');
+  auto path = target.substr(0, question);
+  route_params params;
+  if (question != std::string_view::npos) {
+    auto query = target.substr(question + 1);
+    while (!query.empty()) {
+      auto amp = query.find('&');
+      auto pair = query.substr(0, amp);
+      auto eq = pair.find('=');
+      std::string name, value;
+      if (!url_decode(pair.substr(0, eq), name, true) ||
+          (eq != std::string_view::npos && !url_decode(pair.substr(eq + 1), value, true)))
+        return error_response(bhttp::status::bad_request, "invalid_argument",
+                              "malformed percent-escape in the query string", req.version(),
+                              req.keep_alive());
+      if (!name.empty()) params.query[name] = value;
+      if (amp == std::string_view::npos) break;
+      query.remove_prefix(amp + 1);
+    }
+  }
+  const route* r = match(path, &params);
+  if (r == nullptr)
+    return error_response(bhttp::status::not_found, "not_found",
+                          fmt::format("no route for {}", path), req.version(), req.keep_alive());
+  auto it = r->handlers.find(req.method());
+  if (it == r->handlers.end() && req.method() == bhttp::verb::head)
+    it = r->handlers.find(bhttp::verb::get);
+  if (it == r->handlers.end()) {
+    std::string allow;
+    for (const auto& [method, h] : r->handlers) {
+      if (!allow.empty()) allow += ", ";
+      allow += bhttp::to_string(method);
+    }
+    auto res = error_response(bhttp::status::method_not_allowed, "method_not_allowed",
+                              fmt::format("{} does not accept {}", r->path_template,
+                                          std::string_view{bhttp::to_string(req.method())}),
+                              req.version(), req.keep_alive());
+    res.set(bhttp::field::allow, allow);
+    return res;
+  }
+  try {
+    auto res = it->second(req, params);
+    res.version(req.version());
+    res.keep_alive(req.keep_alive());
+    return res;
+  } catch (const std::exception& e) {
+    return error_response(bhttp::status::internal_server_error, "internal",
+                          fmt::format("handler failed: {}", e.what()), req.version(), false);
+  }
+}
+
+} // namespace keel::http

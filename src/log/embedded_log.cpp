@@ -1,0 +1,762 @@
+#include "log/embedded_log.hpp"
+
+#include "log/partitioner.hpp"
+
+#include <sqlite3.h>
+
+#include <algorithm>
+#include <cstring>
+#include <fstream>
+#include <limits>
+#include <unordered_map>
+
+namespace keel {
+namespace {
+
+// 'keel' in ASCII; SQLite's application_id marks the file as ours.
+constexpr std::int64_t application_id = 0x6b65656c;
+constexpr std::int64_t schema_version = 1;
+constexpr std::size_t topic_name_max = 249; // Kafka's limit
+
+constexpr std::string_view schema_sql = R"sql(
+CREATE TABLE topics(
+  id INTEGER PRIMARY KEY,
+  name TEXT NOT NULL UNIQUE,
+  partitions INTEGER NOT NULL,
+  cleanup INTEGER NOT NULL,
+  retention_ms INTEGER NOT NULL,
+  retention_bytes INTEGER NOT NULL,
+  tombstone_retention_ms INTEGER NOT NULL);
+CREATE TABLE partitions(
+  topic_id INTEGER NOT NULL,
+  partition INTEGER NOT NULL,
+  start_offset INTEGER NOT NULL,
+  next_offset INTEGER NOT NULL,
+  bytes INTEGER NOT NULL,
+  PRIMARY KEY(topic_id, partition)) WITHOUT ROWID;
+CREATE TABLE records(
+  topic_id INTEGER NOT NULL,
+  partition INTEGER NOT NULL,
+  offset INTEGER NOT NULL,
+  timestamp_ms INTEGER NOT NULL,
+  key BLOB,
+  value BLOB,
+  headers BLOB,
+  PRIMARY KEY(topic_id, partition, offset)) WITHOUT ROWID;
+CREATE TABLE positions(
+  group_name TEXT NOT NULL,
+  topic_id INTEGER NOT NULL,
+  partition INTEGER NOT NULL,
+  next_offset INTEGER NOT NULL,
+  PRIMARY KEY(group_name, topic_id, partition)) WITHOUT ROWID;
+)sql";
+
+// Headers are stored as one BLOB: for each header, a little-endian u32 name
+// length, the name, a u32 value length, the value.
+void put_u32(std::string& out, std::uint32_t v) {
+  for (int i = 0; i < 4; ++i) out.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
+}
+
+std::optional<std::string> encode_headers(const std::vector<record_header>& headers) {
+  if (headers.empty()) return std::nullopt;
+  std::string out;
+  for (const auto& [name, value] : headers) {
+    put_u32(out, static_cast<std::uint32_t>(name.size()));
+    out += name;
+    put_u32(out, static_cast<std::uint32_t>(value.size()));
+    out += value;
+  }
+  return out;
+}
+
+result<std::vector<record_header>> decode_headers(std::string_view in) {
+  std::vector<record_header> headers;
+  auto take = [&in](std::string& out) -> bool {
+    if (in.size() < 4) return false;
+    std::uint32_t n = 0;
+    for (int i = 0; i < 4; ++i) n |= std::uint32_t{static_cast<unsigned char>(in[i])} << (8 * i);
+    in.remove_prefix(4);
+    if (in.size() < n) return false;
+    out.assign(in.substr(0, n));
+    in.remove_prefix(n);
+    return true;
+  };
+  while (!in.empty()) {
+    record_header h;
+    if (!take(h.first) || !take(h.second))
+      return make_error(errc::corrupt, "record headers are truncated");
+    headers.push_back(std::move(h));
+  }
+  return headers;
+}
+
+std::size_t record_bytes(const record& r) {
+  std::size_t n = (r.key ? r.key->size() : 0) + (r.value ? r.value->size() : 0);
+  for (const auto& [name, value] : r.headers) n += name.size() + value.size() + 8;
+  return n;
+}
+
+// Bytes counted against retention_bytes: key and value, as Kafka counts them.
+std::int64_t payload_bytes(const record& r) {
+  return static_cast<std::int64_t>((r.key ? r.key->size() : 0) + (r.value ? r.value->size() : 0));
+}
+
+std::string describe_spec(const topic_spec& s) {
+  return fmt::format("partitions={} cleanup={} retention_ms={} retention_bytes={}",
+                     s.partitions, s.cleanup == cleanup_policy::compact ? "compact" : "remove",
+                     s.retention_ms, s.retention_bytes);
+}
+
+// Reads the first bytes of an existing file to tell "not SQLite" apart from
+// "SQLite but damaged" before SQLite gets to look at it.
+result<bool> check_file_header(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return false; // does not exist (or unreadable: open reports it)
+  char header[16] = {};
+  in.read(header, sizeof header);
+  auto n = in.gcount();
+  if (n == 0) return false; // empty file: treated as new
+  if (n < 16 || std::memcmp(header, "SQLite format 3\0", 16) != 0)
+    return make_error(errc::foreign_format,
+                      "{} is not a keel log: it is not an SQLite database", path);
+  return true;
+}
+
+} // namespace
+
+result<void> validate_topic_spec(const topic_spec& spec) {
+  if (spec.name.empty() || spec.name.size() > topic_name_max)
+    return make_error(errc::invalid_argument, "topic name must have 1 to {} characters",
+                      topic_name_max);
+  for (char c : spec.name) {
+    bool allowed = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                   c == '.' || c == '_' || c == '-';
+    if (!allowed)
+      return make_error(errc::invalid_argument,
+                        "topic name '{}' may only hold letters, digits, '.', '_' and '-'",
+                        spec.name);
+  }
+  if (spec.partitions < 1 || spec.partitions > 10000)
+    return make_error(errc::invalid_argument, "topic '{}': partitions must be 1 to 10000, got {}",
+                      spec.name, spec.partitions);
+  if (spec.retention_ms < -1 || spec.retention_bytes < -1 || spec.tombstone_retention_ms < 0)
+    return make_error(errc::invalid_argument,
+                      "topic '{}': retention limits must be -1 (none) or non-negative",
+                      spec.name);
+  return ok();
+}
+
+struct embedded_log::reader {
+  sqlite::connection db;
+  sqlite::statement read;
+  sqlite::statement offsets;
+  sqlite::statement position;
+};
+
+/// Holds a reader connection and gives it back to the pool on every path out.
+struct embedded_log::lease {
+  embedded_log* log;
+  std::unique_ptr<reader> r;
+  lease(embedded_log* owner, std::unique_ptr<reader> held) : log(owner), r(std::move(held)) {}
+  lease(const lease&) = delete;
+  lease& operator=(const lease&) = delete;
+  ~lease() { log->release_reader(std::move(r)); }
+  reader* operator->() const { return r.get(); }
+};
+
+struct embedded_log::writer_statements {
+  sqlite::statement insert_record;
+  sqlite::statement select_partition;
+  sqlite::statement update_partition;
+  sqlite::statement select_position;
+  sqlite::statement upsert_position;
+};
+
+embedded_log::embedded_log(embedded_options options) : options_(std::move(options)) {}
+
+embedded_log::~embedded_log() = default;
+
+result<std::unique_ptr<embedded_log>> embedded_log::open(embedded_options options) {
+  std::unique_ptr<embedded_log> log{new embedded_log(std::move(options))};
+  if (auto r = log->initialise(); !r) return std::move(r).err();
+  return log;
+}
+
+result<void> embedded_log::initialise() {
+  const auto& path = options_.path;
+  auto existing = check_file_header(path);
+  if (!existing) return std::move(existing).err();
+
+  auto db = sqlite::connection::open(path, sqlite::open_mode::read_write_create);
+  if (!db) return std::move(db).err();
+  writer_ = std::move(*db);
+  writer_.set_busy_timeout(options_.busy_timeout_ms);
+
+  // Reading the schema makes SQLite parse page 1: a damaged header fails here.
+  auto tables = writer_.query_int("SELECT count(*) FROM sqlite_master");
+  if (!tables) return with_context(std::move(tables).err(), "open log " + path);
+  auto app = writer_.query_int("PRAGMA application_id");
+  if (!app) return std::move(app).err();
+  if (*app != application_id && !(*app == 0 && *tables == 0))
+    return make_error(errc::foreign_format,
+                      "{} is not a keel log: it is an SQLite database of another application "
+                      "(application_id {:#x})",
+                      path, *app);
+
+  auto mode = writer_.query_text("PRAGMA journal_mode=WAL");
+  if (!mode) return std::move(mode).err();
+  if (*mode != "wal")
+    return make_error(errc::io_error, "{}: cannot switch to WAL mode (journal_mode is {})", path,
+                      *mode);
+  KEEL_TRY(writer_.exec(fmt::format("PRAGMA synchronous={}; PRAGMA cache_size=-{}; "
+                                    "PRAGMA mmap_size={}; PRAGMA temp_store=MEMORY",
+                                    sqlite::to_string(options_.sync), options_.cache_kib,
+                                    options_.mmap_bytes)));
+
+  if (*tables == 0) {
+    auto txn = sqlite::transaction::begin(writer_);
+    if (!txn) return std::move(txn).err();
+    // Another process may have created the schema while we waited for the lock.
+    auto again = writer_.query_int("SELECT count(*) FROM sqlite_master");
+    if (!again) return std::move(again).err();
+    if (*again == 0) {
+      KEEL_TRY(writer_.exec(schema_sql));
+      KEEL_TRY(writer_.exec(fmt::format("PRAGMA application_id={}; PRAGMA user_version={}",
+                                        application_id, schema_version)));
+    }
+    KEEL_TRY(txn->commit());
+  }
+  auto version = writer_.query_int("PRAGMA user_version");
+  if (!version) return std::move(version).err();
+  if (*version != schema_version)
+    return make_error(errc::foreign_format,
+                      "{} holds keel log schema {}, this keel reads schema {}", path, *version,
+                      schema_version);
+
+  auto w = std::make_unique<writer_statements>();
+  auto prepare = [this](sqlite::statement& into, std::string_view sql) -> result<void> {
+    auto s = writer_.prepare(sql);
+    if (!s) return std::move(s).err();
+    into = std::move(*s);
+    return ok();
+  };
+  KEEL_TRY(prepare(w->insert_record,
+                   "INSERT INTO records(topic_id, partition, offset, timestamp_ms, key, value, "
+                   "headers) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"));
+  KEEL_TRY(prepare(w->select_partition,
+                   "SELECT next_offset FROM partitions WHERE topic_id=?1 AND partition=?2"));
+  KEEL_TRY(prepare(w->update_partition,
+                   "UPDATE partitions SET next_offset=?3, bytes=bytes+?4 "
+                   "WHERE topic_id=?1 AND partition=?2"));
+  KEEL_TRY(prepare(w->select_position,
+                   "SELECT next_offset FROM positions "
+                   "WHERE group_name=?1 AND topic_id=?2 AND partition=?3"));
+  KEEL_TRY(prepare(w->upsert_position,
+                   "INSERT INTO positions(group_name, topic_id, partition, next_offset) "
+                   "VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO UPDATE SET next_offset=excluded.next_offset"));
+  write_ = std::move(w);
+  return load_topics(writer_);
+}
+
+result<void> embedded_log::load_topics(sqlite::connection& db) {
+  auto stmt = db.prepare("SELECT id, name, partitions, cleanup, retention_ms, retention_bytes, "
+                         "tombstone_retention_ms FROM topics");
+  if (!stmt) return std::move(stmt).err();
+  std::map<std::string, std::shared_ptr<const topic_info>, std::less<>> loaded;
+  for (;;) {
+    auto row = stmt->step();
+    if (!row) return with_context(std::move(row).err(), "load topics");
+    if (!*row) break;
+    auto info = std::make_shared<topic_info>();
+    info->id = stmt->column_int(0);
+    info->spec.name = stmt->column_text(1);
+    info->spec.partitions = static_cast<std::int32_t>(stmt->column_int(2));
+    info->spec.cleanup = static_cast<cleanup_policy>(stmt->column_int(3));
+    info->spec.retention_ms = stmt->column_int(4);
+    info->spec.retention_bytes = stmt->column_int(5);
+    info->spec.tombstone_retention_ms = stmt->column_int(6);
+    loaded.emplace(info->spec.name, std::move(info));
+  }
+  std::unique_lock lock{topics_mutex_};
+  topics_ = std::move(loaded);
+  return ok();
+}
+
+result<embedded_log::topic_info> embedded_log::find_topic(std::string_view name,
+                                                          sqlite::connection& db) {
+  {
+    std::shared_lock lock{topics_mutex_};
+    if (auto it = topics_.find(name); it != topics_.end()) return *it->second;
+  }
+  KEEL_TRY(load_topics(db));
+  std::shared_lock lock{topics_mutex_};
+  if (auto it = topics_.find(name); it != topics_.end()) return *it->second;
+  return make_error(errc::not_found, "no topic '{}'", name);
+}
+
+result<void> embedded_log::create_topic(const topic_spec& spec) {
+  KEEL_TRY(validate_topic_spec(spec));
+  std::lock_guard lock{writer_mutex_};
+  auto txn = sqlite::transaction::begin(writer_);
+  if (!txn) return with_context(std::move(txn).err(), "create topic " + spec.name);
+  auto existing = find_topic(spec.name, writer_);
+  if (existing) {
+    if (existing->spec == spec) return ok();
+    return make_error(errc::already_exists,
+                      "topic '{}' exists with {}, not {}", spec.name,
+                      describe_spec(existing->spec), describe_spec(spec));
+  }
+  auto insert = writer_.prepare(
+    "INSERT INTO topics(name, partitions, cleanup, retention_ms, retention_bytes, "
+    "tombstone_retention_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)");
+  if (!insert) return std::move(insert).err();
+  insert->bind(1, spec.name);
+  insert->bind(2, std::int64_t{spec.partitions});
+  insert->bind(3, static_cast<std::int64_t>(spec.cleanup));
+  insert->bind(4, spec.retention_ms);
+  insert->bind(5, spec.retention_bytes);
+  insert->bind(6, spec.tombstone_retention_ms);
+  if (auto r = insert->step(); !r) return with_context(std::move(r).err(), "create topic " + spec.name);
+  const auto id = sqlite3_last_insert_rowid(writer_.handle());
+  auto part = writer_.prepare("INSERT INTO partitions(topic_id, partition, start_offset, "
+                              "next_offset, bytes) VALUES (?1, ?2, 0, 0, 0)");
+  if (!part) return std::move(part).err();
+  for (std::int32_t p = 0; p < spec.partitions; ++p) {
+    part->bind(1, id);
+    part->bind(2, std::int64_t{p});
+    if (auto r = part->step(); !r) return with_context(std::move(r).err(), "create topic " + spec.name);
+    part->reset();
+  }
+  if (auto r = txn->commit(); !r) return with_context(std::move(r).err(), "create topic " + spec.name);
+  std::unique_lock topics_lock{topics_mutex_};
+  topics_[spec.name] = std::make_shared<topic_info>(topic_info{id, spec});
+  return ok();
+}
+
+result<topic_spec> embedded_log::describe_topic(std::string_view name) {
+  auto acquired = acquire_reader();
+  if (!acquired) return std::move(acquired).err();
+  lease r{this, std::move(*acquired)};
+  auto info = find_topic(name, r->db);
+  if (!info) return std::move(info).err();
+  return info->spec;
+}
+
+result<std::vector<topic_spec>> embedded_log::list_topics() {
+  {
+    auto acquired = acquire_reader();
+    if (!acquired) return std::move(acquired).err();
+    lease r{this, std::move(*acquired)};
+    KEEL_TRY(load_topics(r->db));
+  }
+  std::vector<topic_spec> out;
+  std::shared_lock lock{topics_mutex_};
+  for (const auto& [name, info] : topics_) out.push_back(info->spec);
+  return out;
+}
+
+result<commit_receipt> embedded_log::commit(const commit_batch& batch) {
+  std::lock_guard lock{writer_mutex_};
+  return commit_locked(batch);
+}
+
+result<commit_receipt> embedded_log::commit_locked(const commit_batch& batch) {
+  // Validate everything that does not need the file before taking its lock.
+  struct resolved {
+    std::int64_t topic_id;
+    partition_id partition;
+  };
+  std::vector<resolved> targets;
+  targets.reserve(batch.records.size());
+  for (const auto& entry : batch.records) {
+    auto topic = find_topic(entry.topic, writer_);
+    if (!topic) return with_context(std::move(topic).err(), "append");
+    const auto& spec = topic->spec;
+    if (record_bytes(entry.data) > options_.record_bytes_max)
+      return make_error(errc::too_large, "append to {}: record of {} bytes exceeds the limit of {}",
+                        spec.name, record_bytes(entry.data), options_.record_bytes_max);
+    if (spec.cleanup == cleanup_policy::compact && !entry.data.key)
+      return make_error(errc::invalid_argument,
+                        "append to {}: a compacted topic needs a key on every record", spec.name);
+    partition_id p;
+    if (entry.partition) {
+      p = *entry.partition;
+      if (p.value() < 0 || p.value() >= spec.partitions)
+        return make_error(errc::invalid_argument, "append to {}: partition {} outside 0..{}",
+                          spec.name, p, spec.partitions - 1);
+    } else if (entry.data.key) {
+      p = partition_for_key(*entry.data.key, spec.partitions);
+    } else {
+      // Keyless records spread round-robin, like Kafka's sticky-free default.
+      auto& next = round_robin_[spec.name];
+      p = partition_id{static_cast<std::int32_t>(next++ % static_cast<std::uint64_t>(spec.partitions))};
+    }
+    targets.push_back({topic->id, p});
+  }
+
+  auto txn = sqlite::transaction::begin(writer_);
+  if (!txn) return with_context(std::move(txn).err(), "commit");
+  auto& w = *write_;
+
+  struct partition_cursor {
+    std::int64_t next = 0;
+    std::int64_t bytes_added = 0;
+  };
+  std::map<std::pair<std::int64_t, std::int32_t>, partition_cursor> cursors;
+  auto cursor_for = [&](std::int64_t topic_id, partition_id p) -> result<partition_cursor*> {
+    auto key = std::pair{topic_id, p.value()};
+    if (auto it = cursors.find(key); it != cursors.end()) return &it->second;
+    w.select_partition.bind(1, topic_id);
+    w.select_partition.bind(2, std::int64_t{p.value()});
+    auto row = w.select_partition.step();
+    if (!row) return std::move(row).err();
+    if (!*row) return make_error(errc::corrupt, "partition {} of topic id {} has no row", p, topic_id);
+    partition_cursor c{w.select_partition.column_int(0), 0};
+    w.select_partition.reset();
+    return &cursors.emplace(key, c).first->second;
+  };
+
+  commit_receipt receipt;
+  receipt.placements.reserve(batch.records.size());
+  for (std::size_t i = 0; i < batch.records.size(); ++i) {
+    const auto& data = batch.records[i].data;
+    auto cursor = cursor_for(targets[i].topic_id, targets[i].partition);
+    if (!cursor) return with_context(std::move(cursor).err(), "append to " + batch.records[i].topic);
+    auto headers = encode_headers(data.headers);
+    auto& ins = w.insert_record;
+    ins.bind(1, targets[i].topic_id);
+    ins.bind(2, std::int64_t{targets[i].partition.value()});
+    ins.bind(3, (*cursor)->next);
+    ins.bind(4, data.timestamp_ms);
+    ins.bind_blob(5, data.key);
+    ins.bind_blob(6, data.value);
+    ins.bind_blob(7, headers);
+    auto done = ins.step();
+    ins.reset();
+    if (!done)
+      return with_context(std::move(done).err(),
+                          fmt::format("append to {}[{}] at offset {}", batch.records[i].topic,
+                                      targets[i].partition, (*cursor)->next));
+    receipt.placements.emplace_back(targets[i].partition, log_offset{(*cursor)->next});
+    (*cursor)->next += 1;
+    (*cursor)->bytes_added += payload_bytes(data);
+  }
+  for (const auto& [key, cursor] : cursors) {
+    auto& up = w.update_partition;
+    up.bind(1, key.first);
+    up.bind(2, std::int64_t{key.second});
+    up.bind(3, cursor.next);
+    up.bind(4, cursor.bytes_added);
+    auto done = up.step();
+    up.reset();
+    if (!done) return with_context(std::move(done).err(), "commit: advance partition");
+  }
+
+  for (const auto& pos : batch.positions) {
+    auto topic = find_topic(pos.topic, writer_);
+    if (!topic) return with_context(std::move(topic).err(), "commit position");
+    if (pos.partition.value() < 0 || pos.partition.value() >= topic->spec.partitions)
+      return make_error(errc::invalid_argument, "commit position of {} in {}: no partition {}",
+                        pos.group, pos.topic, pos.partition);
+    auto cursor = cursor_for(topic->id, pos.partition);
+    if (!cursor) return std::move(cursor).err();
+    if (pos.next.value() < 0 || pos.next.value() > (*cursor)->next)
+      return make_error(errc::invalid_argument,
+                        "commit position of {} in {}[{}]: offset {} is beyond the end {}",
+                        pos.group, pos.topic, pos.partition, pos.next, (*cursor)->next);
+    if (pos.expected) {
+      auto& sel = w.select_position;
+      sel.bind(1, pos.group);
+      sel.bind(2, topic->id);
+      sel.bind(3, std::int64_t{pos.partition.value()});
+      auto row = sel.step();
+      std::int64_t stored = (row && *row) ? sel.column_int(0) : 0;
+      sel.reset();
+      if (!row) return with_context(std::move(row).err(), "commit position");
+      if (stored != pos.expected->value())
+        return make_error(errc::fenced,
+                          "position of {} in {}[{}] is {}, this commit started from {}: "
+                          "another owner committed in between",
+                          pos.group, pos.topic, pos.partition, stored, *pos.expected);
+    }
+    auto& up = w.upsert_position;
+    up.bind(1, pos.group);
+    up.bind(2, topic->id);
+    up.bind(3, std::int64_t{pos.partition.value()});
+    up.bind(4, pos.next.value());
+    auto done = up.step();
+    up.reset();
+    if (!done) return with_context(std::move(done).err(), "commit position");
+  }
+
+  if (auto r = txn->commit(); !r) return with_context(std::move(r).err(), "commit");
+  return receipt;
+}
+
+result<std::unique_ptr<embedded_log::reader>> embedded_log::acquire_reader() {
+  {
+    std::unique_lock lock{readers_mutex_};
+    readers_cv_.wait(lock, [this] {
+      return !idle_readers_.empty() || readers_open_ < options_.readers_max;
+    });
+    if (!idle_readers_.empty()) {
+      auto r = std::move(idle_readers_.back());
+      idle_readers_.pop_back();
+      return r;
+    }
+    ++readers_open_;
+  }
+  auto fail = [this](error e) -> result<std::unique_ptr<reader>> {
+    std::lock_guard lock{readers_mutex_};
+    --readers_open_;
+    readers_cv_.notify_one();
+    return e;
+  };
+  auto db = sqlite::connection::open(options_.path, sqlite::open_mode::read_write);
+  if (!db) return fail(std::move(db).err());
+  auto r = std::make_unique<reader>();
+  r->db = std::move(*db);
+  r->db.set_busy_timeout(options_.busy_timeout_ms);
+  if (auto e = r->db.exec(fmt::format("PRAGMA cache_size=-{}; PRAGMA mmap_size={}",
+                                      options_.cache_kib, options_.mmap_bytes));
+      !e)
+    return fail(std::move(e).err());
+  auto read = r->db.prepare("SELECT offset, timestamp_ms, key, value, headers FROM records "
+                            "WHERE topic_id=?1 AND partition=?2 AND offset>=?3 "
+                            "ORDER BY offset LIMIT ?4");
+  auto offsets = r->db.prepare(
+    "SELECT start_offset, next_offset FROM partitions WHERE topic_id=?1 AND partition=?2");
+  auto position = r->db.prepare("SELECT next_offset FROM positions WHERE group_name=?1 AND "
+                                "topic_id=?2 AND partition=?3");
+  if (!read) return fail(std::move(read).err());
+  if (!offsets) return fail(std::move(offsets).err());
+  if (!position) return fail(std::move(position).err());
+  r->read = std::move(*read);
+  r->offsets = std::move(*offsets);
+  r->position = std::move(*position);
+  return r;
+}
+
+void embedded_log::release_reader(std::unique_ptr<reader> r) {
+  std::lock_guard lock{readers_mutex_};
+  idle_readers_.push_back(std::move(r));
+  readers_cv_.notify_one();
+}
+
+
+result<std::vector<stored_record>> embedded_log::read(std::string_view topic,
+                                                      partition_id partition, log_offset from,
+                                                      read_limits limits) {
+  auto acquired = acquire_reader();
+  if (!acquired) return std::move(acquired).err();
+  lease r{this, std::move(*acquired)};
+  auto info = find_topic(topic, r->db);
+  if (!info) return std::move(info).err();
+  if (partition.value() < 0 || partition.value() >= info->spec.partitions)
+    return make_error(errc::not_found, "topic {} has no partition {}", topic, partition);
+  auto& s = r->read;
+  s.bind(1, info->id);
+  s.bind(2, std::int64_t{partition.value()});
+  s.bind(3, from.value());
+  s.bind(4, static_cast<std::int64_t>(std::max<std::size_t>(limits.max_records, 1)));
+  std::vector<stored_record> out;
+  out.reserve(std::min<std::size_t>(limits.max_records, 4096));
+  std::size_t bytes = 0;
+  for (;;) {
+    auto row = s.step();
+    if (!row) {
+      s.reset();
+      return with_context(std::move(row).err(),
+                          fmt::format("read {}[{}] from {}", topic, partition, from));
+    }
+    if (!*row) break;
+    stored_record rec;
+    rec.partition = partition;
+    rec.offset = log_offset{s.column_int(0)};
+    rec.data.timestamp_ms = s.column_int(1);
+    rec.data.key = s.column_blob(2);
+    rec.data.value = s.column_blob(3);
+    if (!s.column_is_null(4)) {
+      auto headers = decode_headers(s.column_view(4));
+      if (!headers) {
+        s.reset();
+        return with_context(std::move(headers).err(),
+                            fmt::format("read {}[{}] at {}", topic, partition, rec.offset));
+      }
+      rec.data.headers = std::move(*headers);
+    }
+    bytes += record_bytes(rec.data);
+    out.push_back(std::move(rec));
+    if (bytes >= limits.max_bytes) break;
+  }
+  s.reset();
+  return out;
+}
+
+result<offset_range> embedded_log::offsets(std::string_view topic, partition_id partition) {
+  auto acquired = acquire_reader();
+  if (!acquired) return std::move(acquired).err();
+  lease r{this, std::move(*acquired)};
+  auto info = find_topic(topic, r->db);
+  if (!info) return std::move(info).err();
+  auto& s = r->offsets;
+  s.bind(1, info->id);
+  s.bind(2, std::int64_t{partition.value()});
+  auto row = s.step();
+  result<offset_range> out =
+    make_error(errc::not_found, "topic {} has no partition {}", topic, partition);
+  if (!row)
+    out = with_context(std::move(row).err(), fmt::format("offsets of {}[{}]", topic, partition));
+  else if (*row)
+    out = offset_range{log_offset{s.column_int(0)}, log_offset{s.column_int(1)}};
+  s.reset();
+  return out;
+}
+
+result<std::optional<log_offset>> embedded_log::position(std::string_view group,
+                                                         std::string_view topic,
+                                                         partition_id partition) {
+  auto acquired = acquire_reader();
+  if (!acquired) return std::move(acquired).err();
+  lease r{this, std::move(*acquired)};
+  auto info = find_topic(topic, r->db);
+  if (!info) return std::move(info).err();
+  auto& s = r->position;
+  s.bind(1, group);
+  s.bind(2, info->id);
+  s.bind(3, std::int64_t{partition.value()});
+  auto row = s.step();
+  result<std::optional<log_offset>> out = std::optional<log_offset>{};
+  if (!row)
+    out = with_context(std::move(row).err(),
+                       fmt::format("position of {} in {}[{}]", group, topic, partition));
+  else if (*row)
+    out = std::optional<log_offset>{log_offset{s.column_int(0)}};
+  s.reset();
+  return out;
+}
+
+result<cleanup_stats> embedded_log::clean(std::int64_t now_ms) {
+  auto topics = list_topics();
+  if (!topics) return std::move(topics).err();
+  cleanup_stats stats;
+  for (const auto& spec : *topics) {
+    std::shared_ptr<const topic_info> info;
+    {
+      std::shared_lock lock{topics_mutex_};
+      info = topics_.at(spec.name);
+    }
+    for (std::int32_t p = 0; p < spec.partitions; ++p) {
+      // One transaction per partition keeps the writer lock short.
+      std::lock_guard lock{writer_mutex_};
+      auto deleted = clean_partition(*info, partition_id{p}, now_ms);
+      if (!deleted) return std::move(deleted).err();
+      stats.records_deleted += *deleted;
+      stats.partitions_visited += 1;
+    }
+  }
+  return stats;
+}
+
+result<std::int64_t> embedded_log::clean_partition(const topic_info& topic, partition_id partition,
+                                                   std::int64_t now_ms) {
+  const auto& spec = topic.spec;
+  const bool compact = spec.cleanup == cleanup_policy::compact;
+  if (!compact && spec.retention_ms < 0 && spec.retention_bytes < 0) return 0;
+  auto txn = sqlite::transaction::begin(writer_);
+  if (!txn) return std::move(txn).err();
+  auto scan = writer_.prepare(
+    "SELECT offset, timestamp_ms, key, value IS NULL, "
+    "coalesce(length(key), 0) + coalesce(length(value), 0) "
+    "FROM records WHERE topic_id=?1 AND partition=?2 ORDER BY offset");
+  auto bytes_of = writer_.prepare("SELECT bytes FROM partitions WHERE topic_id=?1 AND partition=?2");
+  if (!scan) return std::move(scan).err();
+  if (!bytes_of) return std::move(bytes_of).err();
+  scan->bind(1, topic.id);
+  scan->bind(2, std::int64_t{partition.value()});
+  bytes_of->bind(1, topic.id);
+  bytes_of->bind(2, std::int64_t{partition.value()});
+  auto have = bytes_of->step();
+  if (!have) return std::move(have).err();
+  std::int64_t bytes_total = *have ? bytes_of->column_int(0) : 0;
+
+  std::vector<std::int64_t> doomed;
+  if (compact) {
+    struct latest {
+      std::int64_t offset;
+      std::int64_t timestamp_ms;
+      bool tombstone;
+    };
+    std::unordered_map<std::string, latest> by_key;
+    for (;;) {
+      auto row = scan->step();
+      if (!row) return std::move(row).err();
+      if (!*row) break;
+      latest now{scan->column_int(0), scan->column_int(1), scan->column_int(3) != 0};
+      auto [it, inserted] = by_key.try_emplace(scan->column_text(2), now);
+      if (!inserted) {
+        doomed.push_back(it->second.offset);
+        it->second = now;
+      }
+    }
+    for (const auto& [key, last] : by_key)
+      if (last.tombstone && last.timestamp_ms < now_ms - spec.tombstone_retention_ms)
+        doomed.push_back(last.offset);
+  } else {
+    const std::int64_t cutoff_ms = spec.retention_ms >= 0 ? now_ms - spec.retention_ms
+                                                          : std::numeric_limits<std::int64_t>::min();
+    std::int64_t remaining = bytes_total;
+    for (;;) {
+      auto row = scan->step();
+      if (!row) return std::move(row).err();
+      if (!*row) break;
+      const bool too_old = scan->column_int(1) < cutoff_ms;
+      const bool too_big = spec.retention_bytes >= 0 && remaining > spec.retention_bytes;
+      if (!too_old && !too_big) break; // only a prefix goes
+      doomed.push_back(scan->column_int(0));
+      remaining -= scan->column_int(4);
+    }
+  }
+  scan->reset();
+  if (doomed.empty()) return 0;
+
+  auto del = writer_.prepare("DELETE FROM records WHERE topic_id=?1 AND partition=?2 AND offset=?3");
+  if (!del) return std::move(del).err();
+  for (auto offset : doomed) {
+    del->bind(1, topic.id);
+    del->bind(2, std::int64_t{partition.value()});
+    del->bind(3, offset);
+    if (auto r = del->step(); !r) return std::move(r).err();
+    del->reset();
+  }
+  auto fix = writer_.prepare(
+    "UPDATE partitions SET "
+    "start_offset = coalesce((SELECT min(offset) FROM records WHERE topic_id=?1 AND partition=?2), next_offset), "
+    "bytes = coalesce((SELECT sum(coalesce(length(key), 0) + coalesce(length(value), 0)) FROM records "
+    "WHERE topic_id=?1 AND partition=?2), 0) WHERE topic_id=?1 AND partition=?2");
+  if (!fix) return std::move(fix).err();
+  fix->bind(1, topic.id);
+  fix->bind(2, std::int64_t{partition.value()});
+  if (auto r = fix->step(); !r) return std::move(r).err();
+  KEEL_TRY(txn->commit());
+  return static_cast<std::int64_t>(doomed.size());
+}
+
+result<void> embedded_log::verify() {
+  std::lock_guard lock{writer_mutex_};
+  auto stmt = writer_.prepare("PRAGMA integrity_check");
+  if (!stmt) return std::move(stmt).err();
+  std::string findings;
+  for (;;) {
+    auto row = stmt->step();
+    if (!row) return std::move(row).err();
+    if (!*row) break;
+    auto line = stmt->column_text(0);
+    if (line != "ok") findings += (findings.empty() ? "" : "; ") + line;
+  }
+  if (!findings.empty())
+    return make_error(errc::corrupt, "{} failed its integrity check: {}", options_.path, findings);
+  return ok();
+}
+
+} // namespace keel

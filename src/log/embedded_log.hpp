@@ -1,0 +1,121 @@
+#pragma once
+
+#include "log/log.hpp"
+#include "log/sqlite.hpp"
+
+#include <condition_variable>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <shared_mutex>
+#include <string>
+#include <vector>
+
+namespace keel {
+
+/// Settings of the embedded backend.
+struct embedded_options {
+  /// The database file; created with its schema when it does not exist.
+  std::string path;
+  sqlite::sync_mode sync = sqlite::sync_mode::normal;
+  /// How long a writer waits for another process's lock before errc::busy.
+  int busy_timeout_ms = 5000;
+  /// Reader connections kept open at most; readers beyond this wait.
+  std::size_t readers_max = 8;
+  /// Largest key + value + headers of one record.
+  std::size_t record_bytes_max = 1024 * 1024;
+  /// SQLite page cache per connection, in KiB.
+  std::int64_t cache_kib = 32 * 1024;
+  /// Bytes of the file mapped into memory for reads (0 disables mmap).
+  std::int64_t mmap_bytes = 256LL * 1024 * 1024;
+};
+
+/// What one cleaning pass removed.
+struct cleanup_stats {
+  std::int64_t records_deleted = 0;
+  std::int64_t partitions_visited = 0;
+};
+
+/// The log in one SQLite file in WAL mode: topics, partitions, records and
+/// consumer positions. A commit is one SQLite transaction, so it survives a
+/// process crash whole or not at all; with sync_mode::full it also survives
+/// power loss.
+///
+/// One writer connection (commits serialise on a mutex; other processes on
+/// SQLite's lock) and a pool of reader connections that read concurrently with
+/// it. Offsets are read from the file inside each write transaction, so several
+/// processes (the daemon and `keel produce`) may append to one file safely.
+class embedded_log final : public log_backend {
+public:
+  /// Opens or creates the log. A file that is not a keel log, is damaged, or was
+  /// written by a newer schema is refused with errc::foreign_format or
+  /// errc::corrupt; it is never modified.
+  static result<std::unique_ptr<embedded_log>> open(embedded_options options);
+
+  ~embedded_log() override;
+
+  result<void> create_topic(const topic_spec& spec) override;
+  result<topic_spec> describe_topic(std::string_view name) override;
+  result<std::vector<topic_spec>> list_topics() override;
+  result<commit_receipt> commit(const commit_batch& batch) override;
+  result<std::vector<stored_record>> read(std::string_view topic, partition_id partition,
+                                          log_offset from, read_limits limits = {}) override;
+  result<offset_range> offsets(std::string_view topic, partition_id partition) override;
+  result<std::optional<log_offset>> position(std::string_view group, std::string_view topic,
+                                             partition_id partition) override;
+
+  /// Applies retention (remove topics) and compaction (compact topics) as of
+  /// `now_ms`. Only whole prefixes are removed from remove topics, so a partition
+  /// keeps contiguous offsets from its start.
+  result<cleanup_stats> clean(std::int64_t now_ms);
+
+  /// Runs SQLite's full integrity check; errc::corrupt with its findings.
+  result<void> verify();
+
+  const embedded_options& options() const noexcept { return options_; }
+
+  struct reader;
+  struct topic_info;
+  struct lease;
+
+private:
+  explicit embedded_log(embedded_options options);
+  result<void> initialise();
+  result<void> load_topics(sqlite::connection& db);
+  /// The cached topic; on a miss, reloads the catalogue (another process may
+  /// have created it). REQUIRES: the caller holds no lock on topics_mutex_.
+  result<topic_info> find_topic(std::string_view name, sqlite::connection& db);
+  result<std::unique_ptr<reader>> acquire_reader();
+  void release_reader(std::unique_ptr<reader> r);
+  result<commit_receipt> commit_locked(const commit_batch& batch);
+  result<std::int64_t> clean_partition(const topic_info& topic, partition_id partition,
+                                       std::int64_t now_ms);
+
+  embedded_options options_;
+
+  std::mutex writer_mutex_;
+  sqlite::connection writer_;                 // GUARDED_BY(writer_mutex_)
+  struct writer_statements;
+  std::unique_ptr<writer_statements> write_;  // GUARDED_BY(writer_mutex_)
+  std::map<std::string, std::uint64_t, std::less<>> round_robin_; // GUARDED_BY(writer_mutex_)
+
+  std::shared_mutex topics_mutex_;
+  std::map<std::string, std::shared_ptr<const topic_info>, std::less<>> topics_; // GUARDED_BY(topics_mutex_)
+
+  std::mutex readers_mutex_;
+  std::condition_variable readers_cv_;
+  std::vector<std::unique_ptr<reader>> idle_readers_; // GUARDED_BY(readers_mutex_)
+  std::size_t readers_open_ = 0;                        // GUARDED_BY(readers_mutex_)
+};
+
+/// A topic as the embedded log knows it: its row id and spec.
+struct embedded_log::topic_info {
+  std::int64_t id = 0;
+  topic_spec spec;
+};
+
+/// Validates a topic spec (name charset and length, partition count, policies).
+result<void> validate_topic_spec(const topic_spec& spec);
+
+} // namespace keel

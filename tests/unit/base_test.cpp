@@ -1,0 +1,70 @@
+#include "base/named_type.hpp"
+#include "base/result.hpp"
+
+#include <doctest/doctest.h>
+
+#include <set>
+
+using namespace keel;
+
+namespace {
+result<int> half(int x) {
+  if (x % 2 != 0) return make_error(errc::invalid_argument, "{} is odd", x);
+  return x / 2;
+}
+
+result<int> quarter(int x) {
+  auto h = half(x);
+  if (!h) return with_context(std::move(h).err(), "quarter");
+  return half(*h);
+}
+
+result<void> check_even(int x) {
+  KEEL_TRY(half(x));
+  return ok();
+}
+} // namespace
+
+TEST_CASE("a result carries either a value or an error with its code and message") {
+  auto good = half(8);
+  REQUIRE(good.has_value());
+  CHECK(*good == 4);
+
+  auto bad = half(3);
+  REQUIRE_FALSE(bad.has_value());
+  CHECK(bad.err().code == errc::invalid_argument);
+  CHECK(bad.err().message == "3 is odd");
+}
+
+TEST_CASE("context is prepended to an error's message and the code is kept") {
+  auto r = quarter(3);
+  REQUIRE_FALSE(r);
+  CHECK(r.err().code == errc::invalid_argument);
+  CHECK(r.err().message == "quarter: 3 is odd");
+}
+
+TEST_CASE("KEEL_TRY returns the first error from the enclosing function") {
+  CHECK(check_even(4).has_value());
+  auto r = check_even(5);
+  REQUIRE_FALSE(r);
+  CHECK(r.err().message == "5 is odd");
+}
+
+TEST_CASE("every error code has a distinct stable name") {
+  std::set<std::string_view> names;
+  for (int c = static_cast<int>(errc::invalid_argument); c <= static_cast<int>(errc::internal); ++c)
+    names.insert(to_string(static_cast<errc>(c)));
+  CHECK(names.size() == static_cast<std::size_t>(static_cast<int>(errc::internal)));
+  CHECK(names.count("unknown") == 0);
+  CHECK(fmt::format("{}", make_error(errc::disk_full, "no space")) == "disk_full: no space");
+}
+
+TEST_CASE("named types compare and hash by value but do not mix") {
+  log_offset a{5}, b{7};
+  CHECK(a < b);
+  CHECK(a == log_offset{5});
+  CHECK(std::hash<log_offset>{}(a) == std::hash<std::int64_t>{}(5));
+  static_assert(!std::is_convertible_v<log_offset, partition_id>);
+  static_assert(!std::is_convertible_v<std::int64_t, log_offset>);
+  CHECK(fmt::format("{}", b) == "7");
+}

@@ -1,0 +1,484 @@
+#include "log/data_dir.hpp"
+#include "log/embedded_log.hpp"
+#include "log/partitioner.hpp"
+
+#include "support/temp_dir.hpp"
+
+#include <doctest/doctest.h>
+#include <sqlite3.h>
+
+#include <atomic>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+using namespace keel;
+
+namespace {
+
+std::unique_ptr<embedded_log> open_at(const std::string& path,
+                                      sqlite::sync_mode sync = sqlite::sync_mode::normal) {
+  embedded_options o;
+  o.path = path;
+  o.sync = sync;
+  auto log = embedded_log::open(o);
+  REQUIRE_MESSAGE(log, (log ? "" : log.err().message));
+  return std::move(*log);
+}
+
+append_entry entry(std::string topic, std::optional<std::string> key, std::string value,
+                   std::optional<partition_id> partition = std::nullopt, std::int64_t ts = 1000) {
+  append_entry e;
+  e.topic = std::move(topic);
+  e.partition = partition;
+  e.data.key = std::move(key);
+  e.data.value = std::move(value);
+  e.data.timestamp_ms = ts;
+  return e;
+}
+
+std::vector<std::string> values_of(embedded_log& log, const std::string& topic, std::int32_t p,
+                                   std::int64_t from = 0) {
+  auto records = log.read(topic, partition_id{p}, log_offset{from}, {.max_records = 100000});
+  REQUIRE(records);
+  std::vector<std::string> out;
+  for (auto& r : *records) out.push_back(r.data.value.value_or("<tombstone>"));
+  return out;
+}
+
+} // namespace
+
+TEST_CASE("topics are created once, described, listed, and a different spec under one name is refused") {
+  test::temp_dir dir;
+  auto log = open_at(dir.file("log.db"));
+  topic_spec spec{.name = "ledger.transactions", .partitions = 4};
+  REQUIRE(log->create_topic(spec));
+  REQUIRE(log->create_topic(spec)); // idempotent
+  auto described = log->describe_topic("ledger.transactions");
+  REQUIRE(described);
+  CHECK(*described == spec);
+
+  auto conflict = log->create_topic({.name = "ledger.transactions", .partitions = 8});
+  REQUIRE_FALSE(conflict);
+  CHECK(conflict.err().code == errc::already_exists);
+  CHECK(conflict.err().message.find("partitions=4") != std::string::npos);
+
+  REQUIRE(log->create_topic({.name = "a-compacted", .partitions = 1, .cleanup = cleanup_policy::compact}));
+  auto all = log->list_topics();
+  REQUIRE(all);
+  REQUIRE(all->size() == 2);
+  CHECK((*all)[0].name == "a-compacted");
+
+  CHECK(log->describe_topic("nope").err().code == errc::not_found);
+}
+
+TEST_CASE("invalid topic specs are rejected with the reason") {
+  test::temp_dir dir;
+  auto log = open_at(dir.file("log.db"));
+  CHECK(log->create_topic({.name = "", .partitions = 1}).err().code == errc::invalid_argument);
+  CHECK(log->create_topic({.name = "has space", .partitions = 1}).err().code == errc::invalid_argument);
+  CHECK(log->create_topic({.name = std::string(250, 'a'), .partitions = 1}).err().code == errc::invalid_argument);
+  CHECK(log->create_topic({.name = "t", .partitions = 0}).err().code == errc::invalid_argument);
+  CHECK(log->create_topic({.name = "t", .partitions = 1, .retention_ms = -2}).err().code == errc::invalid_argument);
+  CHECK(log->list_topics()->empty());
+}
+
+TEST_CASE("records append with contiguous offsets per partition and read back in order") {
+  test::temp_dir dir;
+  auto log = open_at(dir.file("log.db"));
+  REQUIRE(log->create_topic({.name = "t", .partitions = 2}));
+  commit_batch batch;
+  for (int i = 0; i < 5; ++i) batch.records.push_back(entry("t", "k", "v" + std::to_string(i), partition_id{0}));
+  batch.records.push_back(entry("t", "k", "other", partition_id{1}));
+  auto receipt = log->commit(batch);
+  REQUIRE(receipt);
+  REQUIRE(receipt->placements.size() == 6);
+  CHECK(receipt->placements[4] == std::pair{partition_id{0}, log_offset{4}});
+  CHECK(receipt->placements[5] == std::pair{partition_id{1}, log_offset{0}});
+
+  CHECK(values_of(*log, "t", 0) == std::vector<std::string>{"v0", "v1", "v2", "v3", "v4"});
+  CHECK(values_of(*log, "t", 0, 3) == std::vector<std::string>{"v3", "v4"});
+  CHECK(values_of(*log, "t", 1) == std::vector<std::string>{"other"});
+  auto range = log->offsets("t", partition_id{0});
+  REQUIRE(range);
+  CHECK(range->start == log_offset{0});
+  CHECK(range->end == log_offset{5});
+
+  auto page = log->read("t", partition_id{0}, log_offset{0}, {.max_records = 2});
+  REQUIRE(page);
+  CHECK(page->size() == 2);
+  auto by_bytes = log->read("t", partition_id{0}, log_offset{0}, {.max_records = 100, .max_bytes = 1});
+  REQUIRE(by_bytes);
+  CHECK(by_bytes->size() == 1); // at least one record, however small the budget
+  CHECK(log->read("t", partition_id{2}, log_offset{0}).err().code == errc::not_found);
+}
+
+TEST_CASE("keys, null keys, tombstones, headers and timestamps round-trip") {
+  test::temp_dir dir;
+  auto log = open_at(dir.file("log.db"));
+  REQUIRE(log->create_topic({.name = "t", .partitions = 1}));
+  append_entry e = entry("t", std::string("\0key\xff", 5), std::string("\0\1\2", 3));
+  e.data.headers = {{"event-id", "t/0/1/0"}, {"empty", ""}, {"bin", std::string("\0\xff", 2)}};
+  e.data.timestamp_ms = 1'763'000'000'123;
+  commit_batch batch;
+  batch.records.push_back(e);
+  append_entry tomb;
+  tomb.topic = "t";
+  tomb.data.key = "gone";
+  batch.records.push_back(tomb);
+  append_entry no_key = entry("t", std::nullopt, "keyless");
+  batch.records.push_back(no_key);
+  REQUIRE(log->commit(batch));
+
+  auto records = log->read("t", partition_id{0}, log_offset{0});
+  REQUIRE(records);
+  REQUIRE(records->size() == 3);
+  CHECK((*records)[0].data == e.data);
+  CHECK((*records)[1].data.key == "gone");
+  CHECK_FALSE((*records)[1].data.value.has_value());
+  CHECK_FALSE((*records)[2].data.key.has_value());
+  CHECK((*records)[2].data.value == "keyless");
+}
+
+TEST_CASE("a key lands in the partition Kafka's partitioner picks; keyless records go round-robin") {
+  test::temp_dir dir;
+  auto log = open_at(dir.file("log.db"));
+  REQUIRE(log->create_topic({.name = "t", .partitions = 6}));
+  commit_batch batch;
+  for (int i = 0; i < 60; ++i) batch.records.push_back(entry("t", "account-" + std::to_string(i % 10), "x"));
+  for (int i = 0; i < 12; ++i) batch.records.push_back(entry("t", std::nullopt, "y"));
+  auto receipt = log->commit(batch);
+  REQUIRE(receipt);
+  for (int i = 0; i < 60; ++i)
+    CHECK(receipt->placements[i].first == partition_for_key("account-" + std::to_string(i % 10), 6));
+  std::array<int, 6> keyless{};
+  for (int i = 60; i < 72; ++i) keyless[receipt->placements[i].first.value()]++;
+  for (int count : keyless) CHECK(count == 2);
+}
+
+TEST_CASE("a failing commit leaves nothing behind: no records, no positions") {
+  test::temp_dir dir;
+  auto log = open_at(dir.file("log.db"));
+  REQUIRE(log->create_topic({.name = "in", .partitions = 1}));
+  REQUIRE(log->create_topic({.name = "out", .partitions = 1}));
+  commit_batch seed;
+  seed.records.push_back(entry("in", "k", "input"));
+  REQUIRE(log->commit(seed));
+
+  commit_batch bad;
+  bad.records.push_back(entry("out", "k", "first"));
+  bad.records.push_back(entry("out", "k", "second"));
+  bad.positions.push_back({"stage", "in", partition_id{0}, log_offset{1}});
+  bad.positions.push_back({"stage", "missing-topic", partition_id{0}, log_offset{1}});
+  auto r = log->commit(bad);
+  REQUIRE_FALSE(r);
+  CHECK(r.err().code == errc::not_found);
+  CHECK(values_of(*log, "out", 0).empty());
+  CHECK(log->position("stage", "in", partition_id{0}).value() == std::nullopt);
+  CHECK(log->offsets("out", partition_id{0})->end == log_offset{0});
+
+  // The same batch without the bad position commits whole.
+  bad.positions.pop_back();
+  REQUIRE(log->commit(bad));
+  CHECK(values_of(*log, "out", 0) == std::vector<std::string>{"first", "second"});
+  CHECK(log->position("stage", "in", partition_id{0}).value() == log_offset{1});
+}
+
+TEST_CASE("positions move with compare-and-set so a zombie cannot commit over the new owner") {
+  test::temp_dir dir;
+  auto log = open_at(dir.file("log.db"));
+  REQUIRE(log->create_topic({.name = "in", .partitions = 1}));
+  REQUIRE(log->create_topic({.name = "out", .partitions = 1}));
+  commit_batch seed;
+  for (int i = 0; i < 10; ++i) seed.records.push_back(entry("in", "k", std::to_string(i)));
+  REQUIRE(log->commit(seed));
+
+  // Owner A and zombie B both start from position 0 (none stored).
+  commit_batch a;
+  a.records.push_back(entry("out", "k", "from A"));
+  a.positions.push_back({"g", "in", partition_id{0}, log_offset{4}, log_offset{0}});
+  REQUIRE(log->commit(a));
+
+  commit_batch b;
+  b.records.push_back(entry("out", "k", "from zombie B"));
+  b.positions.push_back({"g", "in", partition_id{0}, log_offset{6}, log_offset{0}});
+  auto fenced = log->commit(b);
+  REQUIRE_FALSE(fenced);
+  CHECK(fenced.err().code == errc::fenced);
+  CHECK(values_of(*log, "out", 0) == std::vector<std::string>{"from A"});
+  CHECK(log->position("g", "in", partition_id{0}).value() == log_offset{4});
+
+  commit_batch beyond;
+  beyond.positions.push_back({"g", "in", partition_id{0}, log_offset{11}, log_offset{4}});
+  CHECK(log->commit(beyond).err().code == errc::invalid_argument);
+}
+
+TEST_CASE("limits: oversized records and keyless records on compacted topics are refused") {
+  test::temp_dir dir;
+  embedded_options o;
+  o.path = dir.file("log.db");
+  o.record_bytes_max = 1000;
+  auto log = std::move(*embedded_log::open(o));
+  REQUIRE(log->create_topic({.name = "t", .partitions = 1}));
+  REQUIRE(log->create_topic({.name = "c", .partitions = 1, .cleanup = cleanup_policy::compact}));
+  commit_batch big;
+  big.records.push_back(entry("t", "k", std::string(1001, 'x')));
+  CHECK(log->commit(big).err().code == errc::too_large);
+  commit_batch keyless;
+  keyless.records.push_back(entry("c", std::nullopt, "x"));
+  CHECK(log->commit(keyless).err().code == errc::invalid_argument);
+  commit_batch out_of_range;
+  out_of_range.records.push_back(entry("t", "k", "x", partition_id{1}));
+  CHECK(log->commit(out_of_range).err().code == errc::invalid_argument);
+}
+
+TEST_CASE("retention removes only a prefix of old records; size retention keeps the newest") {
+  test::temp_dir dir;
+  auto log = open_at(dir.file("log.db"));
+  REQUIRE(log->create_topic({.name = "timed", .partitions = 1, .retention_ms = 1000}));
+  REQUIRE(log->create_topic({.name = "sized", .partitions = 1, .retention_bytes = 20}));
+  REQUIRE(log->create_topic({.name = "forever", .partitions = 1}));
+  commit_batch batch;
+  for (std::int64_t ts : {100, 200, 5000, 300, 6000})
+    batch.records.push_back(entry("timed", "k", std::to_string(ts), partition_id{0}, ts));
+  for (int i = 0; i < 5; ++i) batch.records.push_back(entry("sized", "k", "0123456789"));  // 11 bytes each
+  batch.records.push_back(entry("forever", "k", "old", partition_id{0}, 1));
+  REQUIRE(log->commit(batch));
+
+  auto stats = log->clean(5500);
+  REQUIRE(stats);
+  // Cutoff 4500: offsets 0 and 1 go; offset 3 (ts 300) stays behind the newer offset 2.
+  CHECK(values_of(*log, "timed", 0) == std::vector<std::string>{"5000", "300", "6000"});
+  CHECK(log->offsets("timed", partition_id{0})->start == log_offset{2});
+  CHECK(values_of(*log, "sized", 0).size() == 1);
+  CHECK(log->offsets("sized", partition_id{0})->start == log_offset{4});
+  CHECK(values_of(*log, "forever", 0).size() == 1);
+  CHECK(stats->records_deleted == 2 + 4);
+  // Reading below the start reads from the start; appends continue the offsets.
+  CHECK(log->read("timed", partition_id{0}, log_offset{0})->front().offset == log_offset{2});
+  commit_batch more;
+  more.records.push_back(entry("timed", "k", "7000", partition_id{0}, 7000));
+  REQUIRE(log->commit(more));
+  CHECK(log->offsets("timed", partition_id{0})->end == log_offset{6});
+}
+
+TEST_CASE("compaction keeps the latest record per key and drops expired tombstones") {
+  test::temp_dir dir;
+  auto log = open_at(dir.file("log.db"));
+  REQUIRE(log->create_topic({.name = "c", .partitions = 1, .cleanup = cleanup_policy::compact,
+                             .tombstone_retention_ms = 100}));
+  commit_batch batch;
+  batch.records.push_back(entry("c", "a", "a1", std::nullopt, 10));
+  batch.records.push_back(entry("c", "b", "b1", std::nullopt, 10));
+  batch.records.push_back(entry("c", "a", "a2", std::nullopt, 20));
+  append_entry tomb;
+  tomb.topic = "c";
+  tomb.data.key = "b";
+  tomb.data.timestamp_ms = 30;
+  batch.records.push_back(tomb);
+  batch.records.push_back(entry("c", "d", "d1", std::nullopt, 40));
+  REQUIRE(log->commit(batch));
+
+  REQUIRE(log->clean(50)); // tombstone still within its retention
+  CHECK(values_of(*log, "c", 0) == std::vector<std::string>{"a2", "<tombstone>", "d1"});
+  REQUIRE(log->clean(1000));
+  CHECK(values_of(*log, "c", 0) == std::vector<std::string>{"a2", "d1"});
+  CHECK(log->offsets("c", partition_id{0})->start == log_offset{2});
+  CHECK(log->offsets("c", partition_id{0})->end == log_offset{5});
+}
+
+TEST_CASE("everything committed is there after reopening") {
+  test::temp_dir dir;
+  {
+    auto log = open_at(dir.file("log.db"), sqlite::sync_mode::full);
+    REQUIRE(log->create_topic({.name = "t", .partitions = 3}));
+    commit_batch batch;
+    for (int i = 0; i < 100; ++i) batch.records.push_back(entry("t", "k" + std::to_string(i), std::to_string(i)));
+    batch.positions.push_back({"g", "t", partition_id{1}, log_offset{0}});
+    REQUIRE(log->commit(batch));
+  }
+  auto log = open_at(dir.file("log.db"));
+  REQUIRE(log->list_topics()->size() == 1);
+  std::size_t total = 0;
+  for (int p = 0; p < 3; ++p) total += values_of(*log, "t", p).size();
+  CHECK(total == 100);
+  CHECK(log->position("g", "t", partition_id{1}).value() == log_offset{0});
+  CHECK(log->verify());
+}
+
+TEST_CASE("two handles on one file (as two processes would) append without clashing") {
+  test::temp_dir dir;
+  auto a = open_at(dir.file("log.db"));
+  auto b = open_at(dir.file("log.db"));
+  REQUIRE(a->create_topic({.name = "t", .partitions = 1}));
+  // b learns of the topic a created on first use.
+  for (int round = 0; round < 50; ++round) {
+    commit_batch x, y;
+    x.records.push_back(entry("t", "k", "a" + std::to_string(round)));
+    y.records.push_back(entry("t", "k", "b" + std::to_string(round)));
+    REQUIRE(a->commit(x));
+    REQUIRE(b->commit(y));
+  }
+  auto records = a->read("t", partition_id{0}, log_offset{0}, {.max_records = 1000});
+  REQUIRE(records);
+  REQUIRE(records->size() == 100);
+  for (std::size_t i = 0; i < records->size(); ++i) CHECK((*records)[i].offset == log_offset{static_cast<std::int64_t>(i)});
+}
+
+TEST_CASE("readers read concurrently with a writer and always see whole batches") {
+  test::temp_dir dir;
+  auto log = open_at(dir.file("log.db"));
+  REQUIRE(log->create_topic({.name = "t", .partitions = 1}));
+  constexpr int batches = 200, per_batch = 50;
+  std::atomic<bool> done{false};
+  std::atomic<int> torn{0}, reads{0};
+  std::vector<std::thread> readers;
+  for (int r = 0; r < 3; ++r) {
+    readers.emplace_back([&] {
+      while (!done) {
+        auto range = log->offsets("t", partition_id{0});
+        if (!range || range->end.value() % per_batch != 0) torn++;
+        reads++;
+      }
+    });
+  }
+  for (int b = 0; b < batches; ++b) {
+    commit_batch batch;
+    for (int i = 0; i < per_batch; ++i) batch.records.push_back(entry("t", "k", "v"));
+    REQUIRE(log->commit(batch));
+  }
+  done = true;
+  for (auto& t : readers) t.join();
+  CHECK(torn == 0);
+  CHECK(reads > 0);
+  CHECK(log->offsets("t", partition_id{0})->end == log_offset{batches * per_batch});
+}
+
+TEST_CASE("a writer blocked by another process's lock fails with busy, then succeeds once it is released") {
+  test::temp_dir dir;
+  embedded_options o;
+  o.path = dir.file("log.db");
+  o.busy_timeout_ms = 50;
+  auto log = std::move(*embedded_log::open(o));
+  REQUIRE(log->create_topic({.name = "t", .partitions = 1}));
+  sqlite3* other = nullptr;
+  REQUIRE(sqlite3_open(o.path.c_str(), &other) == SQLITE_OK);
+  REQUIRE(sqlite3_exec(other, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr) == SQLITE_OK);
+  commit_batch batch;
+  batch.records.push_back(entry("t", "k", "v"));
+  auto blocked = log->commit(batch);
+  REQUIRE_FALSE(blocked);
+  CHECK(blocked.err().code == errc::busy);
+  REQUIRE(sqlite3_exec(other, "COMMIT", nullptr, nullptr, nullptr) == SQLITE_OK);
+  sqlite3_close(other);
+  REQUIRE(log->commit(batch));
+  CHECK(values_of(*log, "t", 0).size() == 1);
+}
+
+TEST_CASE("a file that is not a keel log is refused with a clear error and left untouched") {
+  test::temp_dir dir;
+  SUBCASE("plain text") {
+    test::write_file(dir.file("log.db"), "this is not a database, it is a shopping list\n");
+    auto log = embedded_log::open({.path = dir.file("log.db")});
+    REQUIRE_FALSE(log);
+    CHECK(log.err().code == errc::foreign_format);
+    CHECK(log.err().message.find("not an SQLite database") != std::string::npos);
+    CHECK(test::read_file(dir.file("log.db")) == "this is not a database, it is a shopping list\n");
+  }
+  SUBCASE("another application's SQLite database") {
+    sqlite3* db = nullptr;
+    REQUIRE(sqlite3_open(dir.file("log.db").c_str(), &db) == SQLITE_OK);
+    REQUIRE(sqlite3_exec(db, "CREATE TABLE recipes(name TEXT)", nullptr, nullptr, nullptr) == SQLITE_OK);
+    sqlite3_close(db);
+    auto log = embedded_log::open({.path = dir.file("log.db")});
+    REQUIRE_FALSE(log);
+    CHECK(log.err().code == errc::foreign_format);
+    CHECK(log.err().message.find("another application") != std::string::npos);
+  }
+  SUBCASE("a keel log of a newer schema") {
+    { open_at(dir.file("log.db")); }
+    sqlite3* db = nullptr;
+    REQUIRE(sqlite3_open(dir.file("log.db").c_str(), &db) == SQLITE_OK);
+    REQUIRE(sqlite3_exec(db, "PRAGMA user_version=99", nullptr, nullptr, nullptr) == SQLITE_OK);
+    sqlite3_close(db);
+    auto log = embedded_log::open({.path = dir.file("log.db")});
+    REQUIRE_FALSE(log);
+    CHECK(log.err().code == errc::foreign_format);
+    CHECK(log.err().message.find("schema 99") != std::string::npos);
+  }
+}
+
+TEST_CASE("a damaged log gives errors, never a crash") {
+  test::temp_dir dir;
+  const auto path = dir.file("log.db");
+  {
+    auto log = open_at(path);
+    REQUIRE(log->create_topic({.name = "t", .partitions = 1}));
+    for (int b = 0; b < 20; ++b) {
+      commit_batch batch;
+      for (int i = 0; i < 100; ++i) batch.records.push_back(entry("t", "k", std::string(200, 'a' + i % 26)));
+      REQUIRE(log->commit(batch));
+    }
+  }
+  // Fold the WAL into the main file so damage to it matters.
+  {
+    sqlite3* db = nullptr;
+    REQUIRE(sqlite3_open(path.c_str(), &db) == SQLITE_OK);
+    REQUIRE(sqlite3_exec(db, "PRAGMA wal_checkpoint(TRUNCATE)", nullptr, nullptr, nullptr) == SQLITE_OK);
+    sqlite3_close(db);
+  }
+  const auto pristine = test::read_file(path);
+  REQUIRE(pristine.size() > 8192);
+
+  auto exercise = [&path]() -> bool {
+    // Returns whether any step reported an error; must never crash.
+    auto log = embedded_log::open({.path = path});
+    if (!log) return true;
+    bool failed = false;
+    auto topics = (*log)->list_topics();
+    if (!topics) return true;
+    for (const auto& t : *topics) {
+      for (std::int64_t from = 0;; ) {
+        auto page = (*log)->read(t.name, partition_id{0}, log_offset{from});
+        if (!page) {
+          failed = true;
+          break;
+        }
+        if (page->empty()) break;
+        from = page->back().offset.value() + 1;
+      }
+    }
+    if (!(*log)->verify()) failed = true;
+    return failed;
+  };
+
+  SUBCASE("a clobbered header") {
+    auto damaged = pristine;
+    for (int i = 16; i < 100; ++i) damaged[i] = '\xa5';
+    test::write_file(path, damaged);
+    CHECK(exercise());
+  }
+  SUBCASE("garbage over interior pages") {
+    auto damaged = pristine;
+    for (std::size_t i = 4096 * 2; i < std::min<std::size_t>(damaged.size(), 4096 * 6); ++i)
+      damaged[i] = static_cast<char>(i * 7919);
+    test::write_file(path, damaged);
+    CHECK(exercise());
+  }
+  SUBCASE("a truncated file") {
+    test::write_file(path, pristine.substr(0, pristine.size() / 2));
+    CHECK(exercise());
+  }
+}
+
+TEST_CASE("a data directory is held by one process at a time") {
+  test::temp_dir dir;
+  auto first = data_dir::lock(dir.file("data"));
+  REQUIRE(first);
+  auto second = data_dir::lock(dir.file("data"));
+  REQUIRE_FALSE(second);
+  CHECK(second.err().code == errc::busy);
+  CHECK(second.err().message.find("in use by another keel process") != std::string::npos);
+  { auto released = std::move(*first); }
+  CHECK(data_dir::lock(dir.file("data")));
+}
