@@ -2,6 +2,7 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 
 namespace keel::app {
 
@@ -50,6 +51,11 @@ result<config> resolve_config(const parsed_args& args) {
 }
 
 result<std::unique_ptr<embedded_log>> open_log(const config& cfg) {
+  std::error_code ec;
+  std::filesystem::create_directories(cfg.server.data_dir, ec);
+  if (ec)
+    return make_error(errc::io_error, "cannot create data directory {}: {}", cfg.server.data_dir,
+                      ec.message());
   embedded_options options;
   options.path = cfg.server.data_dir + "/log.db";
   options.sync = cfg.log.synchronous;

@@ -18,6 +18,20 @@ constexpr std::int64_t application_id = 0x6b65656c;
 constexpr std::int64_t schema_version = 1;
 constexpr std::size_t topic_name_max = 249; // Kafka's limit
 
+// Records of all partitions live in one rowid table keyed by
+// (log_id << offset_bits) | offset, where log_id numbers the partition. An
+// integer key makes each append an integer B-tree insert at the right edge,
+// about twice as fast as a composite (topic, partition, offset) key.
+constexpr int offset_bits = 40;
+constexpr std::int64_t offset_limit = std::int64_t{1} << offset_bits;  // per partition
+constexpr std::int64_t log_id_limit = std::int64_t{1} << (62 - offset_bits);
+// Rows per multi-row INSERT: one statement step appends this many records.
+constexpr int insert_rows = 64;
+
+constexpr std::int64_t record_id(std::int64_t log_id, std::int64_t offset) {
+  return (log_id << offset_bits) | offset;
+}
+
 constexpr std::string_view schema_sql = R"sql(
 CREATE TABLE topics(
   id INTEGER PRIMARY KEY,
@@ -30,19 +44,17 @@ CREATE TABLE topics(
 CREATE TABLE partitions(
   topic_id INTEGER NOT NULL,
   partition INTEGER NOT NULL,
+  log_id INTEGER NOT NULL UNIQUE,
   start_offset INTEGER NOT NULL,
   next_offset INTEGER NOT NULL,
   bytes INTEGER NOT NULL,
   PRIMARY KEY(topic_id, partition)) WITHOUT ROWID;
 CREATE TABLE records(
-  topic_id INTEGER NOT NULL,
-  partition INTEGER NOT NULL,
-  offset INTEGER NOT NULL,
+  id INTEGER PRIMARY KEY,
   timestamp_ms INTEGER NOT NULL,
   key BLOB,
   value BLOB,
-  headers BLOB,
-  PRIMARY KEY(topic_id, partition, offset)) WITHOUT ROWID;
+  headers BLOB);
 CREATE TABLE positions(
   group_name TEXT NOT NULL,
   topic_id INTEGER NOT NULL,
@@ -50,6 +62,12 @@ CREATE TABLE positions(
   next_offset INTEGER NOT NULL,
   PRIMARY KEY(group_name, topic_id, partition)) WITHOUT ROWID;
 )sql";
+
+std::string insert_sql(int rows) {
+  std::string sql = "INSERT INTO records(id, timestamp_ms, key, value, headers) VALUES ";
+  for (int i = 0; i < rows; ++i) sql += i == 0 ? "(?,?,?,?,?)" : ",(?,?,?,?,?)";
+  return sql;
+}
 
 // Headers are stored as one BLOB: for each header, a little-endian u32 name
 // length, the name, a u32 value length, the value.
@@ -165,7 +183,8 @@ struct embedded_log::lease {
 };
 
 struct embedded_log::writer_statements {
-  sqlite::statement insert_record;
+  sqlite::statement insert_one;
+  sqlite::statement insert_many;  // insert_rows rows
   sqlite::statement select_partition;
   sqlite::statement update_partition;
   sqlite::statement select_position;
@@ -240,9 +259,8 @@ result<void> embedded_log::initialise() {
     into = std::move(*s);
     return ok();
   };
-  KEEL_TRY(prepare(w->insert_record,
-                   "INSERT INTO records(topic_id, partition, offset, timestamp_ms, key, value, "
-                   "headers) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"));
+  KEEL_TRY(prepare(w->insert_one, insert_sql(1)));
+  KEEL_TRY(prepare(w->insert_many, insert_sql(insert_rows)));
   KEEL_TRY(prepare(w->select_partition,
                    "SELECT next_offset FROM partitions WHERE topic_id=?1 AND partition=?2"));
   KEEL_TRY(prepare(w->update_partition,
@@ -277,20 +295,38 @@ result<void> embedded_log::load_topics(sqlite::connection& db) {
     info->spec.tombstone_retention_ms = stmt->column_int(6);
     loaded.emplace(info->spec.name, std::move(info));
   }
+  auto parts = db.prepare("SELECT t.name, p.partition, p.log_id FROM partitions p "
+                          "JOIN topics t ON t.id = p.topic_id ORDER BY t.name, p.partition");
+  if (!parts) return std::move(parts).err();
+  for (;;) {
+    auto row = parts->step();
+    if (!row) return with_context(std::move(row).err(), "load partitions");
+    if (!*row) break;
+    auto it = loaded.find(parts->column_view(0));
+    if (it == loaded.end()) continue;
+    auto& info = const_cast<topic_info&>(*it->second);
+    if (parts->column_int(1) != static_cast<std::int64_t>(info.log_ids.size()))
+      return make_error(errc::corrupt, "topic {} has a gap in its partitions", info.spec.name);
+    info.log_ids.push_back(parts->column_int(2));
+  }
+  for (const auto& [name, info] : loaded)
+    if (static_cast<std::int32_t>(info->log_ids.size()) != info->spec.partitions)
+      return make_error(errc::corrupt, "topic {} has {} of its {} partitions", name,
+                        info->log_ids.size(), info->spec.partitions);
   std::unique_lock lock{topics_mutex_};
   topics_ = std::move(loaded);
   return ok();
 }
 
-result<embedded_log::topic_info> embedded_log::find_topic(std::string_view name,
-                                                          sqlite::connection& db) {
+result<std::shared_ptr<const embedded_log::topic_info>>
+embedded_log::find_topic(std::string_view name, sqlite::connection& db) {
   {
     std::shared_lock lock{topics_mutex_};
-    if (auto it = topics_.find(name); it != topics_.end()) return *it->second;
+    if (auto it = topics_.find(name); it != topics_.end()) return it->second;
   }
   KEEL_TRY(load_topics(db));
   std::shared_lock lock{topics_mutex_};
-  if (auto it = topics_.find(name); it != topics_.end()) return *it->second;
+  if (auto it = topics_.find(name); it != topics_.end()) return it->second;
   return make_error(errc::not_found, "no topic '{}'", name);
 }
 
@@ -301,10 +337,10 @@ result<void> embedded_log::create_topic(const topic_spec& spec) {
   if (!txn) return with_context(std::move(txn).err(), "create topic " + spec.name);
   auto existing = find_topic(spec.name, writer_);
   if (existing) {
-    if (existing->spec == spec) return ok();
+    if ((*existing)->spec == spec) return ok();
     return make_error(errc::already_exists,
                       "topic '{}' exists with {}, not {}", spec.name,
-                      describe_spec(existing->spec), describe_spec(spec));
+                      describe_spec((*existing)->spec), describe_spec(spec));
   }
   auto insert = writer_.prepare(
     "INSERT INTO topics(name, partitions, cleanup, retention_ms, retention_bytes, "
@@ -318,18 +354,26 @@ result<void> embedded_log::create_topic(const topic_spec& spec) {
   insert->bind(6, spec.tombstone_retention_ms);
   if (auto r = insert->step(); !r) return with_context(std::move(r).err(), "create topic " + spec.name);
   const auto id = sqlite3_last_insert_rowid(writer_.handle());
-  auto part = writer_.prepare("INSERT INTO partitions(topic_id, partition, start_offset, "
-                              "next_offset, bytes) VALUES (?1, ?2, 0, 0, 0)");
+  auto first_log_id = writer_.query_int("SELECT coalesce(max(log_id), -1) + 1 FROM partitions");
+  if (!first_log_id) return std::move(first_log_id).err();
+  if (*first_log_id + spec.partitions > log_id_limit)
+    return make_error(errc::too_large, "create topic {}: the log holds its maximum of {} partitions",
+                      spec.name, log_id_limit);
+  auto part = writer_.prepare("INSERT INTO partitions(topic_id, partition, log_id, start_offset, "
+                              "next_offset, bytes) VALUES (?1, ?2, ?3, 0, 0, 0)");
   if (!part) return std::move(part).err();
+  auto info = std::make_shared<topic_info>(topic_info{id, spec, {}});
   for (std::int32_t p = 0; p < spec.partitions; ++p) {
     part->bind(1, id);
     part->bind(2, std::int64_t{p});
+    part->bind(3, *first_log_id + p);
     if (auto r = part->step(); !r) return with_context(std::move(r).err(), "create topic " + spec.name);
     part->reset();
+    info->log_ids.push_back(*first_log_id + p);
   }
   if (auto r = txn->commit(); !r) return with_context(std::move(r).err(), "create topic " + spec.name);
   std::unique_lock topics_lock{topics_mutex_};
-  topics_[spec.name] = std::make_shared<topic_info>(topic_info{id, spec});
+  topics_[spec.name] = std::move(info);
   return ok();
 }
 
@@ -339,7 +383,7 @@ result<topic_spec> embedded_log::describe_topic(std::string_view name) {
   lease r{this, std::move(*acquired)};
   auto info = find_topic(name, r->db);
   if (!info) return std::move(info).err();
-  return info->spec;
+  return (*info)->spec;
 }
 
 result<std::vector<topic_spec>> embedded_log::list_topics() {
@@ -361,17 +405,21 @@ result<commit_receipt> embedded_log::commit(const commit_batch& batch) {
 }
 
 result<commit_receipt> embedded_log::commit_locked(const commit_batch& batch) {
-  // Validate everything that does not need the file before taking its lock.
-  struct resolved {
-    std::int64_t topic_id;
+  // Resolve and validate every record before taking the file's write lock.
+  struct target {
+    const topic_info* topic;
     partition_id partition;
   };
-  std::vector<resolved> targets;
+  std::vector<std::shared_ptr<const topic_info>> topics;  // keeps the targets alive
+  std::vector<target> targets;
   targets.reserve(batch.records.size());
   for (const auto& entry : batch.records) {
-    auto topic = find_topic(entry.topic, writer_);
-    if (!topic) return with_context(std::move(topic).err(), "append");
-    const auto& spec = topic->spec;
+    if (topics.empty() || topics.back()->spec.name != entry.topic) {
+      auto topic = find_topic(entry.topic, writer_);
+      if (!topic) return with_context(std::move(topic).err(), "append");
+      topics.push_back(std::move(*topic));
+    }
+    const auto& spec = topics.back()->spec;
     if (record_bytes(entry.data) > options_.record_bytes_max)
       return make_error(errc::too_large, "append to {}: record of {} bytes exceeds the limit of {}",
                         spec.name, record_bytes(entry.data), options_.record_bytes_max);
@@ -387,78 +435,101 @@ result<commit_receipt> embedded_log::commit_locked(const commit_batch& batch) {
     } else if (entry.data.key) {
       p = partition_for_key(*entry.data.key, spec.partitions);
     } else {
-      // Keyless records spread round-robin, like Kafka's sticky-free default.
+      // Keyless records spread round-robin over the partitions.
       auto& next = round_robin_[spec.name];
       p = partition_id{static_cast<std::int32_t>(next++ % static_cast<std::uint64_t>(spec.partitions))};
     }
-    targets.push_back({topic->id, p});
+    targets.push_back({topics.back().get(), p});
   }
 
   auto txn = sqlite::transaction::begin(writer_);
   if (!txn) return with_context(std::move(txn).err(), "commit");
   auto& w = *write_;
 
+  // The next offset of each partition the batch touches, read inside the
+  // transaction so that other processes' appends are seen.
   struct partition_cursor {
+    const topic_info* topic;
+    partition_id partition;
     std::int64_t next = 0;
     std::int64_t bytes_added = 0;
   };
-  std::map<std::pair<std::int64_t, std::int32_t>, partition_cursor> cursors;
-  auto cursor_for = [&](std::int64_t topic_id, partition_id p) -> result<partition_cursor*> {
-    auto key = std::pair{topic_id, p.value()};
-    if (auto it = cursors.find(key); it != cursors.end()) return &it->second;
-    w.select_partition.bind(1, topic_id);
+  std::map<std::int64_t, partition_cursor> cursors;  // by log_id
+  auto cursor_for = [&](const topic_info& topic, partition_id p) -> result<partition_cursor*> {
+    const auto log_id = topic.log_ids[static_cast<std::size_t>(p.value())];
+    if (auto it = cursors.find(log_id); it != cursors.end()) return &it->second;
+    w.select_partition.bind(1, topic.id);
     w.select_partition.bind(2, std::int64_t{p.value()});
     auto row = w.select_partition.step();
     if (!row) return std::move(row).err();
-    if (!*row) return make_error(errc::corrupt, "partition {} of topic id {} has no row", p, topic_id);
-    partition_cursor c{w.select_partition.column_int(0), 0};
+    if (!*row) return make_error(errc::corrupt, "{}[{}] has no partition row", topic.spec.name, p);
+    partition_cursor c{&topic, p, w.select_partition.column_int(0), 0};
     w.select_partition.reset();
-    return &cursors.emplace(key, c).first->second;
+    return &cursors.emplace(log_id, c).first->second;
   };
 
   commit_receipt receipt;
   receipt.placements.reserve(batch.records.size());
+  std::vector<std::int64_t> ids(batch.records.size());
+  std::vector<std::optional<std::string>> headers(batch.records.size());
   for (std::size_t i = 0; i < batch.records.size(); ++i) {
-    const auto& data = batch.records[i].data;
-    auto cursor = cursor_for(targets[i].topic_id, targets[i].partition);
+    auto cursor = cursor_for(*targets[i].topic, targets[i].partition);
     if (!cursor) return with_context(std::move(cursor).err(), "append to " + batch.records[i].topic);
-    auto headers = encode_headers(data.headers);
-    auto& ins = w.insert_record;
-    ins.bind(1, targets[i].topic_id);
-    ins.bind(2, std::int64_t{targets[i].partition.value()});
-    ins.bind(3, (*cursor)->next);
-    ins.bind(4, data.timestamp_ms);
-    ins.bind_blob(5, data.key);
-    ins.bind_blob(6, data.value);
-    ins.bind_blob(7, headers);
-    auto done = ins.step();
-    ins.reset();
+    auto& c = **cursor;
+    if (c.next >= offset_limit)
+      return make_error(errc::too_large, "append to {}[{}]: the partition is full at offset {}",
+                        batch.records[i].topic, targets[i].partition, c.next);
+    ids[i] = record_id(targets[i].topic->log_ids[static_cast<std::size_t>(targets[i].partition.value())], c.next);
+    headers[i] = encode_headers(batch.records[i].data.headers);
+    receipt.placements.emplace_back(targets[i].partition, log_offset{c.next});
+    c.next += 1;
+    c.bytes_added += payload_bytes(batch.records[i].data);
+  }
+
+  // Append in multi-row statements: one VM run per insert_rows records.
+  auto bind_row = [&](sqlite::statement& stmt, int row, std::size_t i) {
+    const auto& data = batch.records[i].data;
+    const int base = row * 5;
+    stmt.bind(base + 1, ids[i]);
+    stmt.bind(base + 2, data.timestamp_ms);
+    stmt.bind_blob(base + 3, data.key);
+    stmt.bind_blob(base + 4, data.value);
+    stmt.bind_blob(base + 5, headers[i]);
+  };
+  std::size_t i = 0;
+  while (i < batch.records.size()) {
+    const bool many = batch.records.size() - i >= static_cast<std::size_t>(insert_rows);
+    auto& stmt = many ? w.insert_many : w.insert_one;
+    const int rows = many ? insert_rows : 1;
+    for (int row = 0; row < rows; ++row) bind_row(stmt, row, i + static_cast<std::size_t>(row));
+    auto done = stmt.step();
+    stmt.reset();
     if (!done)
       return with_context(std::move(done).err(),
                           fmt::format("append to {}[{}] at offset {}", batch.records[i].topic,
-                                      targets[i].partition, (*cursor)->next));
-    receipt.placements.emplace_back(targets[i].partition, log_offset{(*cursor)->next});
-    (*cursor)->next += 1;
-    (*cursor)->bytes_added += payload_bytes(data);
+                                      receipt.placements[i].first, receipt.placements[i].second));
+    i += static_cast<std::size_t>(rows);
   }
-  for (const auto& [key, cursor] : cursors) {
+  for (const auto& [log_id, c] : cursors) {
     auto& up = w.update_partition;
-    up.bind(1, key.first);
-    up.bind(2, std::int64_t{key.second});
-    up.bind(3, cursor.next);
-    up.bind(4, cursor.bytes_added);
+    up.bind(1, c.topic->id);
+    up.bind(2, std::int64_t{c.partition.value()});
+    up.bind(3, c.next);
+    up.bind(4, c.bytes_added);
     auto done = up.step();
     up.reset();
     if (!done) return with_context(std::move(done).err(), "commit: advance partition");
   }
 
   for (const auto& pos : batch.positions) {
-    auto topic = find_topic(pos.topic, writer_);
-    if (!topic) return with_context(std::move(topic).err(), "commit position");
-    if (pos.partition.value() < 0 || pos.partition.value() >= topic->spec.partitions)
+    auto found = find_topic(pos.topic, writer_);
+    if (!found) return with_context(std::move(found).err(), "commit position");
+    const auto& topic = **found;
+    if (pos.partition.value() < 0 || pos.partition.value() >= topic.spec.partitions)
       return make_error(errc::invalid_argument, "commit position of {} in {}: no partition {}",
                         pos.group, pos.topic, pos.partition);
-    auto cursor = cursor_for(topic->id, pos.partition);
+    topics.push_back(*found);
+    auto cursor = cursor_for(topic, pos.partition);
     if (!cursor) return std::move(cursor).err();
     if (pos.next.value() < 0 || pos.next.value() > (*cursor)->next)
       return make_error(errc::invalid_argument,
@@ -467,7 +538,7 @@ result<commit_receipt> embedded_log::commit_locked(const commit_batch& batch) {
     if (pos.expected) {
       auto& sel = w.select_position;
       sel.bind(1, pos.group);
-      sel.bind(2, topic->id);
+      sel.bind(2, topic.id);
       sel.bind(3, std::int64_t{pos.partition.value()});
       auto row = sel.step();
       std::int64_t stored = (row && *row) ? sel.column_int(0) : 0;
@@ -481,7 +552,7 @@ result<commit_receipt> embedded_log::commit_locked(const commit_batch& batch) {
     }
     auto& up = w.upsert_position;
     up.bind(1, pos.group);
-    up.bind(2, topic->id);
+    up.bind(2, topic.id);
     up.bind(3, std::int64_t{pos.partition.value()});
     up.bind(4, pos.next.value());
     auto done = up.step();
@@ -521,9 +592,8 @@ result<std::unique_ptr<embedded_log::reader>> embedded_log::acquire_reader() {
                                       options_.cache_kib, options_.mmap_bytes));
       !e)
     return fail(std::move(e).err());
-  auto read = r->db.prepare("SELECT offset, timestamp_ms, key, value, headers FROM records "
-                            "WHERE topic_id=?1 AND partition=?2 AND offset>=?3 "
-                            "ORDER BY offset LIMIT ?4");
+  auto read = r->db.prepare("SELECT id, timestamp_ms, key, value, headers FROM records "
+                            "WHERE id >= ?1 AND id < ?2 ORDER BY id LIMIT ?3");
   auto offsets = r->db.prepare(
     "SELECT start_offset, next_offset FROM partitions WHERE topic_id=?1 AND partition=?2");
   auto position = r->db.prepare("SELECT next_offset FROM positions WHERE group_name=?1 AND "
@@ -552,13 +622,14 @@ result<std::vector<stored_record>> embedded_log::read(std::string_view topic,
   lease r{this, std::move(*acquired)};
   auto info = find_topic(topic, r->db);
   if (!info) return std::move(info).err();
-  if (partition.value() < 0 || partition.value() >= info->spec.partitions)
+  if (partition.value() < 0 || partition.value() >= (*info)->spec.partitions)
     return make_error(errc::not_found, "topic {} has no partition {}", topic, partition);
+  const auto log_id = (*info)->log_ids[static_cast<std::size_t>(partition.value())];
+  const auto base = record_id(log_id, 0);
   auto& s = r->read;
-  s.bind(1, info->id);
-  s.bind(2, std::int64_t{partition.value()});
-  s.bind(3, from.value());
-  s.bind(4, static_cast<std::int64_t>(std::max<std::size_t>(limits.max_records, 1)));
+  s.bind(1, record_id(log_id, std::clamp<std::int64_t>(from.value(), 0, offset_limit)));
+  s.bind(2, record_id(log_id + 1, 0));
+  s.bind(3, static_cast<std::int64_t>(std::max<std::size_t>(limits.max_records, 1)));
   std::vector<stored_record> out;
   out.reserve(std::min<std::size_t>(limits.max_records, 4096));
   std::size_t bytes = 0;
@@ -572,7 +643,7 @@ result<std::vector<stored_record>> embedded_log::read(std::string_view topic,
     if (!*row) break;
     stored_record rec;
     rec.partition = partition;
-    rec.offset = log_offset{s.column_int(0)};
+    rec.offset = log_offset{s.column_int(0) - base};
     rec.data.timestamp_ms = s.column_int(1);
     rec.data.key = s.column_blob(2);
     rec.data.value = s.column_blob(3);
@@ -600,7 +671,7 @@ result<offset_range> embedded_log::offsets(std::string_view topic, partition_id 
   auto info = find_topic(topic, r->db);
   if (!info) return std::move(info).err();
   auto& s = r->offsets;
-  s.bind(1, info->id);
+  s.bind(1, (*info)->id);
   s.bind(2, std::int64_t{partition.value()});
   auto row = s.step();
   result<offset_range> out =
@@ -623,7 +694,7 @@ result<std::optional<log_offset>> embedded_log::position(std::string_view group,
   if (!info) return std::move(info).err();
   auto& s = r->position;
   s.bind(1, group);
-  s.bind(2, info->id);
+  s.bind(2, (*info)->id);
   s.bind(3, std::int64_t{partition.value()});
   auto row = s.step();
   result<std::optional<log_offset>> out = std::optional<log_offset>{};
@@ -637,20 +708,21 @@ result<std::optional<log_offset>> embedded_log::position(std::string_view group,
 }
 
 result<cleanup_stats> embedded_log::clean(std::int64_t now_ms) {
-  auto topics = list_topics();
-  if (!topics) return std::move(topics).err();
+  KEEL_TRY(list_topics());  // refreshes the catalogue
+  std::vector<std::shared_ptr<const topic_info>> topics;
+  {
+    std::shared_lock lock{topics_mutex_};
+    for (const auto& [name, info] : topics_) topics.push_back(info);
+  }
   cleanup_stats stats;
-  for (const auto& spec : *topics) {
-    std::shared_ptr<const topic_info> info;
-    {
-      std::shared_lock lock{topics_mutex_};
-      info = topics_.at(spec.name);
-    }
-    for (std::int32_t p = 0; p < spec.partitions; ++p) {
+  for (const auto& info : topics) {
+    for (std::int32_t p = 0; p < info->spec.partitions; ++p) {
       // One transaction per partition keeps the writer lock short.
       std::lock_guard lock{writer_mutex_};
       auto deleted = clean_partition(*info, partition_id{p}, now_ms);
-      if (!deleted) return std::move(deleted).err();
+      if (!deleted)
+        return with_context(std::move(deleted).err(),
+                            fmt::format("clean {}[{}]", info->spec.name, p));
       stats.records_deleted += *deleted;
       stats.partitions_visited += 1;
     }
@@ -663,27 +735,23 @@ result<std::int64_t> embedded_log::clean_partition(const topic_info& topic, part
   const auto& spec = topic.spec;
   const bool compact = spec.cleanup == cleanup_policy::compact;
   if (!compact && spec.retention_ms < 0 && spec.retention_bytes < 0) return 0;
+  const auto log_id = topic.log_ids[static_cast<std::size_t>(partition.value())];
+  const std::int64_t lo = record_id(log_id, 0), hi = record_id(log_id + 1, 0);
   auto txn = sqlite::transaction::begin(writer_);
   if (!txn) return std::move(txn).err();
   auto scan = writer_.prepare(
-    "SELECT offset, timestamp_ms, key, value IS NULL, "
+    "SELECT id, timestamp_ms, key, value IS NULL, "
     "coalesce(length(key), 0) + coalesce(length(value), 0) "
-    "FROM records WHERE topic_id=?1 AND partition=?2 ORDER BY offset");
-  auto bytes_of = writer_.prepare("SELECT bytes FROM partitions WHERE topic_id=?1 AND partition=?2");
+    "FROM records WHERE id >= ?1 AND id < ?2 ORDER BY id");
   if (!scan) return std::move(scan).err();
-  if (!bytes_of) return std::move(bytes_of).err();
-  scan->bind(1, topic.id);
-  scan->bind(2, std::int64_t{partition.value()});
-  bytes_of->bind(1, topic.id);
-  bytes_of->bind(2, std::int64_t{partition.value()});
-  auto have = bytes_of->step();
-  if (!have) return std::move(have).err();
-  std::int64_t bytes_total = *have ? bytes_of->column_int(0) : 0;
+  scan->bind(1, lo);
+  scan->bind(2, hi);
 
-  std::vector<std::int64_t> doomed;
+  std::vector<std::int64_t> doomed;       // ids to delete one by one (compaction)
+  std::int64_t prefix_end = lo;           // ids below this go (retention)
   if (compact) {
     struct latest {
-      std::int64_t offset;
+      std::int64_t id;
       std::int64_t timestamp_ms;
       bool tombstone;
     };
@@ -695,51 +763,68 @@ result<std::int64_t> embedded_log::clean_partition(const topic_info& topic, part
       latest now{scan->column_int(0), scan->column_int(1), scan->column_int(3) != 0};
       auto [it, inserted] = by_key.try_emplace(scan->column_text(2), now);
       if (!inserted) {
-        doomed.push_back(it->second.offset);
+        doomed.push_back(it->second.id);
         it->second = now;
       }
     }
     for (const auto& [key, last] : by_key)
       if (last.tombstone && last.timestamp_ms < now_ms - spec.tombstone_retention_ms)
-        doomed.push_back(last.offset);
+        doomed.push_back(last.id);
   } else {
+    auto total = writer_.prepare("SELECT bytes FROM partitions WHERE topic_id=?1 AND partition=?2");
+    if (!total) return std::move(total).err();
+    total->bind(1, topic.id);
+    total->bind(2, std::int64_t{partition.value()});
+    auto have = total->step();
+    if (!have) return std::move(have).err();
+    std::int64_t remaining = *have ? total->column_int(0) : 0;
     const std::int64_t cutoff_ms = spec.retention_ms >= 0 ? now_ms - spec.retention_ms
                                                           : std::numeric_limits<std::int64_t>::min();
-    std::int64_t remaining = bytes_total;
     for (;;) {
       auto row = scan->step();
       if (!row) return std::move(row).err();
       if (!*row) break;
       const bool too_old = scan->column_int(1) < cutoff_ms;
       const bool too_big = spec.retention_bytes >= 0 && remaining > spec.retention_bytes;
-      if (!too_old && !too_big) break; // only a prefix goes
-      doomed.push_back(scan->column_int(0));
+      if (!too_old && !too_big) break;  // only a prefix goes
+      prefix_end = scan->column_int(0) + 1;
       remaining -= scan->column_int(4);
     }
   }
   scan->reset();
-  if (doomed.empty()) return 0;
-
-  auto del = writer_.prepare("DELETE FROM records WHERE topic_id=?1 AND partition=?2 AND offset=?3");
-  if (!del) return std::move(del).err();
-  for (auto offset : doomed) {
-    del->bind(1, topic.id);
-    del->bind(2, std::int64_t{partition.value()});
-    del->bind(3, offset);
-    if (auto r = del->step(); !r) return std::move(r).err();
-    del->reset();
+  std::int64_t deleted = 0;
+  if (prefix_end > lo) {
+    auto del = writer_.prepare("DELETE FROM records WHERE id >= ?1 AND id < ?2");
+    if (!del) return std::move(del).err();
+    del->bind(1, lo);
+    del->bind(2, prefix_end);
+    KEEL_TRY(del->step());
+    deleted = sqlite3_changes(writer_.handle());
   }
+  if (!doomed.empty()) {
+    auto del = writer_.prepare("DELETE FROM records WHERE id = ?1");
+    if (!del) return std::move(del).err();
+    for (auto id : doomed) {
+      del->bind(1, id);
+      KEEL_TRY(del->step());
+      del->reset();
+    }
+    deleted += static_cast<std::int64_t>(doomed.size());
+  }
+  if (deleted == 0) return 0;
   auto fix = writer_.prepare(
     "UPDATE partitions SET "
-    "start_offset = coalesce((SELECT min(offset) FROM records WHERE topic_id=?1 AND partition=?2), next_offset), "
-    "bytes = coalesce((SELECT sum(coalesce(length(key), 0) + coalesce(length(value), 0)) FROM records "
-    "WHERE topic_id=?1 AND partition=?2), 0) WHERE topic_id=?1 AND partition=?2");
+    "start_offset = coalesce((SELECT min(id) FROM records WHERE id >= ?3 AND id < ?4) - ?3, next_offset), "
+    "bytes = coalesce((SELECT sum(coalesce(length(key), 0) + coalesce(length(value), 0)) "
+    "FROM records WHERE id >= ?3 AND id < ?4), 0) WHERE topic_id=?1 AND partition=?2");
   if (!fix) return std::move(fix).err();
   fix->bind(1, topic.id);
   fix->bind(2, std::int64_t{partition.value()});
-  if (auto r = fix->step(); !r) return std::move(r).err();
+  fix->bind(3, lo);
+  fix->bind(4, hi);
+  KEEL_TRY(fix->step());
   KEEL_TRY(txn->commit());
-  return static_cast<std::int64_t>(doomed.size());
+  return deleted;
 }
 
 result<void> embedded_log::verify() {

@@ -85,7 +85,8 @@ private:
   result<void> load_topics(sqlite::connection& db);
   /// The cached topic; on a miss, reloads the catalogue (another process may
   /// have created it). REQUIRES: the caller holds no lock on topics_mutex_.
-  result<topic_info> find_topic(std::string_view name, sqlite::connection& db);
+  result<std::shared_ptr<const topic_info>> find_topic(std::string_view name,
+                                                       sqlite::connection& db);
   result<std::unique_ptr<reader>> acquire_reader();
   void release_reader(std::unique_ptr<reader> r);
   result<commit_receipt> commit_locked(const commit_batch& batch);
@@ -109,10 +110,12 @@ private:
   std::size_t readers_open_ = 0;                        // GUARDED_BY(readers_mutex_)
 };
 
-/// A topic as the embedded log knows it: its row id and spec.
+/// A topic as the embedded log knows it: its row id, spec, and for each
+/// partition the id that places its records in the records table.
 struct embedded_log::topic_info {
   std::int64_t id = 0;
   topic_spec spec;
+  std::vector<std::int64_t> log_ids;  // indexed by partition
 };
 
 /// Validates a topic spec (name charset and length, partition count, policies).

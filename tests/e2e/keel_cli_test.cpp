@@ -1,0 +1,227 @@
+// The keel binary as a user runs it: subcommands, exit codes, the daemon.
+
+#include "support/http_client.hpp"
+#include "support/process.hpp"
+#include "support/temp_dir.hpp"
+
+#include <boost/json.hpp>
+#include <doctest/doctest.h>
+
+#include <csignal>
+#include <filesystem>
+#include <set>
+#include <sstream>
+
+using namespace keel;
+using namespace std::chrono_literals;
+
+namespace {
+
+const std::string keel_binary = test::env_or("KEEL_BINARY", "./src/app/keel");
+
+test::run_result run_keel(std::vector<std::string> args, const std::string& input = {}) {
+  args.insert(args.begin(), keel_binary);
+  return test::run(args, input);
+}
+
+std::size_t count_lines(const std::string& text) {
+  return static_cast<std::size_t>(std::count(text.begin(), text.end(), '\n'));
+}
+
+/// Starts `keel serve` on a free port and waits for it to write http.addr.
+struct running_daemon {
+  test::process proc;
+  std::string host;
+  std::uint16_t port = 0;
+
+  running_daemon(const std::string& data_dir, std::vector<std::string> extra = {})
+    : proc(spawn(data_dir, std::move(extra))) {
+    const auto addr_file = data_dir + "/http.addr";
+    bool up = test::eventually([&] { return std::filesystem::exists(addr_file) || proc.wait(0ms).has_value(); }, 30s);
+    REQUIRE(up);
+    REQUIRE_MESSAGE(std::filesystem::exists(addr_file), "daemon exited early");
+    std::tie(host, port) = test::split_address(test::read_file(addr_file));
+  }
+
+  static test::process spawn(const std::string& data_dir, std::vector<std::string> extra) {
+    std::vector<std::string> argv{keel_binary, "serve", "--data-dir", data_dir, "--http", "127.0.0.1:0"};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    return test::process::spawn(argv);
+  }
+
+  std::optional<test::http_reply> get(const std::string& target) {
+    return test::http_request("GET", host, port, target);
+  }
+};
+
+} // namespace
+
+TEST_CASE("every subcommand has --help; bad command lines fail with one line and exit 2") {
+  auto top = run_keel({"--help"});
+  CHECK(top.code == 0);
+  CHECK(top.out.find("serve") != std::string::npos);
+  for (auto command : {"serve", "produce", "tail"}) {
+    CAPTURE(command);
+    auto help = run_keel({command, "--help"});
+    CHECK(help.code == 0);
+    CHECK(help.out.find("usage: keel") == 0);
+    CHECK(help.out.find("--data-dir") != std::string::npos);
+  }
+  CHECK(run_keel({"topics", "create", "--help"}).code == 0);
+  CHECK(run_keel({"topics", "list", "--help"}).code == 0);
+
+  auto bad_flag = run_keel({"serve", "--bogus"});
+  CHECK(bad_flag.code == 2);
+  CHECK(bad_flag.err == "keel serve: unknown flag --bogus (see keel serve --help)\n");
+  auto bad_command = run_keel({"frobnicate"});
+  CHECK(bad_command.code == 2);
+  CHECK(count_lines(bad_command.err) == 1);
+  auto no_command = run_keel({});
+  CHECK(no_command.code == 2);
+  auto bad_value = run_keel({"topics", "create", "t", "--partitions", "many"});
+  CHECK(bad_value.code == 2);
+  CHECK(count_lines(bad_value.err) == 1);
+  CHECK(run_keel({"version"}).out.rfind("keel ", 0) == 0);
+}
+
+TEST_CASE("topics, produce and tail round-trip records through the data directory") {
+  test::temp_dir dir;
+  const auto data = dir.file("data");
+  auto created = run_keel({"topics", "create", "events", "--partitions", "3", "--data-dir", data});
+  REQUIRE_MESSAGE(created.code == 0, created.err);
+  CHECK(run_keel({"topics", "create", "events", "--partitions", "3", "--data-dir", data}).code == 0);
+  auto clash = run_keel({"topics", "create", "events", "--partitions", "5", "--data-dir", data});
+  CHECK(clash.code == 1);
+  CHECK(clash.err.find("exists with partitions=3") != std::string::npos);
+
+  std::string input;
+  for (int i = 0; i < 30; ++i)
+    input += R"({"key":"k)" + std::to_string(i) + R"(","value":{"n":)" + std::to_string(i) + "}}\n";
+  input += R"({"key":"h","value":"plain text","partition":2,"timestamp_ms":42,"headers":{"trace":"abc"}})" "\n";
+  auto produced = run_keel({"produce", "--topic", "events", "--batch", "7", "--data-dir", data}, input);
+  REQUIRE_MESSAGE(produced.code == 0, produced.err);
+  CHECK(produced.err.find("31 records committed") != std::string::npos);
+
+  auto listed = run_keel({"topics", "list", "--data-dir", data});
+  REQUIRE(listed.code == 0);
+  auto row = boost::json::parse(listed.out).as_object();
+  CHECK(row["topic"].as_string() == "events");
+  std::int64_t total = 0;
+  for (const auto& end : row["end_offsets"].as_array()) total += end.as_int64();
+  CHECK(total == 31);
+
+  auto tailed = run_keel({"tail", "--topic", "events", "--data-dir", data});
+  REQUIRE(tailed.code == 0);
+  REQUIRE(count_lines(tailed.out) == 31);
+  std::set<std::int64_t> numbers;
+  bool saw_plain = false;
+  std::istringstream lines(tailed.out);
+  for (std::string line; std::getline(lines, line);) {
+    auto r = boost::json::parse(line).as_object();
+    if (r["key"].as_string() == "h") {
+      saw_plain = true;
+      CHECK(r["value"].as_string() == "plain text");
+      CHECK(r["partition"].as_int64() == 2);
+      CHECK(r["timestamp_ms"].as_int64() == 42);
+      CHECK(r["headers"].as_object()["trace"].as_string() == "abc");
+    } else {
+      numbers.insert(r["value"].as_object()["n"].as_int64());
+    }
+  }
+  CHECK(saw_plain);
+  CHECK(numbers.size() == 30);
+
+  auto one = run_keel({"tail", "--topic", "events", "--partition", "2", "--max", "1", "--data-dir", data});
+  CHECK(count_lines(one.out) == 1);
+  CHECK(run_keel({"tail", "--topic", "events", "--partition", "9", "--data-dir", data}).code == 2);
+  CHECK(run_keel({"tail", "--topic", "nope", "--data-dir", data}).code == 1);
+}
+
+TEST_CASE("produce stops at the first malformed line, says which, and keeps every line before it") {
+  test::temp_dir dir;
+  const auto data = dir.file("data");
+  REQUIRE(run_keel({"topics", "create", "t", "--partitions", "1", "--data-dir", data}).code == 0);
+  const std::string input = "{\"value\":\"a\"}\n{\"value\":\"b\"}\n{\"value\": nope}\n{\"value\":\"d\"}\n";
+  auto r = run_keel({"produce", "--topic", "t", "--data-dir", data}, input);
+  CHECK(r.code == 1);
+  CHECK(r.err.find("line 3: not JSON") != std::string::npos);
+  CHECK(r.err.find("2 records committed before it") != std::string::npos);
+  CHECK(count_lines(run_keel({"tail", "--topic", "t", "--data-dir", data}).out) == 2);
+
+  for (auto [line, reason] : std::vector<std::pair<std::string, std::string>>{
+         {"[1,2]", "expected a JSON object"},
+         {"{\"key\":1,\"value\":\"x\"}", "\"key\" must be a string"},
+         {"{\"key\":\"k\"}", "missing \"value\""},
+         {"{\"value\":\"x\",\"partition\":-1}", "\"partition\" must be a non-negative integer"},
+         {"{\"value\":\"x\",\"colour\":\"red\"}", "unknown field \"colour\""},
+         {"{\"value\":\"x\",\"partition\":5}", "partition 5 outside 0..0"}}) {
+    CAPTURE(line);
+    auto bad = run_keel({"produce", "--topic", "t", "--data-dir", data}, line + "\n");
+    CHECK(bad.code == 1);
+    CHECK(bad.err.find(reason) != std::string::npos);
+  }
+  CHECK(run_keel({"produce", "--data-dir", data}, "").code == 2);  // --topic missing
+}
+
+TEST_CASE("keel serve answers /livez and /readyz, refuses a second daemon, and stops cleanly on SIGTERM") {
+  test::temp_dir dir;
+  const auto data = dir.file("data");
+  REQUIRE(run_keel({"topics", "create", "ledger.transactions", "--partitions", "2", "--data-dir", data}).code == 0);
+  running_daemon d{data};
+
+  auto live = d.get("/livez");
+  REQUIRE(live);
+  CHECK(live->status == 200);
+  CHECK(boost::json::parse(live->body).as_object()["status"].as_string() == "live");
+  auto ready = d.get("/readyz");
+  REQUIRE(ready);
+  CHECK(ready->status == 200);
+  auto topics = d.get("/api/v1/topics");
+  REQUIRE(topics);
+  CHECK(topics->status == 200);
+  auto listed = boost::json::parse(topics->body).as_object()["topics"].as_array();
+  REQUIRE(listed.size() == 1);
+  CHECK(listed[0].as_object()["name"].as_string() == "ledger.transactions");
+  auto missing = d.get("/no/such/route");
+  REQUIRE(missing);
+  CHECK(missing->status == 404);
+  CHECK(boost::json::parse(missing->body).as_object()["error"].as_object()["code"].as_string() == "not_found");
+
+  // A second daemon on the same data directory is refused.
+  auto twin = run_keel({"serve", "--data-dir", data, "--http", "127.0.0.1:0"});
+  CHECK(twin.code == 1);
+  CHECK(twin.err.find("in use by another keel process") != std::string::npos);
+
+  // Another data directory but the same port: refused with the address.
+  auto clash = run_keel({"serve", "--data-dir", dir.file("other"), "--http",
+                     "127.0.0.1:" + std::to_string(d.port)});
+  CHECK(clash.code == 1);
+  CHECK(clash.err.find("cannot listen on 127.0.0.1:" + std::to_string(d.port)) != std::string::npos);
+
+  d.proc.kill(SIGTERM);
+  auto status = d.proc.wait(10s);
+  REQUIRE(status);
+  CHECK(*status == 0);
+  CHECK(d.proc.drain_stderr().find("stopped cleanly") != std::string::npos);
+  CHECK_FALSE(std::filesystem::exists(data + "/http.addr"));
+  CHECK_FALSE(test::http_request("GET", d.host, d.port, "/livez"));
+}
+
+TEST_CASE("keel serve refuses a broken configuration with exit code 2") {
+  test::temp_dir dir;
+  test::write_file(dir.file("bad.toml"), "[http]\nlisten = \"nowhere\"\n");
+  auto r = run_keel({"serve", "--config", dir.file("bad.toml"), "--data-dir", dir.file("data")});
+  CHECK(r.code == 2);
+  CHECK(r.err.find("must be HOST:PORT") != std::string::npos);
+  CHECK(run_keel({"serve", "--config", dir.file("missing.toml")}).code == 2);
+}
+
+TEST_CASE("keel serve refuses a data directory holding a foreign file as its log") {
+  test::temp_dir dir;
+  std::filesystem::create_directories(dir.file("data"));
+  test::write_file(dir.file("data/log.db"), "not a database");
+  auto r = run_keel({"serve", "--data-dir", dir.file("data"), "--http", "127.0.0.1:0"});
+  CHECK(r.code == 1);
+  CHECK(r.err.find("is not a keel log") != std::string::npos);
+  CHECK(test::read_file(dir.file("data/log.db")) == "not a database");
+}
