@@ -1,0 +1,320 @@
+#include "actors/runtime.hpp"
+
+#include "base/logging.hpp"
+
+#include <caf/all.hpp>
+
+#include <map>
+
+namespace keel::runtime {
+namespace {
+
+using poll_atom = caf::atom_constant<caf::atom("poll")>;
+using stop_atom = caf::atom_constant<caf::atom("stop")>;
+using status_atom = caf::atom_constant<caf::atom("status")>;
+using ready_atom = caf::atom_constant<caf::atom("ready")>;
+using restart_atom = caf::atom_constant<caf::atom("restart")>;
+using report_atom = caf::atom_constant<caf::atom("report")>;
+
+} // namespace
+} // namespace keel::runtime
+
+// Status travels only between actors of this process.
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(keel::runtime::task_status)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(std::vector<keel::runtime::task_status>)
+
+namespace keel::runtime {
+namespace {
+
+constexpr auto report_interval = std::chrono::milliseconds(250);
+
+std::chrono::milliseconds next_backoff(std::chrono::milliseconds current, const runtime_options& o) {
+  if (current.count() == 0) return o.backoff_initial;
+  return std::min(current * 2, o.backoff_max);
+}
+
+caf::error to_caf(const error& e) { return caf::make_error(caf::sec::runtime_error, e.message); }
+
+// -- task actor ------------------------------------------------------------------
+
+struct task_args {
+  const stage_spec* spec;
+  partition_id partition;
+  log_backend* log;
+  snapshot_store* snapshots;
+  const clock* wall;
+  runtime_options options;
+  caf::actor supervisor;
+};
+
+struct task_actor_state {
+  std::unique_ptr<task_engine> engine;
+  std::chrono::milliseconds backoff{0};
+  std::chrono::steady_clock::time_point last_report{};
+  static inline const char* name = "keel.task";
+};
+
+caf::behavior task_actor(caf::stateful_actor<task_actor_state>* self, task_args args) {
+  auto& st = self->state;
+  st.engine = std::make_unique<task_engine>(*args.spec, args.partition, *args.log, args.snapshots,
+                                            *args.wall, args.options.task);
+  if (auto restored = st.engine->restore(); !restored) {
+    log(log_level::error, "runtime", "{}: restore failed: {}", st.engine->name(), restored.err());
+    self->quit(to_caf(restored.err()));
+    return {};
+  }
+  auto status = st.engine->status();
+  log(log_level::info, "runtime", "{}: restored {} entities in {} ms", status.task, status.entities,
+      status.restore_ms);
+  self->send(args.supervisor, report_atom::value, std::move(status));
+  self->send(self, poll_atom::value);
+
+  auto report = [self, supervisor = args.supervisor](bool force) {
+    auto now = std::chrono::steady_clock::now();
+    if (!force && now - self->state.last_report < report_interval) return;
+    self->state.last_report = now;
+    self->send(supervisor, report_atom::value, self->state.engine->status());
+  };
+
+  return {
+    [self, args, report](poll_atom) {
+      auto& st = self->state;
+      auto stepped = st.engine->step();
+      if (!stepped) {
+        if (is_fatal(stepped.err())) {
+          log(log_level::error, "runtime", "{}: stopping: {}", st.engine->name(), stepped.err());
+          self->quit(to_caf(stepped.err()));
+          return;
+        }
+        st.backoff = next_backoff(st.backoff, args.options);
+        log(log_level::warn, "runtime", "{}: step failed, state rolled back, retrying in {} ms: {}",
+            st.engine->name(), st.backoff.count(), stepped.err());
+        self->delayed_send(self, st.backoff, poll_atom::value);
+        return;
+      }
+      st.backoff = std::chrono::milliseconds{0};
+      if (auto snap = st.engine->maybe_snapshot(); !snap)
+        log(log_level::warn, "runtime", "{}: snapshot failed (the changelog still has it all): {}",
+            st.engine->name(), snap.err());
+      report(false);
+      if (stepped->committed) self->send(self, poll_atom::value);
+      else self->delayed_send(self, args.options.idle_poll, poll_atom::value);
+    },
+    [self, report](stop_atom) {
+      // Messages are handled one at a time, so the batch in flight has committed.
+      if (auto snap = self->state.engine->snapshot(); !snap)
+        log(log_level::warn, "runtime", "{}: final snapshot failed: {}", self->state.engine->name(), snap.err());
+      report(true);
+      self->quit();
+    },
+  };
+}
+
+// -- supervisor ----------------------------------------------------------------------
+
+struct supervised {
+  const stage_spec* spec = nullptr;
+  partition_id partition;
+  caf::actor actor;
+  std::chrono::milliseconds backoff{0};
+  task_status last;
+  bool alive = false;
+};
+
+struct supervisor_args {
+  std::shared_ptr<const std::vector<stage_spec>> stages;
+  std::vector<std::int32_t> partitions;  // per stage
+  log_backend* log;
+  snapshot_store* snapshots;
+  const clock* wall;
+  runtime_options options;
+};
+
+struct supervisor_state {
+  std::map<std::string, supervised> tasks;
+  std::map<caf::actor_addr, std::string> by_address;
+  bool stopping = false;
+  std::vector<caf::response_promise> stop_waiters;
+  static inline const char* name = "keel.supervisor";
+};
+
+caf::behavior supervisor_actor(caf::stateful_actor<supervisor_state>* self, supervisor_args args) {
+  auto spawn_task = [self, args](const std::string& name) {
+    auto& t = self->state.tasks.at(name);
+    task_args targs{t.spec, t.partition, args.log, args.snapshots, args.wall, args.options,
+                    caf::actor_cast<caf::actor>(self)};
+    t.actor = self->spawn<caf::detached + caf::monitored>(task_actor, targs);
+    t.alive = true;
+    t.last.restored = false;
+    self->state.by_address[t.actor.address()] = name;
+  };
+  auto deliver_if_stopped = [self] {
+    auto& st = self->state;
+    for (const auto& [name, t] : st.tasks)
+      if (t.alive) return;
+    for (auto& waiter : st.stop_waiters) waiter.deliver(true);
+    st.stop_waiters.clear();
+  };
+
+  for (std::size_t i = 0; i < args.stages->size(); ++i) {
+    const auto& spec = (*args.stages)[i];
+    for (std::int32_t p = 0; p < args.partitions[i]; ++p) {
+      auto name = fmt::format("{}/{}", spec.name, p);
+      auto& t = self->state.tasks[name];
+      t.spec = &spec;
+      t.partition = partition_id{p};
+      t.last.task = name;
+      spawn_task(name);
+    }
+  }
+
+  self->set_down_handler([self, args, deliver_if_stopped](caf::down_msg& down) {
+    auto& st = self->state;
+    auto it = st.by_address.find(down.source);
+    if (it == st.by_address.end()) return;
+    auto name = it->second;
+    st.by_address.erase(it);
+    auto& t = st.tasks.at(name);
+    t.alive = false;
+    t.last.restored = false;
+    if (st.stopping) return deliver_if_stopped();
+    t.backoff = next_backoff(t.backoff, args.options);
+    log(log_level::warn, "runtime", "{} stopped ({}); restarting in {} ms", name,
+        caf::to_string(down.reason), t.backoff.count());
+    self->delayed_send(self, t.backoff, restart_atom::value, name);
+  });
+
+  return {
+    [self, spawn_task](restart_atom, const std::string& name) {
+      if (!self->state.stopping) spawn_task(name);
+    },
+    [self](report_atom, task_status status) {
+      auto it = self->state.tasks.find(status.task);
+      if (it == self->state.tasks.end()) return;
+      // A task that restored and keeps reporting is healthy again.
+      if (status.restored && it->second.last.restored) it->second.backoff = std::chrono::milliseconds{0};
+      it->second.last = std::move(status);
+    },
+    [self](ready_atom) {
+      for (const auto& [name, t] : self->state.tasks)
+        if (!t.alive || !t.last.restored) return false;
+      return true;
+    },
+    [self](status_atom) {
+      std::vector<task_status> out;
+      for (const auto& [name, t] : self->state.tasks) {
+        out.push_back(t.last);
+        if (!t.alive) out.back().restored = false;
+      }
+      return out;
+    },
+    [self, deliver_if_stopped](stop_atom) -> caf::result<bool> {
+      auto& st = self->state;
+      st.stopping = true;
+      auto promise = self->make_response_promise();
+      st.stop_waiters.push_back(promise);
+      for (const auto& [name, t] : st.tasks)
+        if (t.alive) self->send(t.actor, stop_atom::value);
+      deliver_if_stopped();
+      return promise;
+    },
+  };
+}
+
+} // namespace
+
+result<void> prepare_topics(log_backend& log, const std::vector<stage_spec>& stages,
+                            std::int32_t default_partitions) {
+  for (const auto& stage : stages) {
+    if (stage.inputs.empty())
+      return make_error(errc::invalid_argument, "stage {} has no input topic", stage.name);
+    std::int32_t partitions = 0;
+    std::string first;
+    for (const auto& input : stage.inputs) {
+      auto spec = log.describe_topic(input);
+      if (!spec && spec.err().code == errc::not_found) {
+        KEEL_TRY(log.create_topic({.name = input, .partitions = default_partitions}));
+        spec = log.describe_topic(input);
+      }
+      if (!spec) return with_context(std::move(spec).err(), "stage " + stage.name);
+      if (partitions == 0) {
+        partitions = spec->partitions;
+        first = input;
+      } else if (spec->partitions != partitions) {
+        return make_error(errc::conflict,
+                          "stage {} joins {} ({} partitions) with {} ({} partitions): joined "
+                          "inputs must be co-partitioned, with equal partition counts",
+                          stage.name, first, partitions, input, spec->partitions);
+      }
+    }
+    for (const auto& output : stage.outputs) {
+      auto existing = log.describe_topic(output.name);
+      if (existing) continue;
+      if (existing.err().code != errc::not_found) return existing.err();
+      KEEL_TRY(log.create_topic(output));
+    }
+    // The changelog and dead letters of partition p live in partition p.
+    for (const auto& own : {stage.changelog_topic(), stage.dead_letter_topic()}) {
+      topic_spec spec{.name = own, .partitions = partitions};
+      auto existing = log.describe_topic(own);
+      if (existing && existing->partitions != partitions)
+        return make_error(errc::conflict, "{} has {} partitions, its stage's inputs have {}", own,
+                          existing->partitions, partitions);
+      if (!existing) KEEL_TRY(log.create_topic(spec));
+    }
+  }
+  return ok();
+}
+
+result<std::unique_ptr<runtime>> runtime::start(caf::actor_system& system, log_backend& log,
+                                                snapshot_store* snapshots, const clock& wall,
+                                                std::vector<stage_spec> stages,
+                                                runtime_options options) {
+  KEEL_TRY(prepare_topics(log, stages, options.default_partitions));
+  auto shared = std::make_shared<const std::vector<stage_spec>>(std::move(stages));
+  supervisor_args args{shared, {}, &log, snapshots, &wall, options};
+  for (const auto& stage : *shared) {
+    auto spec = log.describe_topic(stage.inputs.front());
+    if (!spec) return spec.err();
+    args.partitions.push_back(spec->partitions);
+  }
+  auto supervisor = system.spawn(supervisor_actor, std::move(args));
+  return std::unique_ptr<runtime>{new runtime(system, std::move(supervisor), std::move(shared))};
+}
+
+runtime::~runtime() {
+  if (!stopped_) (void)stop(std::chrono::seconds(10));
+}
+
+bool runtime::ready(std::chrono::milliseconds timeout) const {
+  caf::scoped_actor self{system_};
+  bool out = false;
+  self->request(supervisor_, timeout, ready_atom::value)
+    .receive([&](bool r) { out = r; }, [&](caf::error&) { out = false; });
+  return out;
+}
+
+std::vector<task_status> runtime::status(std::chrono::milliseconds timeout) const {
+  caf::scoped_actor self{system_};
+  std::vector<task_status> out;
+  self->request(supervisor_, timeout, status_atom::value)
+    .receive([&](std::vector<task_status>& r) { out = std::move(r); }, [&](caf::error&) {});
+  return out;
+}
+
+result<void> runtime::stop(std::chrono::milliseconds timeout) {
+  if (stopped_) return ok();
+  caf::scoped_actor self{system_};
+  result<void> out = ok();
+  self->request(supervisor_, timeout, stop_atom::value)
+    .receive([&](bool) {},
+             [&](caf::error& e) {
+               out = make_error(errc::timeout, "tasks did not stop within {} ms: {}",
+                                timeout.count(), caf::to_string(e));
+             });
+  self->send_exit(supervisor_, caf::exit_reason::user_shutdown);
+  stopped_ = true;
+  return out;
+}
+
+} // namespace keel::runtime

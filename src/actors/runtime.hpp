@@ -1,0 +1,77 @@
+#pragma once
+
+#include "actors/clock.hpp"
+#include "actors/stage.hpp"
+#include "actors/task_engine.hpp"
+#include "log/log.hpp"
+#include "log/snapshot_store.hpp"
+
+#include <caf/actor.hpp>
+#include <caf/actor_system.hpp>
+
+#include <chrono>
+#include <memory>
+#include <vector>
+
+namespace keel::runtime {
+
+/// Settings of the runtime as a whole.
+struct runtime_options {
+  task_options task;
+  /// How long an idle task waits before polling its inputs again.
+  std::chrono::milliseconds idle_poll{20};
+  /// Backoff of a task after a retriable failure or a restart after a fatal one:
+  /// doubles from initial up to max.
+  std::chrono::milliseconds backoff_initial{100};
+  std::chrono::milliseconds backoff_max{10'000};
+  /// Partitions given to a stage's input topics that do not exist yet.
+  std::int32_t default_partitions = 4;
+};
+
+/// Checks and creates the topics the stages need: inputs (created with the
+/// default partition count when missing), outputs, changelogs and dead-letter
+/// topics. A stage whose inputs have different partition counts cannot join them
+/// and is refused with an error naming the topics and counts.
+result<void> prepare_topics(log_backend& log, const std::vector<stage_spec>& stages,
+                            std::int32_t default_partitions);
+
+/// The actor runtime: a supervisor actor that spawns one task actor per (stage,
+/// input partition), restarts failed tasks with exponential backoff, and stops
+/// them gracefully. Task actors are detached (a thread each), so their blocking
+/// log and SQLite calls never run on CAF's scheduler threads.
+///
+/// Thread safety: the methods may be called from any thread; they talk to the
+/// supervisor by message.
+class runtime {
+public:
+  /// Prepares topics and starts every task. The log, snapshot store and clock
+  /// must outlive the runtime.
+  static result<std::unique_ptr<runtime>> start(caf::actor_system& system, log_backend& log,
+                                                snapshot_store* snapshots, const clock& wall,
+                                                std::vector<stage_spec> stages,
+                                                runtime_options options = {});
+  ~runtime();
+
+  /// True once every task has restored its state.
+  bool ready(std::chrono::milliseconds timeout = std::chrono::seconds(2)) const;
+
+  /// The last status each task reported.
+  std::vector<task_status> status(std::chrono::milliseconds timeout = std::chrono::seconds(2)) const;
+
+  /// Stops every task: each finishes and commits the batch in flight, snapshots,
+  /// and exits. errc::timeout if that takes longer than `timeout`.
+  result<void> stop(std::chrono::milliseconds timeout);
+
+  const std::vector<stage_spec>& stages() const noexcept { return *stages_; }
+
+private:
+  runtime(caf::actor_system& system, caf::actor supervisor,
+          std::shared_ptr<const std::vector<stage_spec>> stages)
+    : system_(system), supervisor_(std::move(supervisor)), stages_(std::move(stages)) {}
+  caf::actor_system& system_;
+  caf::actor supervisor_;
+  std::shared_ptr<const std::vector<stage_spec>> stages_;
+  bool stopped_ = false;
+};
+
+} // namespace keel::runtime

@@ -1,0 +1,125 @@
+#pragma once
+
+#include "base/result.hpp"
+#include "log/record.hpp"
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace keel::runtime {
+
+/// Header that carries a record's deterministic event id.
+inline constexpr std::string_view event_id_header = "keel-event-id";
+
+/// What a timer measures time by.
+enum class timer_kind : std::uint8_t {
+  /// Fires once the partition's stream time (the largest event time seen) passes it.
+  stream_time = 1,
+  /// Fires once the wall clock passes it.
+  wall_clock = 2,
+};
+
+/// A timer is part of task state: scheduled and fired inside steps, changelogged,
+/// restored, and fired exactly once.
+struct timer {
+  std::string id;          // unique within the task; scheduling an existing id replaces it
+  std::string entity_key;
+  timer_kind kind = timer_kind::stream_time;
+  std::int64_t due_ms = 0;
+  std::string payload;
+
+  friend bool operator==(const timer&, const timer&) = default;
+};
+
+/// One input record handed to a stage.
+struct input_record {
+  std::string_view topic;
+  partition_id partition;
+  const stored_record& record;
+};
+
+/// What a stage may do while it handles one input or timer. Everything it does
+/// is buffered and becomes visible only when the step commits.
+///
+/// Thread: the task's own; never shared.
+class step_context {
+public:
+  virtual ~step_context() = default;
+
+  /// The id the next emit() will carry: "<topic>/<partition>/<offset>/<index>" of
+  /// the input, so that a retry produces the same ids.
+  virtual std::string next_event_id() const = 0;
+  /// Appends an output record (partitioned by key unless `partition` is given).
+  virtual void emit(std::string topic, std::optional<std::string> key, std::string value,
+                    std::optional<partition_id> partition = std::nullopt) = 0;
+  /// Appends an event of entity `key` to the changelog; restore replays it
+  /// through stage_logic::apply.
+  virtual void record(std::string key, std::string event) = 0;
+  /// Schedules (or replaces) a timer.
+  virtual void schedule(timer t) = 0;
+  /// Cancels a timer if it is still pending.
+  virtual void cancel(std::string_view timer_id) = 0;
+  /// Event time of the input being handled (a timer's due time for timers).
+  virtual std::int64_t event_time_ms() const = 0;
+  /// The partition's stream time.
+  virtual std::int64_t stream_time_ms() const = 0;
+  /// Wall-clock time, from the runtime's clock (a virtual one in simulations).
+  virtual std::int64_t wall_time_ms() const = 0;
+};
+
+/// The plumbing around one stage's pure deciders for one partition: decode an
+/// input, decide and evolve the entities of this partition, say what to emit
+/// and record. Implementations keep state in undo_map so a failed commit can be
+/// rolled back exactly.
+///
+/// Thread: owned and called by one task; never concurrently.
+class stage_logic {
+public:
+  virtual ~stage_logic() = default;
+
+  /// Handles one input. An error means the input cannot be decoded or violates
+  /// the schema: it goes to the dead-letter topic with the message as reason.
+  /// REQUIRES: on error, no state was changed and nothing emitted.
+  virtual result<void> process(const input_record& in, step_context& ctx) = 0;
+  /// Handles a due timer; the runtime removes it in the same step.
+  virtual result<void> on_timer(const timer& t, step_context& ctx) {
+    (void)t;
+    (void)ctx;
+    return ok();
+  }
+  /// Replays one changelog event into state (restore).
+  virtual result<void> apply(std::string_view key, std::string_view event) = 0;
+
+  /// Batch boundaries: the runtime calls begin, then commit after a successful
+  /// log commit or rollback after a failed one.
+  virtual void begin_batch() = 0;
+  virtual void commit_batch() = 0;
+  virtual void rollback_batch() = 0;
+
+  virtual std::int64_t entity_count() const = 0;
+  /// Serialises all entity state (snapshot) / loads it back (restore).
+  virtual void save(std::string& out) const = 0;
+  virtual result<void> load(std::string_view in) = 0;
+  /// A JSON view of one entity, for queries; nullopt when unknown.
+  virtual std::optional<std::string> describe(std::string_view key) const = 0;
+};
+
+/// A stage: its name (also its consumer group), its input topics (joined inputs
+/// must have equal partition counts), the topics it emits to, and how to make
+/// its logic for one partition.
+struct stage_spec {
+  std::string name;
+  std::vector<std::string> inputs;
+  std::vector<topic_spec> outputs;
+  std::function<std::unique_ptr<stage_logic>()> make_logic;
+
+  std::string changelog_topic() const { return name + ".changelog"; }
+  std::string dead_letter_topic() const { return name + ".dead-letter"; }
+};
+
+} // namespace keel::runtime

@@ -1,0 +1,508 @@
+#include "actors/task_engine.hpp"
+
+#include "base/bytes.hpp"
+#include "base/logging.hpp"
+#include "keel/runtime.pb.h"
+
+#include <algorithm>
+#include <charconv>
+
+namespace keel::runtime {
+namespace {
+
+// Changelog records are entity events unless this header says otherwise.
+constexpr std::string_view kind_header = "keel-kind";
+constexpr std::string_view kind_timer = "timer";              // value: encoded timer
+constexpr std::string_view kind_timer_done = "timer-done";    // value: fire sequence or empty
+constexpr std::string_view kind_applied = "applied";          // value: offset/index
+constexpr std::string_view snapshot_magic = "keel-snapshot-1";
+
+// Changelog keys of the runtime's own records: a NUL byte, a kind letter, the
+// name. Input keys starting with NUL are refused, so they never collide.
+std::string reserved_key(char kind, std::string_view name) {
+  std::string key{'\0', kind};
+  key += name;
+  return key;
+}
+
+std::optional<std::string_view> header(const record& r, std::string_view name) {
+  for (const auto& [n, v] : r.headers)
+    if (n == name) return std::string_view{v};
+  return std::nullopt;
+}
+
+void encode_timer(byte_writer& w, const timer& t) {
+  w.str(t.id);
+  w.str(t.entity_key);
+  w.u64(static_cast<std::uint64_t>(t.kind));
+  w.i64(t.due_ms);
+  w.str(t.payload);
+}
+
+bool decode_timer(byte_reader& r, timer& t) {
+  t.id = std::string{r.str()};
+  t.entity_key = std::string{r.str()};
+  auto kind = r.u64();
+  t.kind = kind == 2 ? timer_kind::wall_clock : timer_kind::stream_time;
+  t.due_ms = r.i64();
+  t.payload = std::string{r.str()};
+  return r.ok() && (kind == 1 || kind == 2);
+}
+
+bool parse_int(std::string_view text, std::int64_t& out) {
+  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), out);
+  return ec == std::errc{} && end == text.data() + text.size();
+}
+
+} // namespace
+
+std::optional<std::pair<std::string, std::pair<std::int64_t, std::int64_t>>>
+parse_event_id(std::string_view id) {
+  // topic/partition/offset/index, split from the right: topics have no '/'.
+  std::int64_t parts[3];
+  std::string_view rest = id;
+  for (int i = 2; i >= 0; --i) {
+    auto slash = rest.rfind('/');
+    if (slash == std::string_view::npos) return std::nullopt;
+    if (!parse_int(rest.substr(slash + 1), parts[i]) || parts[i] < 0) return std::nullopt;
+    rest = rest.substr(0, slash);
+  }
+  if (rest.empty()) return std::nullopt;
+  return std::pair{fmt::format("{}/{}", rest, parts[0]), std::pair{parts[1], parts[2]}};
+}
+
+bool is_fatal(const error& e) noexcept {
+  switch (e.code) {
+    case errc::busy:
+    case errc::io_error:
+    case errc::disk_full:
+    case errc::read_only:
+    case errc::unavailable:
+    case errc::timeout:
+      return false;
+    default:
+      return true;
+  }
+}
+
+/// The step_context of one step: buffers what the stage does.
+class task_engine::context final : public step_context {
+public:
+  context(task_engine& engine) : engine_(engine) {}
+
+  void begin_input(std::string origin, std::int64_t event_time_ms) {
+    origin_ = std::move(origin);
+    index_ = 0;
+    event_time_ms_ = event_time_ms;
+    outputs_mark_ = outputs.size();
+    changelog_mark_ = changelog.size();
+  }
+  /// Drops what the current input emitted (it is going to the dead letters).
+  void discard_input() {
+    outputs.resize(outputs_mark_);
+    changelog.resize(changelog_mark_);
+  }
+
+  std::string next_event_id() const override { return fmt::format("{}/{}", origin_, index_); }
+
+  void emit(std::string topic, std::optional<std::string> key, std::string value,
+            std::optional<partition_id> partition) override {
+    append_entry e;
+    e.topic = std::move(topic);
+    e.partition = partition;
+    e.data.key = std::move(key);
+    e.data.value = std::move(value);
+    e.data.timestamp_ms = event_time_ms_;
+    e.data.headers.emplace_back(std::string{event_id_header}, next_event_id());
+    ++index_;
+    outputs.push_back(std::move(e));
+  }
+
+  void record(std::string key, std::string event) override {
+    changelog.push_back(changelog_entry(std::move(key), std::move(event), {}));
+  }
+
+  void schedule(timer t) override {
+    std::string value;
+    byte_writer w{value};
+    encode_timer(w, t);
+    changelog.push_back(changelog_entry(reserved_key('t', t.id), std::move(value), kind_timer));
+    engine_.timers_.touch(t.id) = std::move(t);
+  }
+
+  void cancel(std::string_view timer_id) override {
+    std::string id{timer_id};
+    if (engine_.timers_.find(id) == nullptr) return;
+    changelog.push_back(changelog_entry(reserved_key('t', id), "", kind_timer_done));
+    engine_.timers_.erase(id);
+  }
+
+  std::int64_t event_time_ms() const override { return event_time_ms_; }
+  std::int64_t stream_time_ms() const override { return engine_.stream_time_ms_; }
+  std::int64_t wall_time_ms() const override { return engine_.wall_.now_ms(); }
+
+  append_entry changelog_entry(std::string key, std::string value, std::string_view kind) const {
+    append_entry e;
+    e.topic = engine_.spec_.changelog_topic();
+    e.partition = engine_.partition_;
+    e.data.key = std::move(key);
+    e.data.value = std::move(value);
+    e.data.timestamp_ms = event_time_ms_;
+    if (!kind.empty()) e.data.headers.emplace_back(std::string{kind_header}, std::string{kind});
+    return e;
+  }
+
+  std::vector<append_entry> outputs;
+  std::vector<append_entry> changelog;
+  std::vector<append_entry> dead_letters;
+
+private:
+  task_engine& engine_;
+  std::string origin_;
+  std::int64_t index_ = 0;
+  std::int64_t event_time_ms_ = 0;
+  std::size_t outputs_mark_ = 0;
+  std::size_t changelog_mark_ = 0;
+};
+
+task_engine::task_engine(const stage_spec& spec, partition_id partition, log_backend& log,
+                         snapshot_store* snapshots, const clock& wall, task_options options)
+  : spec_(spec), partition_(partition), log_(log), snapshots_(snapshots), wall_(wall),
+    options_(options), name_(fmt::format("{}/{}", spec.name, partition.value())) {}
+
+void task_engine::encode_engine_state(std::string& out) const {
+  byte_writer w{out};
+  w.i64(stream_time_ms_);
+  w.u64(applied_.size());
+  for (const auto& [source, seq] : applied_.items()) {
+    w.str(source);
+    w.i64(seq.first);
+    w.i64(seq.second);
+  }
+  w.u64(timers_.size());
+  for (const auto& [id, t] : timers_.items()) encode_timer(w, t);
+}
+
+result<void> task_engine::decode_engine_state(std::string_view in) {
+  byte_reader r{in};
+  stream_time_ms_ = r.i64();
+  decltype(applied_)::map_type applied;
+  for (auto n = r.u64(); r.ok() && n > 0; --n) {
+    std::string source{r.str()};
+    auto offset = r.i64();
+    auto index = r.i64();
+    applied[source] = {offset, index};
+  }
+  decltype(timers_)::map_type timers;
+  for (auto n = r.u64(); r.ok() && n > 0; --n) {
+    timer t;
+    if (!decode_timer(r, t)) break;
+    timers[t.id] = std::move(t);
+  }
+  if (!r.ok() || !r.done()) return make_error(errc::corrupt, "{}: damaged runtime state in snapshot", name_);
+  applied_.reset(std::move(applied));
+  timers_.reset(std::move(timers));
+  return ok();
+}
+
+result<void> task_engine::restore() {
+  const auto started = wall_.now_ms();
+  restored_ = false;
+  logic_ = spec_.make_logic();
+  applied_.reset();
+  timers_.reset();
+  stream_time_ms_ = 0;
+  changelog_next_ = 0;
+
+  positions_.clear();
+  for (const auto& input : spec_.inputs) {
+    auto pos = log_.position(spec_.name, input, partition_);
+    if (!pos) return with_context(std::move(pos).err(), "restore " + name_);
+    positions_.push_back(pos->value_or(log_offset{0}));
+  }
+  auto changelog_end = log_.offsets(spec_.changelog_topic(), partition_);
+  if (!changelog_end) return with_context(std::move(changelog_end).err(), "restore " + name_);
+
+  if (snapshots_ != nullptr) {
+    auto loaded = snapshots_->load_latest(name_);
+    if (!loaded) return with_context(std::move(loaded).err(), "restore " + name_);
+    if (*loaded) {
+      auto& [meta, state] = **loaded;
+      // A snapshot ahead of the log (the log was restored from an older copy)
+      // describes a future that did not happen: ignore it and replay.
+      bool consistent = meta.changelog_next <= changelog_end->end.value();
+      for (const auto& [topic, offset] : meta.positions)
+        for (std::size_t i = 0; i < spec_.inputs.size(); ++i)
+          if (spec_.inputs[i] == topic && offset > positions_[i].value()) consistent = false;
+      if (consistent) {
+        byte_reader r{state};
+        auto magic = r.str();
+        auto engine_state = r.str();
+        auto logic_state = r.str();
+        if (!r.ok() || magic != snapshot_magic)
+          return make_error(errc::corrupt, "{}: snapshot is damaged", name_);
+        KEEL_TRY(decode_engine_state(engine_state));
+        if (auto l = logic_->load(logic_state); !l) return with_context(std::move(l).err(), "restore " + name_);
+        changelog_next_ = meta.changelog_next;
+        last_snapshot_ms_ = meta.created_ms;
+      } else {
+        log(log_level::warn, "runtime", "{}: snapshot is ahead of the log; replaying the changelog",
+            name_);
+        logic_ = spec_.make_logic();
+      }
+    }
+  }
+  KEEL_TRY(replay_changelog(changelog_next_));
+  restored_ = true;
+  restore_ms_ = wall_.now_ms() - started;
+  return ok();
+}
+
+result<void> task_engine::replay_changelog(std::int64_t from) {
+  const auto topic = spec_.changelog_topic();
+  log_offset next{from};
+  for (;;) {
+    auto page = log_.read(topic, partition_, next, {.max_records = 10000, .max_bytes = 16 << 20});
+    if (!page) return with_context(std::move(page).err(), "replay changelog of " + name_);
+    if (page->empty()) break;
+    for (const auto& rec : *page) {
+      const auto& data = rec.data;
+      auto kind = header(data, kind_header);
+      const std::string_view key = data.key ? std::string_view{*data.key} : std::string_view{};
+      const std::string_view value = data.value ? std::string_view{*data.value} : std::string_view{};
+      if (!kind) {
+        if (auto r = logic_->apply(key, value); !r)
+          return with_context(std::move(r).err(),
+                              fmt::format("replay {}[{}] at {}", topic, partition_, rec.offset));
+      } else if (*kind == kind_timer) {
+        byte_reader r{value};
+        timer t;
+        if (!decode_timer(r, t))
+          return make_error(errc::corrupt, "replay {}[{}] at {}: damaged timer", topic, partition_, rec.offset);
+        timers_.touch(t.id) = std::move(t);
+      } else if (*kind == kind_timer_done) {
+        timers_.erase(std::string{key.substr(std::min<std::size_t>(2, key.size()))});
+      } else if (*kind == kind_applied) {
+        auto slash = value.find('/');
+        std::int64_t offset = 0, index = 0;
+        if (slash == std::string_view::npos || !parse_int(value.substr(0, slash), offset) ||
+            !parse_int(value.substr(slash + 1), index))
+          return make_error(errc::corrupt, "replay {}[{}] at {}: damaged marker", topic, partition_, rec.offset);
+        applied_.touch(std::string{key.substr(std::min<std::size_t>(2, key.size()))}) = {offset, index};
+      }
+      stream_time_ms_ = std::max(stream_time_ms_, data.timestamp_ms);
+      next = log_offset{rec.offset.value() + 1};
+    }
+  }
+  changelog_next_ = next.value();
+  return ok();
+}
+
+result<step_result> task_engine::step() {
+  KEEL_ASSERT(restored_, "{}: step before restore", name_);
+  step_result out;
+
+  // Read a batch from each input at the committed position.
+  struct pending {
+    std::size_t input;
+    const stored_record* rec;
+  };
+  std::vector<std::vector<stored_record>> batches(spec_.inputs.size());
+  std::vector<pending> order;
+  for (std::size_t i = 0; i < spec_.inputs.size(); ++i) {
+    auto page = log_.read(spec_.inputs[i], partition_, positions_[i],
+                          {.max_records = options_.batch_max, .max_bytes = 16 << 20});
+    if (!page) return with_context(std::move(page).err(), "poll " + name_);
+    batches[i] = std::move(*page);
+    for (const auto& rec : batches[i]) order.push_back({i, &rec});
+  }
+  // Joined inputs are handled in event-time order (ties: input, then offset).
+  if (spec_.inputs.size() > 1)
+    std::stable_sort(order.begin(), order.end(), [](const pending& a, const pending& b) {
+      if (a.rec->data.timestamp_ms != b.rec->data.timestamp_ms)
+        return a.rec->data.timestamp_ms < b.rec->data.timestamp_ms;
+      return a.input < b.input;
+    });
+
+  context ctx{*this};
+  logic_->begin_batch();
+  applied_.begin();
+  timers_.begin();
+  const auto saved_stream_time = stream_time_ms_;
+  std::map<std::string, std::pair<std::int64_t, std::int64_t>> applied_now;
+
+  for (const auto& [input, rec] : order) {
+    const auto& topic = spec_.inputs[input];
+    ++out.records;
+    stream_time_ms_ = std::max(stream_time_ms_, rec->data.timestamp_ms);
+    auto origin = fmt::format("{}/{}/{}", topic, partition_.value(), rec->offset.value());
+    // An event applied before (a redelivery, or a duplicate a producer wrote)
+    // changes nothing.
+    std::optional<std::pair<std::string, std::pair<std::int64_t, std::int64_t>>> id;
+    if (auto h = header(rec->data, event_id_header)) id = parse_event_id(*h);
+    if (id) {
+      const auto* seen = applied_.find(id->first);
+      if (seen != nullptr && id->second <= *seen) {
+        ++out.duplicates;
+        continue;
+      }
+    }
+    ctx.begin_input(origin, rec->data.timestamp_ms);
+    result<void> handled = ok();
+    if (rec->data.key && !rec->data.key->empty() && rec->data.key->front() == '\0')
+      handled = make_error(errc::invalid_argument, "keys starting with a NUL byte are reserved");
+    else
+      handled = logic_->process({topic, partition_, *rec}, ctx);
+    if (!handled) {
+      ctx.discard_input();
+      runtime::DeadLetter dl;
+      dl.set_stage(spec_.name);
+      dl.set_source_topic(topic);
+      dl.set_source_partition(partition_.value());
+      dl.set_source_offset(rec->offset.value());
+      dl.set_reason(handled.err().message);
+      if (rec->data.key) dl.set_original_key(*rec->data.key);
+      if (rec->data.value) dl.set_original_value(*rec->data.value);
+      dl.set_failed_at_ms(wall_.now_ms());
+      append_entry e;
+      e.topic = spec_.dead_letter_topic();
+      e.partition = partition_;
+      e.data.key = rec->data.key;
+      e.data.value = dl.SerializeAsString();
+      e.data.timestamp_ms = rec->data.timestamp_ms;
+      e.data.headers = {{"keel-reason", handled.err().message}, {"keel-source", origin}};
+      ctx.dead_letters.push_back(std::move(e));
+      ++out.dead_letters;
+    }
+    if (id) {
+      applied_.touch(id->first) = id->second;
+      applied_now[id->first] = id->second;
+    }
+  }
+
+  // Fire due timers, earliest first, in the same step.
+  std::vector<timer> due;
+  const auto now = wall_.now_ms();
+  for (const auto& [tid, t] : timers_.items())
+    if ((t.kind == timer_kind::stream_time && t.due_ms <= stream_time_ms_) ||
+        (t.kind == timer_kind::wall_clock && t.due_ms <= now))
+      due.push_back(t);
+  std::sort(due.begin(), due.end(), [](const timer& a, const timer& b) {
+    return a.due_ms != b.due_ms ? a.due_ms < b.due_ms : a.id < b.id;
+  });
+  if (due.size() > options_.batch_max) due.resize(options_.batch_max);
+  for (const auto& t : due) {
+    // Remove first: the handler may schedule a timer with the same id again.
+    // The removal's changelog offset is known before the commit (this task is
+    // the partition's only writer) and names the firing: outputs of a timer get
+    // ids as deterministic as those of an input record.
+    const auto done_offset = changelog_next_ + static_cast<std::int64_t>(ctx.changelog.size());
+    ctx.changelog.push_back(ctx.changelog_entry(reserved_key('t', t.id), "", kind_timer_done));
+    ctx.begin_input(fmt::format("{}/{}/{}", spec_.changelog_topic(), partition_.value(), done_offset), t.due_ms);
+    timers_.erase(t.id);
+    if (auto fired = logic_->on_timer(t, ctx); !fired)
+      log(log_level::warn, "runtime", "{}: timer {} failed: {}", name_, t.id, fired.err());
+    ++out.timers_fired;
+  }
+
+  if (order.empty() && due.empty()) {
+    logic_->commit_batch();
+    applied_.commit();
+    timers_.commit();
+    return out;
+  }
+
+  commit_batch batch;
+  batch.records.reserve(ctx.outputs.size() + ctx.changelog.size() + ctx.dead_letters.size() +
+                        applied_now.size());
+  out.outputs = static_cast<std::int64_t>(ctx.outputs.size());
+  for (auto& e : ctx.outputs) batch.records.push_back(std::move(e));
+  for (auto& e : ctx.dead_letters) batch.records.push_back(std::move(e));
+  const std::size_t changelog_first = batch.records.size();
+  for (auto& e : ctx.changelog) batch.records.push_back(std::move(e));
+  for (const auto& [source, seq] : applied_now)
+    batch.records.push_back(ctx.changelog_entry(reserved_key('a', source), fmt::format("{}/{}", seq.first, seq.second),
+                                                kind_applied));
+  const std::size_t changelog_count = batch.records.size() - changelog_first;
+  std::vector<log_offset> next_positions = positions_;
+  for (std::size_t i = 0; i < spec_.inputs.size(); ++i) {
+    if (batches[i].empty()) continue;
+    next_positions[i] = log_offset{batches[i].back().offset.value() + 1};
+    batch.positions.push_back({spec_.name, spec_.inputs[i], partition_, next_positions[i], positions_[i]});
+  }
+
+  auto receipt = log_.commit(batch);
+  if (!receipt) {
+    logic_->rollback_batch();
+    applied_.rollback();
+    timers_.rollback();
+    stream_time_ms_ = saved_stream_time;
+    return with_context(std::move(receipt).err(), "commit " + name_);
+  }
+  logic_->commit_batch();
+  applied_.commit();
+  timers_.commit();
+  positions_ = std::move(next_positions);
+  if (changelog_count > 0)
+    changelog_next_ = receipt->placements[changelog_first + changelog_count - 1].second.value() + 1;
+  out.committed = true;
+  records_total_ += out.records;
+  outputs_total_ += out.outputs;
+  dead_letters_total_ += out.dead_letters;
+  duplicates_total_ += out.duplicates;
+  events_since_snapshot_ += out.records + out.timers_fired;
+  return out;
+}
+
+result<void> task_engine::snapshot() {
+  if (snapshots_ == nullptr) return ok();
+  std::string engine_state, logic_state, state;
+  encode_engine_state(engine_state);
+  logic_->save(logic_state);
+  byte_writer w{state};
+  w.str(snapshot_magic);
+  w.str(engine_state);
+  w.str(logic_state);
+  snapshot_meta meta;
+  meta.task = name_;
+  meta.changelog_next = changelog_next_;
+  for (std::size_t i = 0; i < spec_.inputs.size(); ++i)
+    meta.positions.emplace_back(spec_.inputs[i], positions_[i].value());
+  meta.entity_count = logic_->entity_count();
+  meta.created_ms = wall_.now_ms();
+  KEEL_TRY(snapshots_->save(meta, state));
+  events_since_snapshot_ = 0;
+  last_snapshot_ms_ = meta.created_ms;
+  return ok();
+}
+
+result<void> task_engine::maybe_snapshot() {
+  if (snapshots_ == nullptr || events_since_snapshot_ == 0) return ok();
+  const bool by_count = options_.snapshot_every_events > 0 &&
+                        events_since_snapshot_ >= options_.snapshot_every_events;
+  const bool by_time = options_.snapshot_every_ms > 0 &&
+                       wall_.now_ms() - last_snapshot_ms_ >= options_.snapshot_every_ms;
+  if (!by_count && !by_time) return ok();
+  return snapshot();
+}
+
+task_status task_engine::status() const {
+  task_status s;
+  s.task = name_;
+  s.restored = restored_;
+  s.records_total = records_total_;
+  s.outputs_total = outputs_total_;
+  s.dead_letters_total = dead_letters_total_;
+  s.duplicates_total = duplicates_total_;
+  s.timers_pending = static_cast<std::int64_t>(timers_.size());
+  s.entities = logic_ ? logic_->entity_count() : 0;
+  s.stream_time_ms = stream_time_ms_;
+  s.changelog_next = changelog_next_;
+  s.last_snapshot_ms = last_snapshot_ms_;
+  s.restore_ms = restore_ms_;
+  for (std::size_t i = 0; i < spec_.inputs.size() && i < positions_.size(); ++i)
+    s.positions.emplace_back(spec_.inputs[i], positions_[i].value());
+  return s;
+}
+
+} // namespace keel::runtime

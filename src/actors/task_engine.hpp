@@ -1,0 +1,125 @@
+#pragma once
+
+#include "actors/clock.hpp"
+#include "actors/stage.hpp"
+#include "actors/undo_map.hpp"
+#include "log/log.hpp"
+#include "log/snapshot_store.hpp"
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace keel::runtime {
+
+/// Settings of one task.
+struct task_options {
+  /// Input records per step (per input topic).
+  std::size_t batch_max = 1000;
+  /// Snapshot after this many processed records...
+  std::int64_t snapshot_every_events = 200'000;
+  /// ...or this much wall time with any records processed; 0 disables both.
+  std::int64_t snapshot_every_ms = 60'000;
+};
+
+/// What one step did.
+struct step_result {
+  std::int64_t records = 0;       // input records consumed (including the three below)
+  std::int64_t outputs = 0;       // records emitted
+  std::int64_t dead_letters = 0;  // inputs sent to the dead-letter topic
+  std::int64_t duplicates = 0;    // inputs skipped as already applied
+  std::int64_t timers_fired = 0;
+  bool committed = false;         // false: there was nothing to do
+};
+
+/// A task's counters and positions, for status reports.
+struct task_status {
+  std::string task;
+  bool restored = false;
+  std::int64_t records_total = 0;
+  std::int64_t outputs_total = 0;
+  std::int64_t dead_letters_total = 0;
+  std::int64_t duplicates_total = 0;
+  std::int64_t timers_pending = 0;
+  std::int64_t entities = 0;
+  std::int64_t stream_time_ms = 0;
+  std::int64_t changelog_next = 0;
+  std::int64_t last_snapshot_ms = 0;
+  std::int64_t restore_ms = 0;
+  std::vector<std::pair<std::string, std::int64_t>> positions;
+};
+
+/// Whether a failed step may be retried in place or must stop the task.
+bool is_fatal(const error& e) noexcept;
+
+/// One stage over one input partition: the exactly-once step.
+///
+/// step(): read a batch from each input at the committed position; for each
+/// record skip it if its event id was already applied, else decode/decide/evolve
+/// (or dead-letter it); fire due timers; then commit outputs, changelog,
+/// dead letters and the new positions (compare-and-set on the old ones) in one
+/// log commit. If the commit fails, the in-memory state is rolled back to the
+/// last commit, so a retry is exact.
+///
+/// Blocking: every call does log I/O. Thread: one at a time (the task's actor).
+class task_engine {
+public:
+  task_engine(const stage_spec& spec, partition_id partition, log_backend& log,
+              snapshot_store* snapshots, const clock& wall, task_options options = {});
+
+  /// Loads the latest snapshot (if consistent with the log), replays the
+  /// changelog after it, and reads the committed positions.
+  result<void> restore();
+
+  /// One exactly-once step. REQUIRES: restore() succeeded.
+  result<step_result> step();
+
+  /// Takes a snapshot now.
+  result<void> snapshot();
+
+  /// Snapshot if due by event count or time.
+  result<void> maybe_snapshot();
+
+  task_status status() const;
+  const std::string& name() const noexcept { return name_; }
+  const stage_logic& logic() const { return *logic_; }
+
+private:
+  class context;
+  void encode_engine_state(std::string& out) const;
+  result<void> decode_engine_state(std::string_view in);
+  result<void> replay_changelog(std::int64_t from);
+
+  const stage_spec& spec_;
+  partition_id partition_;
+  log_backend& log_;
+  snapshot_store* snapshots_;
+  const clock& wall_;
+  task_options options_;
+  std::string name_;  // "<stage>/<partition>"
+
+  std::unique_ptr<stage_logic> logic_;
+  std::vector<log_offset> positions_;  // per input
+  /// Highest applied event per source partition ("topic/partition" ->
+  /// (offset, index)): an event id at or below it was applied before.
+  undo_map<std::string, std::pair<std::int64_t, std::int64_t>> applied_;
+  undo_map<std::string, timer> timers_;
+  std::int64_t stream_time_ms_ = 0;
+  std::int64_t changelog_next_ = 0;
+  bool restored_ = false;
+
+  std::int64_t records_total_ = 0, outputs_total_ = 0, dead_letters_total_ = 0;
+  std::int64_t duplicates_total_ = 0;
+  std::int64_t events_since_snapshot_ = 0;
+  std::int64_t last_snapshot_ms_ = 0;
+  std::int64_t restore_ms_ = 0;
+};
+
+/// Parses "<topic>/<partition>/<offset>/<index>" into the source ("topic/partition")
+/// and its sequence; nullopt for ids of another form (client-supplied keys).
+std::optional<std::pair<std::string, std::pair<std::int64_t, std::int64_t>>>
+parse_event_id(std::string_view id);
+
+} // namespace keel::runtime

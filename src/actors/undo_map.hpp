@@ -1,0 +1,72 @@
+#pragma once
+
+#include "base/assert.hpp"
+
+#include <optional>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+namespace keel::runtime {
+
+/// A hash map that can undo every change since begin(): the in-memory state of
+/// a task during a batch. rollback() restores the state of the last commit
+/// exactly, in time proportional to what the batch touched, not to the map.
+template <class K, class V, class Hash = std::hash<K>, class Eq = std::equal_to<K>>
+class undo_map {
+public:
+  using map_type = std::unordered_map<K, V, Hash, Eq>;
+
+  /// Starts recording changes. REQUIRES: no batch is open.
+  void begin() {
+    KEEL_ASSERT(!open_, "undo_map: begin() inside a batch");
+    open_ = true;
+  }
+  /// Keeps the changes since begin().
+  void commit() {
+    undo_.clear();
+    open_ = false;
+  }
+  /// Reverts every change since begin(), newest first.
+  void rollback() {
+    for (auto it = undo_.rbegin(); it != undo_.rend(); ++it) {
+      if (it->second) map_.insert_or_assign(it->first, std::move(*it->second));
+      else map_.erase(it->first);
+    }
+    undo_.clear();
+    open_ = false;
+  }
+
+  const V* find(const K& key) const {
+    auto it = map_.find(key);
+    return it == map_.end() ? nullptr : &it->second;
+  }
+  /// The value to change (default-constructed if absent), its prior state saved.
+  V& touch(const K& key) {
+    auto it = map_.find(key);
+    if (open_) undo_.emplace_back(key, it == map_.end() ? std::nullopt : std::optional<V>{it->second});
+    if (it == map_.end()) it = map_.emplace(key, V{}).first;
+    return it->second;
+  }
+  void erase(const K& key) {
+    auto it = map_.find(key);
+    if (it == map_.end()) return;
+    if (open_) undo_.emplace_back(key, std::optional<V>{std::move(it->second)});
+    map_.erase(it);
+  }
+  /// Replaces everything (restore). REQUIRES: no batch is open.
+  void reset(map_type contents = {}) {
+    KEEL_ASSERT(!open_, "undo_map: reset() inside a batch");
+    map_ = std::move(contents);
+  }
+
+  const map_type& items() const noexcept { return map_; }
+  std::size_t size() const noexcept { return map_.size(); }
+
+private:
+  map_type map_;
+  std::vector<std::pair<K, std::optional<V>>> undo_;
+  bool open_ = false;
+};
+
+} // namespace keel::runtime

@@ -1,0 +1,379 @@
+#include "actors/counter_stage.hpp"
+#include "actors/runtime.hpp"
+#include "actors/task_engine.hpp"
+#include "keel/envelope.pb.h"
+#include "log/embedded_log.hpp"
+
+#include "support/faulty_log.hpp"
+#include "support/temp_dir.hpp"
+
+#include <doctest/doctest.h>
+
+#include <set>
+
+using namespace keel;
+using namespace keel::runtime;
+
+namespace {
+
+struct fixture {
+  test::temp_dir dir;
+  std::unique_ptr<embedded_log> real;
+  std::unique_ptr<test::faulty_log> log;
+  std::unique_ptr<snapshot_store> snapshots;
+  manual_clock wall{1'000'000};
+  stage_spec spec = counter_stage(1);
+
+  fixture() {
+    real = std::move(*embedded_log::open({.path = dir.file("log.db"), .sync = sqlite::sync_mode::off}));
+    log = std::make_unique<test::faulty_log>(*real);
+    snapshots = std::move(*snapshot_store::open(dir.file("snapshots.db")));
+    REQUIRE(prepare_topics(*real, {spec}, 1));
+  }
+
+  std::unique_ptr<task_engine> engine(task_options o = {}) {
+    auto e = std::make_unique<task_engine>(spec, partition_id{0}, *log, snapshots.get(), wall, o);
+    auto restored = e->restore();
+    REQUIRE_MESSAGE(restored, (restored ? "" : restored.err().message));
+    return e;
+  }
+
+  void produce(const std::string& key, const std::string& value,
+               std::vector<record_header> headers = {}, std::int64_t ts = 100) {
+    commit_batch b;
+    append_entry e;
+    e.topic = std::string{counter_input_topic};
+    e.partition = partition_id{0};
+    e.data.key = key;
+    e.data.value = value;
+    e.data.timestamp_ms = ts;
+    e.data.headers = std::move(headers);
+    b.records.push_back(std::move(e));
+    REQUIRE(real->commit(b));
+  }
+
+  std::vector<stored_record> read_all(const std::string& topic) {
+    auto r = real->read(topic, partition_id{0}, log_offset{0}, {.max_records = 1'000'000});
+    REQUIRE(r);
+    return std::move(*r);
+  }
+};
+
+std::string header_of(const stored_record& r, std::string_view name) {
+  for (const auto& [n, v] : r.data.headers)
+    if (n == name) return v;
+  return {};
+}
+
+} // namespace
+
+SCENARIO("the exactly-once step") {
+  fixture f;
+  GIVEN("three increments on the input partition") {
+    f.produce("a", R"({"amount": 2})");
+    f.produce("b", R"({"amount": "5"})");
+    f.produce("a", R"({"amount": 3})");
+    auto engine = f.engine();
+    WHEN("the task steps") {
+      auto r = engine->step();
+      REQUIRE(r);
+      THEN("each increment is decided, emitted with a deterministic id, and the position committed") {
+        CHECK(r->records == 3);
+        CHECK(r->outputs == 3);
+        CHECK(engine->logic().describe("a") == std::optional<std::string>{R"({"count":5})"});
+        CHECK(engine->logic().describe("b") == std::optional<std::string>{R"({"count":5})"});
+        auto outputs = f.read_all(std::string{counter_output_topic});
+        REQUIRE(outputs.size() == 3);
+        std::set<std::string> ids;
+        for (const auto& o : outputs) ids.insert(header_of(o, event_id_header));
+        CHECK(ids == std::set<std::string>{"counter.increments/0/0/0", "counter.increments/0/1/0",
+                                           "counter.increments/0/2/0"});
+        keel::Envelope last;
+        REQUIRE(last.ParseFromString(*outputs.back().data.value));
+        CHECK(last.event_id() == "counter.increments/0/2/0");
+        CHECK(last.count_changed().count() == 5);
+        CHECK(f.real->position("counter", std::string{counter_input_topic}, partition_id{0}).value() == log_offset{3});
+      }
+      AND_THEN("a second step finds nothing to do") {
+        auto again = engine->step();
+        REQUIRE(again);
+        CHECK_FALSE(again->committed);
+        CHECK(f.read_all(std::string{counter_output_topic}).size() == 3);
+      }
+    }
+  }
+}
+
+SCENARIO("an event already applied changes nothing") {
+  fixture f;
+  GIVEN("an upstream event delivered twice, with one in between") {
+    f.produce("a", R"({"amount": 1})", {{"keel-event-id", "upstream/0/7/0"}});
+    f.produce("a", R"({"amount": 1})", {{"keel-event-id", "upstream/0/8/0"}});
+    f.produce("a", R"({"amount": 1})", {{"keel-event-id", "upstream/0/7/0"}});
+    WHEN("the task steps, and after a restart sees the duplicate again") {
+      auto engine = f.engine();
+      auto r = engine->step();
+      REQUIRE(r);
+      THEN("the duplicate is skipped") {
+        CHECK(r->duplicates == 1);
+        CHECK(engine->logic().describe("a") == std::optional<std::string>{R"({"count":2})"});
+      }
+      f.produce("a", R"({"amount": 1})", {{"keel-event-id", "upstream/0/8/0"}});
+      auto restarted = f.engine();  // the applied ids come back from the changelog
+      auto again = restarted->step();
+      REQUIRE(again);
+      CHECK(again->duplicates == 1);
+      CHECK(restarted->logic().describe("a") == std::optional<std::string>{R"({"count":2})"});
+    }
+  }
+}
+
+SCENARIO("poison input goes to the dead-letter topic in the same step") {
+  fixture f;
+  GIVEN("a malformed record between two good ones") {
+    f.produce("a", R"({"amount": 1})");
+    f.produce("a", R"({"amount": "lots"})");
+    f.produce("a", R"({"amount": 1})");
+    auto engine = f.engine();
+    WHEN("the task steps") {
+      auto r = engine->step();
+      REQUIRE(r);
+      THEN("the bad record is dead-lettered with the reason and the partition moves on") {
+        CHECK(r->dead_letters == 1);
+        CHECK(engine->logic().describe("a") == std::optional<std::string>{R"({"count":2})"});
+        auto dead = f.read_all(f.spec.dead_letter_topic());
+        REQUIRE(dead.size() == 1);
+        CHECK(header_of(dead[0], "keel-source") == "counter.increments/0/1");
+        CHECK(header_of(dead[0], "keel-reason").find("not a CountIncrement") == 0);
+        keel::runtime::DeadLetter dl;
+        REQUIRE(dl.ParseFromString(*dead[0].data.value));
+        CHECK(dl.source_offset() == 1);
+        CHECK(dl.original_value() == R"({"amount": "lots"})");
+        CHECK(f.real->position("counter", std::string{counter_input_topic}, partition_id{0}).value() == log_offset{3});
+      }
+    }
+  }
+  GIVEN("records without a key, with a reserved key, or overflowing the count") {
+    f.produce("", R"({"amount": 1})");
+    f.produce(std::string("\0x", 2), R"({"amount": 1})");
+    f.produce("big", R"({"amount": "9223372036854775807"})");
+    f.produce("big", R"({"amount": 1})");
+    auto engine = f.engine();
+    auto r = engine->step();
+    REQUIRE(r);
+    CHECK(r->dead_letters == 3);
+    CHECK(engine->logic().describe("big") == std::optional<std::string>{R"({"count":9223372036854775807})"});
+  }
+}
+
+SCENARIO("a failed commit rolls the state back so the retry is exact") {
+  fixture f;
+  f.produce("a", R"({"amount": 4})");
+  auto engine = f.engine();
+  GIVEN("the log is busy at the commit") {
+    f.log->fail_next_commit(errc::busy);
+    auto r = engine->step();
+    REQUIRE_FALSE(r);
+    CHECK_FALSE(is_fatal(r.err()));
+    THEN("nothing changed in memory or in the log, and the retry commits once") {
+      CHECK(engine->logic().describe("a") == std::nullopt);
+      CHECK(f.read_all(std::string{counter_output_topic}).empty());
+      auto retry = engine->step();
+      REQUIRE(retry);
+      CHECK(retry->outputs == 1);
+      CHECK(engine->logic().describe("a") == std::optional<std::string>{R"({"count":4})"});
+      CHECK(f.read_all(std::string{counter_output_topic}).size() == 1);
+    }
+  }
+}
+
+SCENARIO("a zombie that lost its partition is fenced") {
+  fixture f;
+  f.produce("a", R"({"amount": 1})");
+  auto zombie = f.engine();
+  auto owner = f.engine();
+  REQUIRE(owner->step());
+  auto r = zombie->step();
+  REQUIRE_FALSE(r);
+  CHECK(r.err().code == errc::fenced);
+  CHECK(is_fatal(r.err()));
+  CHECK(f.read_all(std::string{counter_output_topic}).size() == 1);
+}
+
+SCENARIO("restore is the snapshot plus the changelog after it") {
+  fixture f;
+  for (int i = 0; i < 50; ++i) f.produce("k" + std::to_string(i % 7), R"({"amount": 3})");
+  auto engine = f.engine({.batch_max = 10});
+  for (int i = 0; i < 3; ++i) REQUIRE(engine->step());
+  REQUIRE(engine->snapshot());
+  while (engine->step()->committed) {
+  }
+  WHEN("a new task restores from the snapshot and the tail") {
+    auto restored = f.engine();
+    THEN("it holds the same state and positions") {
+      for (int k = 0; k < 7; ++k)
+        CHECK(restored->logic().describe("k" + std::to_string(k)) == engine->logic().describe("k" + std::to_string(k)));
+      CHECK(restored->status().positions == engine->status().positions);
+      CHECK(restored->status().changelog_next == engine->status().changelog_next);
+    }
+  }
+  WHEN("there is no snapshot store, the full changelog gives the same state") {
+    task_engine replayed{f.spec, partition_id{0}, *f.log, nullptr, f.wall};
+    REQUIRE(replayed.restore());
+    for (int k = 0; k < 7; ++k)
+      CHECK(replayed.logic().describe("k" + std::to_string(k)) == engine->logic().describe("k" + std::to_string(k)));
+  }
+  WHEN("the log is older than the snapshot (restored from a backup)") {
+    // A fresh log with the same snapshot store: the snapshot is ahead of it.
+    auto fresh = std::move(*embedded_log::open({.path = f.dir.file("fresh.db")}));
+    REQUIRE(prepare_topics(*fresh, {f.spec}, 1));
+    task_engine e{f.spec, partition_id{0}, *fresh, f.snapshots.get(), f.wall};
+    REQUIRE(e.restore());
+    THEN("the snapshot is ignored") { CHECK(e.logic().entity_count() == 0); }
+  }
+}
+
+namespace {
+
+/// A stage for timer tests: an input "stream:<due>" or "wall:<due>" schedules a
+/// timer named after the key; "cancel" cancels it; a fired timer emits
+/// "fired:<id>" to probe.out.
+class timer_probe final : public stage_logic {
+public:
+  result<void> process(const input_record& in, step_context& ctx) override {
+    const auto& v = *in.record.data.value;
+    const auto& key = *in.record.data.key;
+    if (v == "cancel") {
+      ctx.cancel(key);
+      return ok();
+    }
+    auto colon = v.find(':');
+    if (colon == std::string::npos) return make_error(errc::invalid_argument, "bad probe input");
+    timer t{key, key, v.substr(0, colon) == "wall" ? timer_kind::wall_clock : timer_kind::stream_time,
+            std::stoll(v.substr(colon + 1)), "payload-" + key};
+    ctx.schedule(std::move(t));
+    return ok();
+  }
+  result<void> on_timer(const timer& t, step_context& ctx) override {
+    ctx.emit("probe.out", t.entity_key, "fired:" + t.id + ":" + t.payload);
+    return ok();
+  }
+  result<void> apply(std::string_view, std::string_view) override { return ok(); }
+  void begin_batch() override {}
+  void commit_batch() override {}
+  void rollback_batch() override {}
+  std::int64_t entity_count() const override { return 0; }
+  void save(std::string&) const override {}
+  result<void> load(std::string_view) override { return ok(); }
+  std::optional<std::string> describe(std::string_view) const override { return std::nullopt; }
+};
+
+stage_spec probe_stage() {
+  stage_spec s;
+  s.name = "probe";
+  s.inputs = {"probe.in"};
+  s.outputs = {{.name = "probe.out", .partitions = 1}};
+  s.make_logic = [] { return std::make_unique<timer_probe>(); };
+  return s;
+}
+
+} // namespace
+
+SCENARIO("timers are state: they fire once, in stream or wall-clock time, across restarts") {
+  test::temp_dir dir;
+  auto real = std::move(*embedded_log::open({.path = dir.file("log.db"), .sync = sqlite::sync_mode::off}));
+  test::faulty_log log{*real};
+  auto snapshots = std::move(*snapshot_store::open(dir.file("snapshots.db")));
+  manual_clock wall{500};
+  auto spec = probe_stage();
+  REQUIRE(prepare_topics(*real, {spec}, 1));
+  auto produce = [&](std::string key, std::string value, std::int64_t ts) {
+    commit_batch b;
+    b.records.push_back({"probe.in", partition_id{0}, record{key, value, ts, {}}});
+    REQUIRE(real->commit(b));
+  };
+  auto fired = [&] {
+    auto r = real->read("probe.out", partition_id{0}, log_offset{0}, {.max_records = 1000});
+    REQUIRE(r);
+    std::vector<std::string> out;
+    for (const auto& rec : *r) out.push_back(*rec.data.value);
+    return out;
+  };
+  auto make = [&] {
+    auto e = std::make_unique<task_engine>(spec, partition_id{0}, log, snapshots.get(), wall);
+    REQUIRE(e->restore());
+    return e;
+  };
+
+  GIVEN("a stream-time timer due at 150 scheduled by an event at 100") {
+    produce("s", "stream:150", 100);
+    auto e = make();
+    REQUIRE(e->step());
+    CHECK(fired().empty());
+    CHECK(e->status().timers_pending == 1);
+    WHEN("an event at 200 moves stream time past it, and the process dies right after the commit") {
+      produce("other", "stream:10000", 200);
+      log.crash_after_commit();
+      CHECK_FALSE(e->step());
+      log.restart();
+      auto restarted = make();
+      REQUIRE(restarted->step());
+      THEN("it fired exactly once, with an id derived from its changelog position") {
+        CHECK(fired() == std::vector<std::string>{"fired:s:payload-s"});
+        auto out = real->read("probe.out", partition_id{0}, log_offset{0});
+        REQUIRE(out);
+        CHECK(header_of(out->front(), event_id_header).rfind("probe.changelog/0/", 0) == 0);
+        CHECK(restarted->status().timers_pending == 1);  // "other", due at 10000
+      }
+    }
+  }
+  GIVEN("a wall-clock timer due at 1000 and one cancelled before it is due") {
+    produce("w", "wall:1000", 1);
+    produce("c", "wall:900", 1);
+    produce("c", "cancel", 2);
+    auto e = make();
+    REQUIRE(e->step());
+    CHECK(fired().empty());
+    WHEN("the clock passes 1000 with no input at all") {
+      wall.set(1000);
+      REQUIRE(e->step());
+      THEN("only the live timer fires") { CHECK(fired() == std::vector<std::string>{"fired:w:payload-w"}); }
+      AND_THEN("a snapshot and restore keep it fired") {
+        REQUIRE(e->snapshot());
+        auto restarted = make();
+        REQUIRE(restarted->step());
+        CHECK(fired().size() == 1);
+        CHECK(restarted->status().timers_pending == 0);
+      }
+    }
+  }
+}
+
+TEST_CASE("a stage joining topics with different partition counts is refused at start-up") {
+  test::temp_dir dir;
+  auto log = std::move(*embedded_log::open({.path = dir.file("log.db")}));
+  REQUIRE(log->create_topic({.name = "orders", .partitions = 4}));
+  REQUIRE(log->create_topic({.name = "payments", .partitions = 8}));
+  stage_spec join;
+  join.name = "join";
+  join.inputs = {"orders", "payments"};
+  join.make_logic = [] { return std::unique_ptr<stage_logic>{}; };
+  auto r = prepare_topics(*log, {join}, 4);
+  REQUIRE_FALSE(r);
+  CHECK(r.err().code == errc::conflict);
+  CHECK(r.err().message ==
+        "stage join joins orders (4 partitions) with payments (8 partitions): joined inputs must "
+        "be co-partitioned, with equal partition counts");
+  CHECK(log->describe_topic("join.changelog").err().code == errc::not_found);
+}
+
+TEST_CASE("event ids parse into a source partition and a sequence") {
+  auto id = parse_event_id("ledger.transactions/3/812/1");
+  REQUIRE(id);
+  CHECK(id->first == "ledger.transactions/3");
+  CHECK(id->second == std::pair<std::int64_t, std::int64_t>{812, 1});
+  CHECK_FALSE(parse_event_id("client-key-42"));
+  CHECK_FALSE(parse_event_id("t/1/2"));
+  CHECK_FALSE(parse_event_id("/1/2/3"));
+  CHECK_FALSE(parse_event_id("t/1/-2/3"));
+}
