@@ -47,6 +47,23 @@ public:
     }
   }
 
+  result<void> get_list(std::string_view key, std::vector<std::string>& out) {
+    used_.insert(std::string{key});
+    if (table_ == nullptr) return ok();
+    const toml::node* node = table_->get(key);
+    if (node == nullptr) return ok();
+    const auto* array = node->as_array();
+    if (array == nullptr) return wrong(key, "an array of strings");
+    std::vector<std::string> values;
+    for (const auto& item : *array) {
+      auto v = item.value<std::string>();
+      if (!v || !item.is_string()) return wrong(key, "an array of strings");
+      values.push_back(*v);
+    }
+    out = std::move(values);
+    return ok();
+  }
+
   result<void> finish() {
     if (table_ == nullptr) return ok();
     for (const auto& [key, node] : *table_) {
@@ -96,7 +113,7 @@ result<config> load_config_file(const std::string& path, config cfg) {
   }
   auto in_file = [&path](error e) { return with_context(std::move(e), path); };
 
-  std::set<std::string> sections{"server", "http", "log"};
+  std::set<std::string> sections{"server", "http", "log", "runtime"};
   for (const auto& [key, node] : root)
     if (!sections.contains(std::string{key.str()}) || !node.is_table())
       return in_file(make_error(errc::invalid_argument, "unknown section or setting '{}' (line {})",
@@ -144,6 +161,19 @@ result<config> load_config_file(const std::string& path, config cfg) {
     if (cfg.log.default_partitions < 1 || cfg.log.default_partitions > 10000)
       return in_file(make_error(errc::invalid_argument,
                                 "log.default_partitions must be 1 to 10000"));
+  }
+  {
+    table_reader t{root["runtime"].as_table(), "runtime."};
+    if (auto r = t.get("batch_max", cfg.runtime.batch_max); !r) return in_file(r.err());
+    if (auto r = t.get("snapshot_every_events", cfg.runtime.snapshot_every_events); !r) return in_file(r.err());
+    if (auto r = t.get("snapshot_every_ms", cfg.runtime.snapshot_every_ms); !r) return in_file(r.err());
+    if (auto r = t.get("idle_poll_ms", cfg.runtime.idle_poll_ms); !r) return in_file(r.err());
+    if (auto r = t.get_list("stages", cfg.runtime.stages); !r) return in_file(r.err());
+    if (auto r = t.finish(); !r) return in_file(r.err());
+    if (cfg.runtime.batch_max < 1 || cfg.runtime.batch_max > 100'000)
+      return in_file(make_error(errc::invalid_argument, "runtime.batch_max must be 1 to 100000"));
+    if (cfg.runtime.idle_poll_ms < 1)
+      return in_file(make_error(errc::invalid_argument, "runtime.idle_poll_ms must be at least 1"));
   }
   cfg.source = path;
   return cfg;

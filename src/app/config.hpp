@@ -40,6 +40,15 @@ struct config {
     std::int32_t default_partitions = 4;
   } log;
 
+  struct runtime_section {
+    /// Stages to run; known: "counter".
+    std::vector<std::string> stages = {"counter"};
+    std::size_t batch_max = 1000;
+    std::int64_t snapshot_every_events = 200'000;
+    std::int64_t snapshot_every_ms = 60'000;
+    std::int64_t idle_poll_ms = 20;
+  } runtime;
+
   /// Where each value came from, for `keel config` and error messages.
   std::string source = "defaults";
 };

@@ -2,7 +2,13 @@
 
 #include "base/logging.hpp"
 #include "http/server.hpp"
+#include "actors/counter_stage.hpp"
+#include "actors/runtime.hpp"
 #include "log/data_dir.hpp"
+#include "log/snapshot_store.hpp"
+
+#include <caf/actor_system.hpp>
+#include <caf/actor_system_config.hpp>
 
 #include <boost/json.hpp>
 
@@ -48,14 +54,44 @@ result<void> write_file_atomically(const std::string& path, const std::string& c
   return ok();
 }
 
-http::router make_routes(embedded_log& log, const std::atomic<bool>& ready) {
+/// The stages named in the configuration.
+result<std::vector<runtime::stage_spec>> make_stages(const config& cfg) {
+  std::vector<runtime::stage_spec> stages;
+  for (const auto& name : cfg.runtime.stages) {
+    if (name == "counter") stages.push_back(runtime::counter_stage(cfg.log.default_partitions));
+    else return make_error(errc::invalid_argument, "runtime.stages: unknown stage '{}' (known: counter)", name);
+  }
+  return stages;
+}
+
+boost::json::object task_json(const runtime::task_status& t) {
+  boost::json::object positions;
+  for (const auto& [topic, offset] : t.positions) positions[topic] = offset;
+  return {{"task", t.task},
+          {"restored", t.restored},
+          {"records", t.records_total},
+          {"outputs", t.outputs_total},
+          {"dead_letters", t.dead_letters_total},
+          {"duplicates", t.duplicates_total},
+          {"entities", t.entities},
+          {"timers_pending", t.timers_pending},
+          {"stream_time_ms", t.stream_time_ms},
+          {"changelog_next", t.changelog_next},
+          {"last_snapshot_ms", t.last_snapshot_ms},
+          {"restore_ms", t.restore_ms},
+          {"positions", std::move(positions)}};
+}
+
+http::router make_routes(embedded_log& log, const std::atomic<bool>& ready,
+                         const runtime::runtime& rt) {
   http::router routes;
   routes.add(http::bhttp::verb::get, "/livez", [](const http::request&, const http::route_params&) {
     return http::json_response(http::bhttp::status::ok, {{"status", "live"}});
   });
   routes.add(http::bhttp::verb::get, "/readyz",
-             [&ready](const http::request&, const http::route_params&) {
-               if (!ready.load())
+             [&ready, &rt](const http::request&, const http::route_params&) {
+               // Ready once the daemon is up and every task has restored.
+               if (!ready.load() || !rt.ready())
                  return http::json_response(http::bhttp::status::service_unavailable,
                                             {{"status", "starting"}});
                return http::json_response(http::bhttp::status::ok, {{"status", "ready"}});
@@ -81,6 +117,17 @@ http::router make_routes(embedded_log& log, const std::atomic<bool>& ready) {
                                 {"retention_bytes", t.retention_bytes}});
                }
                return http::json_response(http::bhttp::status::ok, {{"topics", std::move(out)}});
+             });
+  routes.add(http::bhttp::verb::get, "/api/v1/runtime",
+             [&rt](const http::request&, const http::route_params&) {
+               boost::json::array tasks;
+               bool all_restored = true;
+               for (const auto& t : rt.status()) {
+                 all_restored = all_restored && t.restored;
+                 tasks.push_back(task_json(t));
+               }
+               return http::json_response(http::bhttp::status::ok,
+                                          {{"ready", all_restored && !tasks.empty()}, {"tasks", std::move(tasks)}});
              });
   return routes;
 }
@@ -122,6 +169,25 @@ int run_serve(const std::vector<std::string>& args) {
   log(log_level::info, "serve", "opened log {} (synchronous={})", log_store.options().path,
       sqlite::to_string(cfg->log.synchronous));
 
+  auto snapshots = snapshot_store::open(dir->file("snapshots.db"));
+  if (!snapshots) return fail(snapshots.err());
+  auto stages = make_stages(*cfg);
+  if (!stages) return fail(stages.err());
+
+  caf::actor_system_config caf_config;
+  caf_config.set("logger.verbosity", caf::atom("quiet"));
+  caf::actor_system system{caf_config};
+  runtime::system_clock wall;
+  runtime::runtime_options rt_options;
+  rt_options.task.batch_max = cfg->runtime.batch_max;
+  rt_options.task.snapshot_every_events = cfg->runtime.snapshot_every_events;
+  rt_options.task.snapshot_every_ms = cfg->runtime.snapshot_every_ms;
+  rt_options.idle_poll = std::chrono::milliseconds(cfg->runtime.idle_poll_ms);
+  rt_options.default_partitions = cfg->log.default_partitions;
+  auto rt = runtime::runtime::start(system, log_store, snapshots->get(), wall, std::move(*stages), rt_options);
+  if (!rt) return fail(rt.err());
+  log(log_level::info, "serve", "runtime started: {} stage(s)", (*rt)->stages().size());
+
   std::atomic<bool> ready{false};
   http::server_options options;
   options.address = listen->first;
@@ -130,7 +196,7 @@ int run_serve(const std::vector<std::string>& args) {
   options.body_bytes_max = cfg->http.body_bytes_max;
   options.request_timeout = std::chrono::milliseconds(cfg->http.request_timeout_ms);
   options.connections_max = cfg->http.connections_max;
-  auto server = http::server::start(options, make_routes(log_store, ready));
+  auto server = http::server::start(options, make_routes(log_store, ready, **rt));
   if (!server) return fail(server.err());
   const auto bound = fmt::format("{}:{}", (*server)->address(), (*server)->port());
   if (auto r = write_file_atomically(dir->file("http.addr"), bound + "\n"); !r) return fail(r.err());
@@ -156,6 +222,9 @@ int run_serve(const std::vector<std::string>& args) {
   }
   log(log_level::info, "serve", "received {}, stopping", received == SIGTERM ? "SIGTERM" : "SIGINT");
   ready = false;
+  // Tasks finish and commit the batch in flight, snapshot, and exit.
+  if (auto stopped = (*rt)->stop(std::chrono::milliseconds(cfg->server.shutdown_timeout_ms)); !stopped)
+    log(log_level::warn, "serve", "{}", stopped.err());
   (*server)->stop();
   std::error_code ignored;
   std::filesystem::remove(dir->file("http.addr"), ignored);
