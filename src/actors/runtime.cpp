@@ -119,6 +119,7 @@ struct supervised {
   std::chrono::milliseconds backoff{0};
   task_status last;
   bool alive = false;
+  std::int64_t restarts = 0;
 };
 
 struct supervisor_args {
@@ -186,7 +187,9 @@ caf::behavior supervisor_actor(caf::stateful_actor<supervisor_state>* self, supe
 
   return {
     [self, spawn_task](restart_atom, const std::string& name) {
-      if (!self->state.stopping) spawn_task(name);
+      if (self->state.stopping) return;
+      self->state.tasks.at(name).restarts += 1;
+      spawn_task(name);
     },
     [self](report_atom, task_status status) {
       auto it = self->state.tasks.find(status.task);
@@ -204,6 +207,7 @@ caf::behavior supervisor_actor(caf::stateful_actor<supervisor_state>* self, supe
       std::vector<task_status> out;
       for (const auto& [name, t] : self->state.tasks) {
         out.push_back(t.last);
+        out.back().restarts = t.restarts;
         if (!t.alive) out.back().restored = false;
       }
       return out;

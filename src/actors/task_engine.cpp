@@ -3,6 +3,7 @@
 #include "base/bytes.hpp"
 #include "base/logging.hpp"
 #include "keel/runtime.pb.h"
+#include "log/partitioner.hpp"
 
 #include <algorithm>
 #include <charconv>
@@ -119,6 +120,14 @@ public:
   }
 
   void record(std::string key, std::string event) override {
+    // State lives with the partition its key hashes to. A stage that changes
+    // another key's state must emit to a topic keyed by that key instead.
+    if (!key.empty() && partition_for_key(key, engine_.partitions_) != engine_.partition_ &&
+        misplaced.empty())
+      misplaced = fmt::format(
+        "stage {} recorded state for key '{}', which belongs to partition {}, in partition {}: "
+        "emit it to a topic keyed by it instead",
+        engine_.spec_.name, key, partition_for_key(key, engine_.partitions_), engine_.partition_);
     changelog.push_back(changelog_entry(std::move(key), std::move(event), {}));
   }
 
@@ -155,6 +164,7 @@ public:
   std::vector<append_entry> outputs;
   std::vector<append_entry> changelog;
   std::vector<append_entry> dead_letters;
+  std::string misplaced;  // set when the stage recorded state for a foreign key
 
 private:
   task_engine& engine_;
@@ -220,6 +230,9 @@ result<void> task_engine::restore() {
     if (!pos) return with_context(std::move(pos).err(), "restore " + name_);
     positions_.push_back(pos->value_or(log_offset{0}));
   }
+  auto input_spec = log_.describe_topic(spec_.inputs.front());
+  if (!input_spec) return with_context(std::move(input_spec).err(), "restore " + name_);
+  partitions_ = input_spec->partitions;
   auto changelog_end = log_.offsets(spec_.changelog_topic(), partition_);
   if (!changelog_end) return with_context(std::move(changelog_end).err(), "restore " + name_);
 
@@ -351,6 +364,12 @@ result<step_result> task_engine::step() {
     result<void> handled = ok();
     if (rec->data.key && !rec->data.key->empty() && rec->data.key->front() == '\0')
       handled = make_error(errc::invalid_argument, "keys starting with a NUL byte are reserved");
+    else if (rec->data.key && !rec->data.key->empty() &&
+             partition_for_key(*rec->data.key, partitions_) != partition_)
+      handled = make_error(errc::invalid_argument,
+                           "key '{}' belongs to partition {}, not {}: the record was written to "
+                           "the wrong partition", *rec->data.key,
+                           partition_for_key(*rec->data.key, partitions_), partition_);
     else
       handled = logic_->process({topic, partition_, *rec}, ctx);
     if (!handled) {
@@ -403,6 +422,14 @@ result<step_result> task_engine::step() {
     if (auto fired = logic_->on_timer(t, ctx); !fired)
       log(log_level::warn, "runtime", "{}: timer {} failed: {}", name_, t.id, fired.err());
     ++out.timers_fired;
+  }
+
+  if (!ctx.misplaced.empty()) {
+    logic_->rollback_batch();
+    applied_.rollback();
+    timers_.rollback();
+    stream_time_ms_ = saved_stream_time;
+    return make_error(errc::internal, "{}", ctx.misplaced);
   }
 
   if (order.empty() && due.empty()) {

@@ -48,6 +48,7 @@ struct task_status {
   std::int64_t changelog_next = 0;
   std::int64_t last_snapshot_ms = 0;
   std::int64_t restore_ms = 0;
+  std::int64_t restarts = 0;  // filled in by the supervisor
   std::vector<std::pair<std::string, std::int64_t>> positions;
 };
 
@@ -94,6 +95,7 @@ private:
 
   const stage_spec& spec_;
   partition_id partition_;
+  std::int32_t partitions_ = 1;  // of the inputs, read at restore
   log_backend& log_;
   snapshot_store* snapshots_;
   const clock& wall_;

@@ -79,6 +79,7 @@ boost::json::object task_json(const runtime::task_status& t) {
           {"changelog_next", t.changelog_next},
           {"last_snapshot_ms", t.last_snapshot_ms},
           {"restore_ms", t.restore_ms},
+          {"restarts", t.restarts},
           {"positions", std::move(positions)}};
 }
 

@@ -4,11 +4,13 @@
 
 #include <cstdint>
 #include <functional>
+#include <mutex>
 
 namespace keel::test {
 
 /// A log_backend that forwards to a real one and fails when told to, for
 /// tests of what the runtime does when the log misbehaves or the process dies.
+/// Thread-safe: operations are serialised, so tasks on several threads may share it.
 ///
 /// - fail_next(code): the next operation fails with `code` before reaching the
 ///   real log (SQLite busy, disk full, ...).
@@ -20,14 +22,18 @@ class faulty_log final : public log_backend {
 public:
   explicit faulty_log(log_backend& real) : real_(real) {}
 
-  void fail_next(errc code) { fail_next_ = code; }
+  void fail_next(errc code) { std::lock_guard lock{mutex_}; fail_next_ = code; }
   /// The next commit fails with `code` without reaching the real log.
-  void fail_next_commit(errc code) { fail_commit_ = code; }
-  void crash_after_commit() { crash_after_commit_ = true; }
-  void crash_at(std::int64_t operations_from_now) { crash_countdown_ = operations_from_now; }
-  bool crashed() const noexcept { return crashed_; }
+  void fail_next_commit(errc code) { std::lock_guard lock{mutex_}; fail_commit_ = code; }
+  void crash_after_commit() { std::lock_guard lock{mutex_}; crash_after_commit_ = true; }
+  void crash_at(std::int64_t operations_from_now) { std::lock_guard lock{mutex_}; crash_countdown_ = operations_from_now; }
+  bool crashed() const {
+    std::lock_guard lock{mutex_};
+    return crashed_;
+  }
   /// The process restarted: operations work again.
   void restart() {
+    std::lock_guard lock{mutex_};
     crashed_ = false;
     crash_countdown_ = -1;
     crash_after_commit_ = false;
@@ -37,18 +43,22 @@ public:
   std::int64_t operations() const noexcept { return operations_; }
 
   result<void> create_topic(const topic_spec& spec) override {
+    std::lock_guard lock{mutex_};
     KEEL_TRY(gate());
     return real_.create_topic(spec);
   }
   result<topic_spec> describe_topic(std::string_view name) override {
+    std::lock_guard lock{mutex_};
     KEEL_TRY(gate());
     return real_.describe_topic(name);
   }
   result<std::vector<topic_spec>> list_topics() override {
+    std::lock_guard lock{mutex_};
     KEEL_TRY(gate());
     return real_.list_topics();
   }
   result<commit_receipt> commit(const commit_batch& batch) override {
+    std::lock_guard lock{mutex_};
     if (crash_countdown_ == 0 && !crashed_) {
       // Crash in the middle: the commit is either all there or not; decide by
       // whether the real commit runs. Half of the injected crashes land after.
@@ -73,15 +83,18 @@ public:
   }
   result<std::vector<stored_record>> read(std::string_view topic, partition_id partition,
                                           log_offset from, read_limits limits) override {
+    std::lock_guard lock{mutex_};
     KEEL_TRY(gate());
     return real_.read(topic, partition, from, limits);
   }
   result<offset_range> offsets(std::string_view topic, partition_id partition) override {
+    std::lock_guard lock{mutex_};
     KEEL_TRY(gate());
     return real_.offsets(topic, partition);
   }
   result<std::optional<log_offset>> position(std::string_view group, std::string_view topic,
                                              partition_id partition) override {
+    std::lock_guard lock{mutex_};
     KEEL_TRY(gate());
     return real_.position(group, topic, partition);
   }
@@ -104,6 +117,7 @@ private:
     return ok();
   }
 
+  mutable std::mutex mutex_;
   log_backend& real_;
   std::optional<errc> fail_next_;
   std::optional<errc> fail_commit_;

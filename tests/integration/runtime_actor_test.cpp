@@ -1,0 +1,186 @@
+// The CAF side of the runtime: the supervisor spawns a task per partition,
+// reports readiness after restore, restarts a task that failed fatally with
+// backoff, and stops every task gracefully.
+
+#include "actors/counter_stage.hpp"
+#include "actors/runtime.hpp"
+#include "keel/envelope.pb.h"
+#include "log/embedded_log.hpp"
+#include "log/partitioner.hpp"
+
+#include "support/faulty_log.hpp"
+#include "support/temp_dir.hpp"
+
+#include <caf/actor_system.hpp>
+#include <caf/actor_system_config.hpp>
+#include <doctest/doctest.h>
+
+#include <set>
+
+using namespace keel;
+using namespace keel::runtime;
+using namespace std::chrono_literals;
+
+namespace {
+
+std::int64_t consumed(const runtime::runtime& rt) {
+  std::int64_t total = 0;
+  for (const auto& t : rt.status())
+    for (const auto& [topic, offset] : t.positions) total += offset;
+  return total;
+}
+
+std::int64_t restarts(const runtime::runtime& rt) {
+  std::int64_t total = 0;
+  for (const auto& t : rt.status()) total += t.restarts;
+  return total;
+}
+
+} // namespace
+
+SCENARIO("the supervisor runs, restarts and stops tasks") {
+  test::temp_dir dir;
+  auto real = std::move(*embedded_log::open({.path = dir.file("log.db"), .sync = sqlite::sync_mode::off}));
+  test::faulty_log log{*real};
+  auto snapshots = std::move(*snapshot_store::open(dir.file("snapshots.db")));
+  system_clock wall;
+  caf::actor_system_config config;
+  caf::actor_system system{config};
+  runtime_options options;
+  options.idle_poll = 5ms;
+  options.backoff_initial = 10ms;
+  options.backoff_max = 200ms;
+  options.default_partitions = 3;
+  auto started = runtime::runtime::start(system, log, snapshots.get(), wall, {counter_stage(3)}, options);
+  REQUIRE_MESSAGE(started, (started ? "" : started.err().message));
+  auto& rt = **started;
+
+  GIVEN("a running runtime") {
+    REQUIRE(test::eventually([&] { return rt.ready(); }));
+    CHECK(rt.status().size() == 3);
+
+    WHEN("increments arrive and one commit fails as fenced, three times over") {
+      std::int64_t nonzero = 0;
+      for (int batch = 0; batch < 10; ++batch) {
+        commit_batch b;
+        for (int i = 0; i < 50; ++i) {
+          const int amount = (batch * 50 + i) % 5;
+          nonzero += amount != 0;
+          b.records.push_back({std::string{counter_input_topic}, std::nullopt,
+                               record{"k" + std::to_string(i % 17), fmt::format(R"({{"amount": {}}})", amount), i, {}}});
+        }
+        REQUIRE(real->commit(b));
+        if (batch % 3 == 0) {
+          const auto before = restarts(rt);
+          log.fail_next_commit(errc::fenced);
+          REQUIRE(test::eventually([&] { return restarts(rt) > before; }));
+        }
+      }
+      THEN("the failed tasks are restarted and every input is applied exactly once") {
+        REQUIRE(test::eventually([&] { return consumed(rt) == 500; }));
+        CHECK(restarts(rt) >= 4);
+        REQUIRE(test::eventually([&] { return rt.ready(); }));
+        std::set<std::string> ids;
+        std::int64_t outputs = 0;
+        for (std::int32_t p = 0; p < 3; ++p) {
+          auto out = real->read(std::string{counter_output_topic}, partition_id{p}, log_offset{0}, {.max_records = 10000});
+          REQUIRE(out);
+          for (const auto& rec : *out) {
+            keel::Envelope e;
+            REQUIRE(e.ParseFromString(*rec.data.value));
+            CHECK(ids.insert(e.event_id()).second);
+            ++outputs;
+          }
+        }
+        CHECK(outputs == nonzero);
+      }
+    }
+    WHEN("the runtime stops") {
+      REQUIRE(rt.stop(5s));
+      THEN("it is no longer ready and every task left a snapshot") {
+        CHECK_FALSE(rt.ready(200ms));
+        for (int p = 0; p < 3; ++p) {
+          auto snap = snapshots->latest(fmt::format("counter/{}", p));
+          REQUIRE(snap);
+          CHECK(snap->has_value());
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("an input written to a partition its key does not hash to is dead-lettered") {
+  test::temp_dir dir;
+  auto log = std::move(*embedded_log::open({.path = dir.file("log.db"), .sync = sqlite::sync_mode::off}));
+  manual_clock wall;
+  // The counter stage records state under the input's key; an input whose key
+  // hashes elsewhere but sits in partition 0 is refused as misplaced input.
+  auto spec = counter_stage(2);
+  REQUIRE(prepare_topics(*log, {spec}, 2));
+  std::string foreign;
+  for (int i = 0; foreign.empty(); ++i)
+    if (partition_for_key("key" + std::to_string(i), 2) == partition_id{1}) foreign = "key" + std::to_string(i);
+  commit_batch b;
+  b.records.push_back({std::string{counter_input_topic}, partition_id{0}, record{foreign, R"({"amount": 1})", 1, {}}});
+  REQUIRE(log->commit(b));
+  task_engine task{spec, partition_id{0}, *log, nullptr, wall};
+  REQUIRE(task.restore());
+  auto r = task.step();
+  REQUIRE(r);
+  CHECK(r->dead_letters == 1);
+  auto dead = log->read(spec.dead_letter_topic(), partition_id{0}, log_offset{0});
+  REQUIRE(dead);
+  REQUIRE(dead->size() == 1);
+  CHECK(dead->front().data.headers.front().second.find("belongs to partition 1, not 0") != std::string::npos);
+}
+
+namespace {
+/// A broken stage: it records state under a key of its choosing, not the input's.
+class rekeying_logic final : public stage_logic {
+public:
+  explicit rekeying_logic(std::string target) : target_(std::move(target)) {}
+  result<void> process(const input_record&, step_context& ctx) override {
+    ctx.record(target_, "event");
+    return ok();
+  }
+  result<void> apply(std::string_view, std::string_view) override { return ok(); }
+  void begin_batch() override {}
+  void commit_batch() override {}
+  void rollback_batch() override {}
+  std::int64_t entity_count() const override { return 0; }
+  void save(std::string&) const override {}
+  result<void> load(std::string_view) override { return ok(); }
+  std::optional<std::string> describe(std::string_view) const override { return std::nullopt; }
+
+private:
+  std::string target_;
+};
+} // namespace
+
+TEST_CASE("a stage that records state for a key of another partition is stopped, not committed") {
+  test::temp_dir dir;
+  auto log = std::move(*embedded_log::open({.path = dir.file("log.db"), .sync = sqlite::sync_mode::off}));
+  manual_clock wall;
+  std::string mine, foreign;
+  for (int i = 0; mine.empty() || foreign.empty(); ++i) {
+    auto k = "key" + std::to_string(i);
+    (partition_for_key(k, 2) == partition_id{0} ? mine : foreign) = k;
+  }
+  stage_spec spec;
+  spec.name = "rekey";
+  spec.inputs = {"rekey.in"};
+  spec.make_logic = [foreign] { return std::make_unique<rekeying_logic>(foreign); };
+  REQUIRE(prepare_topics(*log, {spec}, 2));
+  commit_batch b;
+  b.records.push_back({"rekey.in", std::nullopt, record{mine, "x", 1, {}}});
+  REQUIRE(log->commit(b));
+  task_engine task{spec, partition_id{0}, *log, nullptr, wall};
+  REQUIRE(task.restore());
+  auto r = task.step();
+  REQUIRE_FALSE(r);
+  CHECK(r.err().code == errc::internal);
+  CHECK(is_fatal(r.err()));
+  CHECK(r.err().message.find("emit it to a topic keyed by it instead") != std::string::npos);
+  CHECK(log->offsets("rekey.changelog", partition_id{0})->end == log_offset{0});
+  CHECK(log->position("rekey", "rekey.in", partition_id{0}).value() == std::nullopt);
+}
