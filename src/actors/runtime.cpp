@@ -1,6 +1,7 @@
 #include "actors/runtime.hpp"
 
 #include "base/logging.hpp"
+#include "log/partitioner.hpp"
 
 #include <caf/all.hpp>
 
@@ -15,6 +16,7 @@ using status_atom = caf::atom_constant<caf::atom("status")>;
 using ready_atom = caf::atom_constant<caf::atom("ready")>;
 using restart_atom = caf::atom_constant<caf::atom("restart")>;
 using report_atom = caf::atom_constant<caf::atom("report")>;
+using query_atom = caf::atom_constant<caf::atom("query")>;
 
 } // namespace
 } // namespace keel::runtime
@@ -99,6 +101,17 @@ caf::behavior task_actor(caf::stateful_actor<task_actor_state>* self, task_args 
       report(false);
       if (stepped->committed) self->send(self, poll_atom::value);
       else self->delayed_send(self, args.options.idle_poll, poll_atom::value);
+    },
+    [self](query_atom, const std::string& key) -> std::string {
+      // The entity's state and the input positions it reflects.
+      auto& engine = *self->state.engine;
+      auto state = engine.logic().describe(key);
+      if (!state) return {};
+      auto status = engine.status();
+      std::string as_of;
+      for (const auto& [topic, offset] : status.positions)
+        as_of += fmt::format("{}\"{}\":{}", as_of.empty() ? "" : ",", topic, offset);
+      return fmt::format(R"({{"task":"{}","as_of":{{{}}},"state":{}}})", status.task, as_of, *state);
     },
     [self, report](stop_atom) {
       // Messages are handled one at a time, so the batch in flight has committed.
@@ -197,6 +210,18 @@ caf::behavior supervisor_actor(caf::stateful_actor<supervisor_state>* self, supe
       // A task that restored and keeps reporting is healthy again.
       if (status.restored && it->second.last.restored) it->second.backoff = std::chrono::milliseconds{0};
       it->second.last = std::move(status);
+    },
+    [self, args](query_atom, const std::string& stage, const std::string& key) -> caf::result<std::string> {
+      for (std::size_t i = 0; i < args.stages->size(); ++i) {
+        if ((*args.stages)[i].name != stage) continue;
+        auto p = partition_for_key(key, args.partitions[i]);
+        auto& t = self->state.tasks.at(fmt::format("{}/{}", stage, p.value()));
+        if (!t.alive || !t.last.restored) return caf::make_error(caf::sec::request_receiver_down);
+        auto promise = self->make_response_promise();
+        promise.delegate(t.actor, query_atom::value, key);
+        return promise;
+      }
+      return caf::make_error(caf::sec::unexpected_message);
     },
     [self](ready_atom) {
       for (const auto& [name, t] : self->state.tasks)
@@ -303,6 +328,23 @@ std::vector<task_status> runtime::status(std::chrono::milliseconds timeout) cons
   std::vector<task_status> out;
   self->request(supervisor_, timeout, status_atom::value)
     .receive([&](std::vector<task_status>& r) { out = std::move(r); }, [&](caf::error&) {});
+  return out;
+}
+
+result<std::optional<std::string>> runtime::query(const std::string& stage, const std::string& key,
+                                                  std::chrono::milliseconds timeout) const {
+  caf::scoped_actor self{system_};
+  result<std::optional<std::string>> out = std::optional<std::string>{};
+  self->request(supervisor_, timeout, query_atom::value, stage, key)
+    .receive(
+      [&](std::string& json) {
+        out = json.empty() ? std::optional<std::string>{} : std::optional<std::string>{std::move(json)};
+      },
+      [&](caf::error& e) {
+        if (e == caf::sec::unexpected_message) out = make_error(errc::not_found, "no stage {}", stage);
+        else if (e == caf::sec::request_timeout) out = make_error(errc::timeout, "stage {} did not answer in time", stage);
+        else out = make_error(errc::unavailable, "the task owning {} is restoring", key);
+      });
   return out;
 }
 

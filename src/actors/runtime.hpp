@@ -58,6 +58,14 @@ public:
   /// The last status each task reported.
   std::vector<task_status> status(std::chrono::milliseconds timeout = std::chrono::seconds(2)) const;
 
+  /// The state of one entity of a stage as JSON,
+  /// {"task", "as_of": {input topic: position}, "state": {...}}, answered by the
+  /// task that owns the key; nullopt when the entity does not exist.
+  /// errc::not_found for an unknown stage, errc::unavailable while the owning
+  /// task restores, errc::timeout when it does not answer in time.
+  result<std::optional<std::string>> query(const std::string& stage, const std::string& key,
+                                           std::chrono::milliseconds timeout = std::chrono::seconds(2)) const;
+
   /// Stops every task: each finishes and commits the batch in flight, snapshots,
   /// and exits. errc::timeout if that takes longer than `timeout`.
   result<void> stop(std::chrono::milliseconds timeout);

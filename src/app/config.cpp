@@ -113,7 +113,7 @@ result<config> load_config_file(const std::string& path, config cfg) {
   }
   auto in_file = [&path](error e) { return with_context(std::move(e), path); };
 
-  std::set<std::string> sections{"server", "http", "log", "runtime"};
+  std::set<std::string> sections{"server", "http", "log", "runtime", "ledger"};
   for (const auto& [key, node] : root)
     if (!sections.contains(std::string{key.str()}) || !node.is_table())
       return in_file(make_error(errc::invalid_argument, "unknown section or setting '{}' (line {})",
@@ -174,6 +174,16 @@ result<config> load_config_file(const std::string& path, config cfg) {
       return in_file(make_error(errc::invalid_argument, "runtime.batch_max must be 1 to 100000"));
     if (cfg.runtime.idle_poll_ms < 1)
       return in_file(make_error(errc::invalid_argument, "runtime.idle_poll_ms must be at least 1"));
+  }
+  {
+    table_reader t{root["ledger"].as_table(), "ledger."};
+    if (auto r = t.get("horizon_days", cfg.ledger.horizon_days); !r) return in_file(r.err());
+    if (auto r = t.get("saga_timeout_ms", cfg.ledger.saga_timeout_ms); !r) return in_file(r.err());
+    if (auto r = t.finish(); !r) return in_file(r.err());
+    if (cfg.ledger.horizon_days < 1 || cfg.ledger.horizon_days > 366)
+      return in_file(make_error(errc::invalid_argument, "ledger.horizon_days must be 1 to 366"));
+    if (cfg.ledger.saga_timeout_ms < 1)
+      return in_file(make_error(errc::invalid_argument, "ledger.saga_timeout_ms must be positive"));
   }
   cfg.source = path;
   return cfg;

@@ -42,12 +42,17 @@ struct config {
 
   struct runtime_section {
     /// Stages to run; known: "counter".
-    std::vector<std::string> stages = {"counter"};
+    std::vector<std::string> stages = {"counter", "ledger"};
     std::size_t batch_max = 1000;
     std::int64_t snapshot_every_events = 200'000;
     std::int64_t snapshot_every_ms = 60'000;
     std::int64_t idle_poll_ms = 20;
   } runtime;
+
+  struct ledger_section {
+    std::int32_t horizon_days = 30;
+    std::int64_t saga_timeout_ms = 60'000;
+  } ledger;
 
   /// Where each value came from, for `keel config` and error messages.
   std::string source = "defaults";

@@ -3,6 +3,7 @@
 #include "base/logging.hpp"
 #include "http/server.hpp"
 #include "actors/counter_stage.hpp"
+#include "actors/ledger_stage.hpp"
 #include "actors/runtime.hpp"
 #include "log/data_dir.hpp"
 #include "log/snapshot_store.hpp"
@@ -19,6 +20,7 @@
 #include <cstdio>
 #include <ctime>
 #include <filesystem>
+#include <tuple>
 #include <fstream>
 
 namespace keel::app {
@@ -58,8 +60,17 @@ result<void> write_file_atomically(const std::string& path, const std::string& c
 result<std::vector<runtime::stage_spec>> make_stages(const config& cfg) {
   std::vector<runtime::stage_spec> stages;
   for (const auto& name : cfg.runtime.stages) {
-    if (name == "counter") stages.push_back(runtime::counter_stage(cfg.log.default_partitions));
-    else return make_error(errc::invalid_argument, "runtime.stages: unknown stage '{}' (known: counter)", name);
+    if (name == "counter") {
+      stages.push_back(runtime::counter_stage(cfg.log.default_partitions));
+    } else if (name == "ledger") {
+      runtime::ledger_options options;
+      options.partitions = cfg.log.default_partitions;
+      options.horizon_days = cfg.ledger.horizon_days;
+      options.saga_timeout_ms = cfg.ledger.saga_timeout_ms;
+      for (auto& stage : runtime::ledger_stages(options)) stages.push_back(std::move(stage));
+    } else {
+      return make_error(errc::invalid_argument, "runtime.stages: unknown stage '{}' (known: counter, ledger)", name);
+    }
   }
   return stages;
 }
@@ -119,6 +130,26 @@ http::router make_routes(embedded_log& log, const std::atomic<bool>& ready,
                }
                return http::json_response(http::bhttp::status::ok, {{"topics", std::move(out)}});
              });
+  // Entity state, answered by the task that owns the key.
+  for (auto [path, stage, what] : {std::tuple{"/api/v1/accounts/{id}", "accounts", "account"},
+                                   std::tuple{"/api/v1/clients/{id}", "clients", "client"},
+                                   std::tuple{"/api/v1/counters/{id}", "counter", "counter"}}) {
+    routes.add(http::bhttp::verb::get, path,
+               [&rt, stage = std::string{stage}, what = std::string{what}](const http::request&,
+                                                                           const http::route_params& p) {
+                 auto found = rt.query(stage, p.at("id"));
+                 if (!found) return http::error_response(found.err());
+                 if (!*found)
+                   return http::error_response(http::bhttp::status::not_found, "not_found",
+                                               fmt::format("no {} {}", what, p.at("id")));
+                 http::response res{http::bhttp::status::ok, 11};
+                 res.set(http::bhttp::field::content_type, "application/json");
+                 res.body() = std::move(**found);
+                 res.body() += '\n';
+                 res.prepare_payload();
+                 return res;
+               });
+  }
   routes.add(http::bhttp::verb::get, "/api/v1/runtime",
              [&rt](const http::request&, const http::route_params&) {
                boost::json::array tasks;

@@ -1,7 +1,10 @@
 #include "app/commands.hpp"
 #include "app/json_bytes.hpp"
 
+#include "keel/envelope.pb.h"
+
 #include <boost/json.hpp>
+#include <google/protobuf/util/json_util.h>
 
 #include <atomic>
 #include <chrono>
@@ -21,14 +24,32 @@ command_spec tail_spec() {
   flags.push_back({"from", "OFFSET", "first offset to print (default: the start)"});
   flags.push_back({"max", "N", "stop after N records"});
   flags.push_back({"follow", "", "keep waiting for new records until interrupted"});
+  flags.push_back({"raw", "", "print keel envelopes as bytes instead of decoding them"});
   return {"tail",
           "Print records of a topic as JSON lines: {\"topic\", \"partition\", \"offset\",\n"
           "\"timestamp_ms\", \"key\", \"value\", \"headers\"}. JSON values stay structured, other\n"
-          "text becomes a string, other bytes appear base64-encoded as \"value_base64\".",
+          "text becomes a string, keel envelopes are decoded to their protobuf JSON (unless\n"
+          "--raw), other bytes appear base64-encoded as \"value_base64\".",
           "--topic TOPIC [--partition P] [--from OFFSET]", flags, 0, 0};
 }
 
-std::string render(const std::string& topic, const stored_record& r) {
+/// A keel Envelope as protobuf JSON, when the bytes are one.
+std::optional<boost::json::value> as_envelope(const std::string& bytes) {
+  if (is_utf8(bytes)) return std::nullopt;
+  keel::Envelope envelope;
+  if (!envelope.ParseFromString(bytes) || envelope.body_case() == keel::Envelope::BODY_NOT_SET)
+    return std::nullopt;
+  std::string json;
+  google::protobuf::util::JsonPrintOptions options;
+  options.preserve_proto_field_names = true;
+  if (!google::protobuf::util::MessageToJsonString(envelope, &json, options).ok()) return std::nullopt;
+  boost::system::error_code ec;
+  auto value = boost::json::parse(json, ec);
+  if (ec) return std::nullopt;
+  return value;
+}
+
+std::string render(const std::string& topic, const stored_record& r, bool raw) {
   boost::json::object row;
   row["topic"] = topic;
   row["partition"] = r.partition.value();
@@ -36,8 +57,9 @@ std::string render(const std::string& topic, const stored_record& r) {
   row["timestamp_ms"] = r.data.timestamp_ms;
   if (r.data.key) put_bytes(row, "key", *r.data.key);
   else row["key"] = nullptr;
-  if (r.data.value) put_bytes(row, "value", *r.data.value);
-  else row["value"] = nullptr;
+  if (!r.data.value) row["value"] = nullptr;
+  else if (auto decoded = raw ? std::nullopt : as_envelope(*r.data.value)) row["value"] = std::move(*decoded);
+  else put_bytes(row, "value", *r.data.value);
   if (!r.data.headers.empty()) {
     boost::json::object headers;
     for (const auto& [name, value] : r.data.headers) put_bytes(headers, name, value);
@@ -95,7 +117,7 @@ int run_tail(const std::vector<std::string>& args) {
       auto records = (*log)->read(*topic, partitions[i], next[i], limits);
       if (!records) return std::fprintf(stderr, "keel tail: %s\n", records.err().message.c_str()), exit_failure;
       for (const auto& r : *records) {
-        std::printf("%s\n", render(*topic, r).c_str());
+        std::printf("%s\n", render(*topic, r, parsed->has("raw")).c_str());
         next[i] = log_offset{r.offset.value() + 1};
         --remaining;
         any = true;

@@ -1,5 +1,7 @@
 #include "base/logging.hpp"
 
+#include "base/json.hpp"
+
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -21,24 +23,6 @@ std::string_view level_name(log_level level) {
     case log_level::error: return "error";
   }
   return "info";
-}
-
-// Escapes a string for a JSON string literal.
-void append_json_string(std::string& out, std::string_view text) {
-  out.push_back('"');
-  for (unsigned char c : text) {
-    switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
-      default:
-        if (c < 0x20) out += fmt::format("\\u{:04x}", c);
-        else out.push_back(static_cast<char>(c));
-    }
-  }
-  out.push_back('"');
 }
 
 } // namespace
@@ -74,9 +58,9 @@ void write_log(log_level level, std::string_view component, std::string_view mes
   if (format_.load() == log_format::json) {
     line = fmt::format(R"({{"ts":"{}.{:03}Z","level":"{}","component":)", stamp, ms % 1000,
                        level_name(level));
-    append_json_string(line, component);
+    line += json_quote(component);
     line += R"(,"msg":)";
-    append_json_string(line, message);
+    line += json_quote(message);
     line += "}\n";
   } else {
     line = fmt::format("{}.{:03}Z {:5} [{}] {}\n", stamp, ms % 1000, level_name(level), component,

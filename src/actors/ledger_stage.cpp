@@ -1,0 +1,750 @@
+#include "actors/ledger_stage.hpp"
+
+#include "actors/undo_map.hpp"
+#include "base/bytes.hpp"
+#include "base/json.hpp"
+#include "keel/envelope.pb.h"
+#include "state/ledger.hpp"
+
+#include <google/protobuf/util/json_util.h>
+
+namespace keel::runtime {
+namespace {
+
+namespace lt = ledger_topics;
+namespace pb = keel::ledger;  // protobuf messages
+using namespace keel::ledger;  // state types (distinct names from the protobuf ones)
+
+constexpr std::size_t id_bytes_max = 128;
+
+// -- decoding ------------------------------------------------------------------------
+
+/// An Envelope from its binary encoding or its protobuf JSON.
+result<keel::Envelope> decode_envelope(const std::string& value) {
+  keel::Envelope envelope;
+  if (!value.empty() && value.front() == '{') {
+    auto parsed = google::protobuf::util::JsonStringToMessage(value, &envelope);
+    if (!parsed.ok())
+      return make_error(errc::invalid_argument, "not an Envelope in JSON: {}", parsed.message().as_string());
+    return envelope;
+  }
+  if (!envelope.ParseFromString(value))
+    return make_error(errc::invalid_argument, "not an Envelope (neither protobuf nor JSON)");
+  return envelope;
+}
+
+bool valid_currency(const std::string& c) {
+  return c.size() == 3 && std::all_of(c.begin(), c.end(), [](char x) { return x >= 'A' && x <= 'Z'; });
+}
+
+bool valid_id(const std::string& id) { return !id.empty() && id.size() <= id_bytes_max; }
+
+/// The state form of a PostTransaction, or why its values are malformed.
+result<post_transaction> to_state(const pb::PostTransaction& p, std::int64_t fallback_time_ms) {
+  post_transaction t;
+  t.transaction_id = p.transaction_id();
+  t.account_id = p.account_id();
+  t.amount = p.amount_minor();
+  t.currency = p.currency();
+  t.booking_time_ms = p.booking_time_ms() != 0 ? p.booking_time_ms() : fallback_time_ms;
+  t.reverses = p.reverses_transaction_id();
+  auto date = parse_date(p.value_date());
+  if (!date) return make_error(errc::invalid_argument, "value_date '{}' is not a YYYY-MM-DD date", p.value_date());
+  t.value_date = *date;
+  return t;
+}
+
+pb::PostTransaction to_proto(const post_transaction& t) {
+  pb::PostTransaction p;
+  p.set_transaction_id(t.transaction_id);
+  p.set_account_id(t.account_id);
+  p.set_amount_minor(t.amount);
+  p.set_currency(t.currency);
+  p.set_value_date(format_date(t.value_date));
+  p.set_booking_time_ms(t.booking_time_ms);
+  p.set_reverses_transaction_id(t.reverses);
+  return p;
+}
+
+/// Envelope fields common to every record a stage writes for one input.
+keel::Envelope envelope_for(const step_context& ctx, std::string_view topic, partition_id p,
+                            std::int64_t offset) {
+  keel::Envelope e;
+  e.set_event_id(ctx.next_event_id());
+  e.mutable_source()->set_topic(std::string{topic});
+  e.mutable_source()->set_partition(p.value());
+  e.mutable_source()->set_offset(offset);
+  e.set_event_time_ms(ctx.event_time_ms());
+  e.set_schema_version(1);
+  return e;
+}
+
+// -- account events <-> protobuf -----------------------------------------------------------
+
+keel::Envelope encode(const account_event& e, keel::Envelope out) {
+  if (const auto* o = std::get_if<account_opened>(&e)) {
+    auto* m = out.mutable_account_opened();
+    m->set_account_id(o->account_id);
+    m->set_client_id(o->client_id);
+    m->set_currency(o->currency);
+  } else if (const auto* p = std::get_if<transaction_posted>(&e)) {
+    auto* m = out.mutable_transaction_posted();
+    *m->mutable_transaction() = to_proto(p->transaction);
+    m->set_client_id(p->client_id);
+    m->set_balance_today_minor(p->balance_today);
+    m->set_balance_value_date_minor(p->balance_value_date);
+  } else if (const auto* r = std::get_if<transaction_rejected>(&e)) {
+    auto* m = out.mutable_transaction_rejected();
+    *m->mutable_transaction() = to_proto(r->transaction);
+    m->set_reason(static_cast<pb::RejectReason>(r->reason));
+    m->set_message(r->message);
+  }
+  return out;
+}
+
+std::optional<account_event> decode_account_event(const keel::Envelope& e) {
+  switch (e.body_case()) {
+    case keel::Envelope::kAccountOpened:
+      return account_opened{e.account_opened().account_id(), e.account_opened().client_id(),
+                            e.account_opened().currency()};
+    case keel::Envelope::kTransactionPosted: {
+      auto t = to_state(e.transaction_posted().transaction(), 0);
+      if (!t) return std::nullopt;
+      return transaction_posted{*t, e.transaction_posted().client_id(),
+                                e.transaction_posted().balance_today_minor(),
+                                e.transaction_posted().balance_value_date_minor()};
+    }
+    default: return std::nullopt;
+  }
+}
+
+// -- client events <-> protobuf ------------------------------------------------------------
+
+pb::Horizon to_proto(horizon h) { return h == horizon::today ? pb::HORIZON_TODAY : pb::HORIZON_PROJECTED; }
+horizon from_proto(pb::Horizon h) { return h == pb::HORIZON_PROJECTED ? horizon::projected : horizon::today; }
+pb::BreachPolicy to_proto(breach_policy p) {
+  return p == breach_policy::notify ? pb::BREACH_POLICY_NOTIFY : pb::BREACH_POLICY_REVERT;
+}
+breach_policy from_proto(pb::BreachPolicy p) {
+  return p == pb::BREACH_POLICY_NOTIFY ? breach_policy::notify : breach_policy::revert;
+}
+
+void to_proto(const balance_changed& c, pb::BalanceChanged* m) {
+  m->set_account_id(c.account_id);
+  m->set_client_id(c.client_id);
+  m->set_currency(c.currency);
+  m->set_value_date(format_date(c.value_date));
+  m->set_delta_minor(c.delta);
+  m->set_transaction_id(c.transaction_id);
+  m->set_reverses_transaction_id(c.reverses);
+  m->set_booking_time_ms(c.booking_time_ms);
+}
+
+std::optional<balance_changed> from_proto(const pb::BalanceChanged& m) {
+  auto date = parse_date(m.value_date());
+  if (!date) return std::nullopt;
+  return balance_changed{m.account_id(), m.client_id(), m.currency(), *date, m.delta_minor(),
+                         m.transaction_id(), m.reverses_transaction_id(), m.booking_time_ms()};
+}
+
+keel::Envelope encode(const client_event& e, keel::Envelope out) {
+  std::visit(
+    [&out](const auto& ev) {
+      using T = std::decay_t<decltype(ev)>;
+      if constexpr (std::is_same_v<T, balance_changed>) {
+        to_proto(ev, out.mutable_balance_changed());
+      } else if constexpr (std::is_same_v<T, limit_set>) {
+        auto* m = out.mutable_limit_set()->mutable_limit();
+        m->set_client_id(ev.limit.client_id);
+        m->set_currency(ev.limit.currency);
+        m->set_floor_today_minor(ev.limit.floor_today);
+        m->set_floor_projected_minor(ev.limit.floor_projected);
+        m->set_policy(to_proto(ev.limit.policy));
+      } else if constexpr (std::is_same_v<T, breach_detected>) {
+        auto* m = out.mutable_breach_detected();
+        m->set_client_id(ev.client_id);
+        m->set_currency(ev.currency);
+        m->set_value_date(format_date(ev.value_date));
+        m->set_balance_before_minor(ev.balance_before);
+        m->set_balance_after_minor(ev.balance_after);
+        m->set_limit_minor(ev.limit);
+        m->set_causing_transaction_id(ev.causing_transaction);
+        m->set_causing_account_id(ev.causing_account);
+        m->set_causing_amount_minor(ev.causing_amount);
+        m->set_detected_at_ms(ev.detected_at_ms);
+        m->set_episode_id(ev.episode_id);
+        m->set_policy(to_proto(ev.policy));
+        m->set_horizon(to_proto(ev.kind));
+      } else if constexpr (std::is_same_v<T, back_within_limit>) {
+        auto* m = out.mutable_back_within_limit();
+        m->set_client_id(ev.client_id);
+        m->set_currency(ev.currency);
+        m->set_value_date(format_date(ev.value_date));
+        m->set_balance_minor(ev.balance);
+        m->set_limit_minor(ev.limit);
+        m->set_episode_id(ev.episode_id);
+        m->set_resolved_at_ms(ev.resolved_at_ms);
+        m->set_horizon(to_proto(ev.kind));
+      } else if constexpr (std::is_same_v<T, saga_started>) {
+        auto* m = out.mutable_saga_started();
+        m->set_saga_id(ev.saga_id);
+        m->set_client_id(ev.client_id);
+        m->set_transaction_id(ev.transaction_id);
+        m->set_account_id(ev.account_id);
+        m->set_amount_minor(ev.amount);
+        m->set_currency(ev.currency);
+        m->set_value_date(format_date(ev.value_date));
+        m->set_episode_id(ev.episode_id);
+        m->set_started_at_ms(ev.started_at_ms);
+        m->set_deadline_ms(ev.deadline_ms);
+        m->set_reversal_transaction_id(ev.reversal_transaction_id);
+      } else if constexpr (std::is_same_v<T, saga_completed>) {
+        auto* m = out.mutable_saga_completed();
+        m->set_saga_id(ev.saga_id);
+        m->set_transaction_id(ev.transaction_id);
+        m->set_completed_at_ms(ev.completed_at_ms);
+      } else if constexpr (std::is_same_v<T, saga_stuck>) {
+        auto* m = out.mutable_saga_stuck();
+        m->set_saga_id(ev.saga_id);
+        m->set_transaction_id(ev.transaction_id);
+        m->set_step("reversal");
+        m->set_reason(ev.reason);
+        m->set_stuck_at_ms(ev.stuck_at_ms);
+      }
+    },
+    e);
+  return out;
+}
+
+std::optional<client_event> decode_client_event(const keel::Envelope& e) {
+  switch (e.body_case()) {
+    case keel::Envelope::kBalanceChanged: {
+      auto c = from_proto(e.balance_changed());
+      if (!c) return std::nullopt;
+      return *c;
+    }
+    case keel::Envelope::kLimitSet: {
+      const auto& m = e.limit_set().limit();
+      return limit_set{set_limit{m.client_id(), m.currency(), m.floor_today_minor(),
+                                 m.floor_projected_minor(), from_proto(m.policy())}};
+    }
+    case keel::Envelope::kBreachDetected: {
+      const auto& m = e.breach_detected();
+      auto date = parse_date(m.value_date());
+      if (!date) return std::nullopt;
+      return breach_detected{m.client_id(), m.currency(), from_proto(m.horizon()), *date,
+                             m.balance_before_minor(), m.balance_after_minor(), m.limit_minor(),
+                             m.causing_transaction_id(), m.causing_account_id(),
+                             m.causing_amount_minor(), m.detected_at_ms(), m.episode_id(),
+                             from_proto(m.policy())};
+    }
+    case keel::Envelope::kBackWithinLimit: {
+      const auto& m = e.back_within_limit();
+      auto date = parse_date(m.value_date());
+      if (!date) return std::nullopt;
+      return back_within_limit{m.client_id(), m.currency(), from_proto(m.horizon()), *date,
+                               m.balance_minor(), m.limit_minor(), m.episode_id(), m.resolved_at_ms()};
+    }
+    case keel::Envelope::kSagaStarted: {
+      const auto& m = e.saga_started();
+      auto date = parse_date(m.value_date());
+      if (!date) return std::nullopt;
+      return saga_started{m.saga_id(), m.client_id(), m.transaction_id(), m.account_id(),
+                          m.amount_minor(), m.currency(), *date, m.episode_id(), m.started_at_ms(),
+                          m.deadline_ms(), m.reversal_transaction_id()};
+    }
+    case keel::Envelope::kSagaCompleted:
+      return saga_completed{e.saga_completed().saga_id(), e.saga_completed().transaction_id(),
+                            e.saga_completed().completed_at_ms()};
+    case keel::Envelope::kSagaStuck:
+      return saga_stuck{e.saga_stuck().saga_id(), e.saga_stuck().transaction_id(),
+                        e.saga_stuck().reason(), e.saga_stuck().stuck_at_ms()};
+    default: return std::nullopt;
+  }
+}
+
+// -- snapshots -------------------------------------------------------------------------------
+
+void write(byte_writer& w, const dated_balance& b) {
+  w.i64(b.settled);
+  w.i64(b.rolled_to);
+  w.u64(b.pending.size());
+  for (const auto& [d, amount] : b.pending) {
+    w.i64(d);
+    w.i64(amount);
+  }
+}
+
+void read(byte_reader& r, dated_balance& b) {
+  b.settled = r.i64();
+  b.rolled_to = static_cast<day>(r.i64());
+  for (auto n = r.u64(); r.ok() && n > 0; --n) {
+    auto d = static_cast<day>(r.i64());
+    b.pending[d] = r.i64();
+  }
+}
+
+void write(byte_writer& w, const account& a) {
+  w.u64(a.open);
+  w.str(a.client_id);
+  w.str(a.currency);
+  write(w, a.balance);
+  w.u64(a.applied.size());
+  for (const auto& [id, t] : a.applied) {
+    w.str(id);
+    w.i64(t.amount);
+    w.i64(t.value_date);
+    w.u64((t.is_reversal ? 1u : 0u) | (t.reversed ? 2u : 0u));
+  }
+  w.u64(a.recent.size());
+  for (const auto& id : a.recent) w.str(id);
+}
+
+void read(byte_reader& r, account& a) {
+  a.open = r.u64() != 0;
+  a.client_id = std::string{r.str()};
+  a.currency = std::string{r.str()};
+  read(r, a.balance);
+  auto n = r.u64();
+  a.applied.reserve(std::min<std::uint64_t>(n, 1 << 20));
+  for (; r.ok() && n > 0; --n) {
+    std::string id{r.str()};
+    applied_transaction t;
+    t.amount = r.i64();
+    t.value_date = static_cast<day>(r.i64());
+    auto flags = r.u64();
+    t.is_reversal = (flags & 1u) != 0;
+    t.reversed = (flags & 2u) != 0;
+    a.applied.emplace(std::move(id), t);
+  }
+  for (auto m = r.u64(); r.ok() && m > 0; --m) a.recent.emplace_back(r.str());
+}
+
+void write(byte_writer& w, const client& c) {
+  w.u64(c.balances.size());
+  for (const auto& [currency, b] : c.balances) {
+    w.str(currency);
+    write(w, b);
+  }
+  w.u64(c.limits.size());
+  for (const auto& [currency, l] : c.limits) {
+    w.str(currency);
+    w.i64(l.floor_today);
+    w.i64(l.floor_projected);
+    w.u64(static_cast<std::uint64_t>(l.policy));
+  }
+  w.u64(c.open_episodes.size());
+  for (const auto& [k, ep] : c.open_episodes) {
+    w.str(k.first);
+    w.u64(static_cast<std::uint64_t>(k.second));
+    w.str(ep.id);
+    w.i64(ep.value_date);
+    w.i64(ep.limit);
+  }
+  w.u64(c.sagas.size());
+  for (const auto& [txn, s] : c.sagas) {
+    w.str(s.saga_id);
+    w.str(s.transaction_id);
+    w.str(s.account_id);
+    w.str(s.reversal_transaction_id);
+    w.i64(s.amount);
+    w.str(s.currency);
+    w.i64(s.value_date);
+    w.u64(static_cast<std::uint64_t>(s.status));
+    w.i64(s.started_at_ms);
+    w.i64(s.deadline_ms);
+    w.i64(s.finished_at_ms);
+    w.str(s.reason);
+  }
+  w.i64(c.episodes_opened);
+  w.i64(c.last_change_ms);
+}
+
+void read(byte_reader& r, client& c) {
+  for (auto n = r.u64(); r.ok() && n > 0; --n) {
+    std::string currency{r.str()};
+    read(r, c.balances[currency]);
+  }
+  for (auto n = r.u64(); r.ok() && n > 0; --n) {
+    std::string currency{r.str()};
+    limit l;
+    l.floor_today = r.i64();
+    l.floor_projected = r.i64();
+    l.policy = static_cast<breach_policy>(r.u64());
+    c.limits[currency] = l;
+  }
+  for (auto n = r.u64(); r.ok() && n > 0; --n) {
+    std::string currency{r.str()};
+    auto kind = static_cast<horizon>(r.u64());
+    episode ep;
+    ep.id = std::string{r.str()};
+    ep.value_date = static_cast<day>(r.i64());
+    ep.limit = r.i64();
+    c.open_episodes[{currency, kind}] = ep;
+  }
+  for (auto n = r.u64(); r.ok() && n > 0; --n) {
+    saga s;
+    s.saga_id = std::string{r.str()};
+    s.transaction_id = std::string{r.str()};
+    s.account_id = std::string{r.str()};
+    s.reversal_transaction_id = std::string{r.str()};
+    s.amount = r.i64();
+    s.currency = std::string{r.str()};
+    s.value_date = static_cast<day>(r.i64());
+    s.status = static_cast<saga_status>(r.u64());
+    s.started_at_ms = r.i64();
+    s.deadline_ms = r.i64();
+    s.finished_at_ms = r.i64();
+    s.reason = std::string{r.str()};
+    c.sagas[s.transaction_id] = std::move(s);
+  }
+  c.episodes_opened = r.i64();
+  c.last_change_ms = r.i64();
+}
+
+template <class Map>
+void save_map(const Map& map, std::string& out) {
+  byte_writer w{out};
+  w.u64(map.size());
+  for (const auto& [key, value] : map) {
+    w.str(key);
+    write(w, value);
+  }
+}
+
+template <class Map>
+result<void> load_map(Map& target, std::string_view in, std::string_view what) {
+  byte_reader r{in};
+  typename Map::map_type loaded;
+  for (auto n = r.u64(); r.ok() && n > 0; --n) {
+    std::string key{r.str()};
+    read(r, loaded[key]);
+  }
+  if (!r.ok() || !r.done()) return make_error(errc::corrupt, "damaged {} snapshot", what);
+  target.reset(std::move(loaded));
+  return ok();
+}
+
+// -- the accounts stage ------------------------------------------------------------------------
+
+class account_logic final : public stage_logic {
+public:
+  explicit account_logic(ledger_options o) : options_(o) { rules_.horizon_days = o.horizon_days; }
+
+  result<void> process(const input_record& in, step_context& ctx) override {
+    const auto& data = in.record.data;
+    if (!data.key || data.key->empty()) return make_error(errc::invalid_argument, "a command needs the account as key");
+    if (!data.value) return make_error(errc::invalid_argument, "a command needs a value");
+    auto envelope = decode_envelope(*data.value);
+    if (!envelope) return envelope.err();
+    const auto& key = *data.key;
+    const auto* current = accounts_.find(key);
+    const account empty;
+    const account& a = current ? *current : empty;
+    std::vector<account_event> events;
+    switch (envelope->body_case()) {
+      case keel::Envelope::kOpenAccount: {
+        const auto& c = envelope->open_account();
+        if (c.account_id() != key)
+          return make_error(errc::invalid_argument, "open_account for {} keyed as {}", c.account_id(), key);
+        if (!valid_id(c.client_id()) || !valid_currency(c.currency()))
+          return make_error(errc::invalid_argument,
+                            "open_account needs a client_id of 1 to {} bytes and an ISO 4217 currency",
+                            id_bytes_max);
+        events = decide(a, open_account{c.account_id(), c.client_id(), c.currency()});
+        break;
+      }
+      case keel::Envelope::kPostTransaction: {
+        const auto& p = envelope->post_transaction();
+        if (p.account_id() != key)
+          return make_error(errc::invalid_argument, "post_transaction for {} keyed as {}", p.account_id(), key);
+        auto t = to_state(p, data.timestamp_ms);
+        if (!valid_id(p.transaction_id()) || !valid_currency(p.currency()) || !t) {
+          post_transaction bad;
+          bad.transaction_id = p.transaction_id();
+          bad.account_id = p.account_id();
+          bad.amount = p.amount_minor();
+          bad.currency = p.currency();
+          bad.booking_time_ms = p.booking_time_ms() != 0 ? p.booking_time_ms() : data.timestamp_ms;
+          bad.reverses = p.reverses_transaction_id();
+          std::string why = !valid_id(p.transaction_id())
+                              ? fmt::format("transaction_id must have 1 to {} bytes", id_bytes_max)
+                            : !valid_currency(p.currency()) ? fmt::format("currency '{}' is not ISO 4217", p.currency())
+                                                            : t.err().message;
+          events.push_back(transaction_rejected{bad, a.client_id, reject_reason::malformed, why});
+          break;
+        }
+        events = decide(a, *t, rules_);
+        break;
+      }
+      default:
+        return make_error(errc::invalid_argument,
+                          "{} takes open_account and post_transaction commands", lt::transactions);
+    }
+    for (const auto& e : events) emit(in, ctx, key, e);
+    return ok();
+  }
+
+  result<void> apply(std::string_view key, std::string_view event) override {
+    keel::Envelope e;
+    if (!e.ParseFromArray(event.data(), static_cast<int>(event.size())))
+      return make_error(errc::corrupt, "changelog event of account {} does not parse", key);
+    auto decoded = decode_account_event(e);
+    if (!decoded) return make_error(errc::corrupt, "changelog event of account {} is not an account event", key);
+    evolve(accounts_.touch(std::string{key}), *decoded);
+    return ok();
+  }
+
+  void begin_batch() override { accounts_.begin(); }
+  void commit_batch() override { accounts_.commit(); }
+  void rollback_batch() override { accounts_.rollback(); }
+  std::int64_t entity_count() const override { return static_cast<std::int64_t>(accounts_.size()); }
+  void save(std::string& out) const override { save_map(accounts_.items(), out); }
+  result<void> load(std::string_view in) override { return load_map(accounts_, in, "account"); }
+
+  std::optional<std::string> describe(std::string_view key) const override {
+    const auto* a = accounts_.find(std::string{key});
+    if (a == nullptr || !a->open) return std::nullopt;
+    std::string projected;
+    std::int64_t running = a->balance.settled;
+    for (const auto& [d, amount] : a->balance.pending) {
+      running += amount;
+      projected += fmt::format("{}{{\"value_date\":\"{}\",\"balance_minor\":{}}}",
+                               projected.empty() ? "" : ",", format_date(d), running);
+    }
+    std::string recent;
+    for (const auto& id : a->recent) recent += (recent.empty() ? "" : ",") + json_quote(id);
+    return fmt::format(
+      R"({{"account_id":{},"client_id":{},"currency":{},"balance_minor":{},"rolled_to":"{}","projected":[{}],"recent_transactions":[{}],"transactions_applied":{}}})",
+      json_quote(key), json_quote(a->client_id), json_quote(a->currency), a->balance.settled,
+      format_date(a->balance.rolled_to == std::numeric_limits<day>::min() ? 0 : a->balance.rolled_to),
+      projected, recent, a->applied.size());
+  }
+
+private:
+  void emit(const input_record& in, step_context& ctx, const std::string& key, const account_event& e) {
+    const bool changes_state = !std::holds_alternative<transaction_rejected>(e);
+    if (changes_state) {
+      evolve(accounts_.touch(key), e);
+      ctx.record(key, encode(e, envelope_for(ctx, in.topic, in.partition, in.record.offset.value())).SerializeAsString());
+    }
+    ctx.emit(std::string{lt::transaction_events}, key,
+             encode(e, envelope_for(ctx, in.topic, in.partition, in.record.offset.value())).SerializeAsString());
+    // The client side learns of balance changes, and of refused reversals
+    // (its saga is waiting for them).
+    if (const auto* posted = std::get_if<transaction_posted>(&e)) {
+      const auto& t = posted->transaction;
+      auto out = envelope_for(ctx, in.topic, in.partition, in.record.offset.value());
+      to_proto(balance_changed{t.account_id, posted->client_id, t.currency, t.value_date, t.amount,
+                               t.transaction_id, t.reverses, t.booking_time_ms},
+               out.mutable_balance_changed());
+      ctx.emit(std::string{lt::client_balances}, posted->client_id, out.SerializeAsString());
+    } else if (const auto* rejected = std::get_if<transaction_rejected>(&e);
+               rejected && !rejected->transaction.reverses.empty() && !rejected->client_id.empty()) {
+      ctx.emit(std::string{lt::client_balances}, rejected->client_id,
+               encode(e, envelope_for(ctx, in.topic, in.partition, in.record.offset.value())).SerializeAsString());
+    }
+  }
+
+  ledger_options options_;
+  account_rules rules_;
+  undo_map<std::string, account> accounts_;
+};
+
+// -- the clients stage ---------------------------------------------------------------------------
+
+class client_logic final : public stage_logic {
+public:
+  explicit client_logic(ledger_options o) : options_(o) {
+    rules_.horizon_days = o.horizon_days;
+    rules_.saga_timeout_ms = o.saga_timeout_ms;
+  }
+
+  result<void> process(const input_record& in, step_context& ctx) override {
+    const auto& data = in.record.data;
+    if (!data.key || data.key->empty()) return make_error(errc::invalid_argument, "a record needs the client as key");
+    if (!data.value) return make_error(errc::invalid_argument, "a record needs a value");
+    auto envelope = decode_envelope(*data.value);
+    if (!envelope) return envelope.err();
+    const auto& key = *data.key;
+    const auto* current = clients_.find(key);
+    const client empty;
+    const client& c = current ? *current : empty;
+    std::vector<client_event> events;
+    switch (envelope->body_case()) {
+      case keel::Envelope::kBalanceChanged: {
+        auto change = from_proto(envelope->balance_changed());
+        if (!change || change->client_id != key)
+          return make_error(errc::invalid_argument, "a balance change for client {} must carry its value date and key", key);
+        auto decided = decide(c, *change, rules_, change->booking_time_ms);
+        if (!decided) return decided.err();
+        events = std::move(*decided);
+        break;
+      }
+      case keel::Envelope::kSetLimit: {
+        const auto& m = envelope->set_limit();
+        if (m.client_id() != key)
+          return make_error(errc::invalid_argument, "set_limit for {} keyed as {}", m.client_id(), key);
+        if (!valid_currency(m.currency()))
+          return make_error(errc::invalid_argument, "set_limit needs an ISO 4217 currency, got '{}'", m.currency());
+        events = decide(c, set_limit{m.client_id(), m.currency(), m.floor_today_minor(),
+                                     m.floor_projected_minor(), from_proto(m.policy())},
+                        rules_, data.timestamp_ms);
+        break;
+      }
+      case keel::Envelope::kTransactionRejected: {
+        const auto& r = envelope->transaction_rejected();
+        events = decide_reversal_refused(c, r.transaction().reverses_transaction_id(), r.message(),
+                                         data.timestamp_ms);
+        break;
+      }
+      default:
+        return make_error(errc::invalid_argument, "{} and {} take balance changes and set_limit commands",
+                          lt::client_balances, lt::limits);
+    }
+    for (const auto& e : events) emit(ctx, key, e, in.topic, in.partition, in.record.offset.value());
+    return ok();
+  }
+
+  result<void> on_timer(const timer& t, step_context& ctx) override {
+    const auto* c = clients_.find(t.entity_key);
+    if (c == nullptr) return ok();
+    for (const auto& e : decide_saga_timeout(*c, t.payload, ctx.wall_time_ms()))
+      emit(ctx, t.entity_key, e, options_timer_topic, partition_id{0}, 0);
+    return ok();
+  }
+
+  result<void> apply(std::string_view key, std::string_view event) override {
+    keel::Envelope e;
+    if (!e.ParseFromArray(event.data(), static_cast<int>(event.size())))
+      return make_error(errc::corrupt, "changelog event of client {} does not parse", key);
+    auto decoded = decode_client_event(e);
+    if (!decoded) return make_error(errc::corrupt, "changelog event of client {} is not a client event", key);
+    evolve(clients_.touch(std::string{key}), *decoded);
+    return ok();
+  }
+
+  void begin_batch() override { clients_.begin(); }
+  void commit_batch() override { clients_.commit(); }
+  void rollback_batch() override { clients_.rollback(); }
+  std::int64_t entity_count() const override { return static_cast<std::int64_t>(clients_.size()); }
+  void save(std::string& out) const override { save_map(clients_.items(), out); }
+  result<void> load(std::string_view in) override { return load_map(clients_, in, "client"); }
+
+  std::optional<std::string> describe(std::string_view key) const override {
+    const auto* c = clients_.find(std::string{key});
+    if (c == nullptr) return std::nullopt;
+    const day today = day_of(c->last_change_ms);
+    std::string positions;
+    for (const auto& [currency, b] : c->balances) {
+      std::string projected;
+      const auto today_balance = b.on(std::max(today, b.rolled_to));
+      std::int64_t running = today_balance;
+      for (auto it = b.pending.upper_bound(std::max(today, b.rolled_to)); it != b.pending.end(); ++it) {
+        running += it->second;
+        projected += fmt::format("{}{{\"value_date\":\"{}\",\"balance_minor\":{}}}", projected.empty() ? "" : ",",
+                                 format_date(it->first), running);
+      }
+      std::string limit_json = "null";
+      if (auto l = c->limits.find(currency); l != c->limits.end())
+        limit_json = fmt::format(
+          R"({{"floor_today_minor":{},"floor_projected_minor":{},"policy":"{}","headroom_today_minor":{}}})",
+          l->second.floor_today, l->second.floor_projected,
+          l->second.policy == breach_policy::notify ? "notify" : "revert", today_balance - l->second.floor_today);
+      positions += fmt::format(R"({}{{"currency":{},"balance_today_minor":{},"projected":[{}],"limit":{}}})",
+                               positions.empty() ? "" : ",", json_quote(currency), today_balance, projected, limit_json);
+    }
+    std::string episodes;
+    for (const auto& [k, ep] : c->open_episodes)
+      episodes += fmt::format(R"({}{{"currency":{},"horizon":"{}","episode_id":{},"value_date":"{}","limit_minor":{}}})",
+                              episodes.empty() ? "" : ",", json_quote(k.first),
+                              k.second == horizon::today ? "today" : "projected", json_quote(ep.id),
+                              format_date(ep.value_date), ep.limit);
+    std::string sagas;
+    for (const auto& [txn, s] : c->sagas)
+      sagas += fmt::format(
+        R"({}{{"saga_id":{},"transaction_id":{},"account_id":{},"reversal_transaction_id":{},"amount_minor":{},"status":"{}","started_at_ms":{},"deadline_ms":{},"finished_at_ms":{},"reason":{}}})",
+        sagas.empty() ? "" : ",", json_quote(s.saga_id), json_quote(s.transaction_id), json_quote(s.account_id),
+        json_quote(s.reversal_transaction_id), s.amount, to_string(s.status), s.started_at_ms, s.deadline_ms,
+        s.finished_at_ms, json_quote(s.reason));
+    return fmt::format(R"({{"client_id":{},"as_of":"{}","positions":[{}],"open_breaches":[{}],"sagas":[{}]}})",
+                       json_quote(key), format_date(today), positions, episodes, sagas);
+  }
+
+private:
+  static constexpr std::string_view options_timer_topic = "ledger.saga-timers";
+
+  void emit(step_context& ctx, const std::string& key, const client_event& e, std::string_view topic,
+            partition_id p, std::int64_t offset) {
+    auto& c = clients_.touch(key);
+    evolve(c, e);
+    ctx.record(key, encode(e, envelope_for(ctx, topic, p, offset)).SerializeAsString());
+    auto out = [&](std::string_view to, const std::string& out_key, const keel::Envelope& env) {
+      ctx.emit(std::string{to}, out_key, env.SerializeAsString());
+    };
+    std::visit(
+      [&](const auto& ev) {
+        using T = std::decay_t<decltype(ev)>;
+        if constexpr (std::is_same_v<T, breach_detected> || std::is_same_v<T, back_within_limit>) {
+          out(lt::limit_breaches, key, encode(e, envelope_for(ctx, topic, p, offset)));
+        } else if constexpr (std::is_same_v<T, saga_started>) {
+          out(lt::sagas, key, encode(e, envelope_for(ctx, topic, p, offset)));
+          auto requested = envelope_for(ctx, topic, p, offset);
+          auto* r = requested.mutable_reversal_requested();
+          r->set_saga_id(ev.saga_id);
+          r->set_reversal_transaction_id(ev.reversal_transaction_id);
+          r->set_original_transaction_id(ev.transaction_id);
+          r->set_requested_at_ms(ev.started_at_ms);
+          out(lt::sagas, key, requested);
+          // The reversal itself, to the account's partition of the commands topic.
+          auto command = envelope_for(ctx, topic, p, offset);
+          *command.mutable_post_transaction() =
+            to_proto(post_transaction{ev.reversal_transaction_id, ev.account_id, -ev.amount, ev.currency,
+                                      ev.value_date, ev.started_at_ms, ev.transaction_id});
+          out(lt::transactions, ev.account_id, command);
+          ctx.schedule(timer{"saga/" + ev.transaction_id, key, timer_kind::wall_clock,
+                             ctx.wall_time_ms() + options_.saga_timeout_ms, ev.transaction_id});
+        } else if constexpr (std::is_same_v<T, saga_completed>) {
+          auto posted = envelope_for(ctx, topic, p, offset);
+          auto* r = posted.mutable_reversal_posted();
+          r->set_saga_id(ev.saga_id);
+          r->set_reversal_transaction_id("rev-" + ev.transaction_id);
+          r->set_posted_at_ms(ev.completed_at_ms);
+          out(lt::sagas, key, posted);
+          out(lt::sagas, key, encode(e, envelope_for(ctx, topic, p, offset)));
+          ctx.cancel("saga/" + ev.transaction_id);
+        } else if constexpr (std::is_same_v<T, saga_stuck>) {
+          out(lt::sagas, key, encode(e, envelope_for(ctx, topic, p, offset)));
+          ctx.cancel("saga/" + ev.transaction_id);
+        }
+      },
+      e);
+  }
+
+  ledger_options options_;
+  limit_rules rules_;
+  undo_map<std::string, client> clients_;
+};
+
+} // namespace
+
+std::vector<stage_spec> ledger_stages(const ledger_options& options) {
+  const auto n = options.partitions;
+  stage_spec accounts;
+  accounts.name = "accounts";
+  accounts.inputs = {std::string{lt::transactions}};
+  accounts.outputs = {{.name = std::string{lt::transaction_events}, .partitions = n},
+                      {.name = std::string{lt::client_balances}, .partitions = n}};
+  accounts.make_logic = [options] { return std::make_unique<account_logic>(options); };
+
+  stage_spec clients;
+  clients.name = "clients";
+  clients.inputs = {std::string{lt::client_balances}, std::string{lt::limits}};
+  clients.outputs = {{.name = std::string{lt::limit_breaches}, .partitions = n},
+                     {.name = std::string{lt::sagas}, .partitions = n},
+                     {.name = std::string{lt::transactions}, .partitions = n}};
+  clients.make_logic = [options] { return std::make_unique<client_logic>(options); };
+  return {accounts, clients};
+}
+
+} // namespace keel::runtime
