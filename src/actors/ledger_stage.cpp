@@ -17,6 +17,22 @@ using namespace keel::ledger;  // state types (distinct names from the protobuf 
 
 constexpr std::size_t id_bytes_max = 128;
 
+/// One entity's book inside an undo_map shared by all entities of a task,
+/// keyed "<entity>\0<id>", so a batch's rollback covers it too.
+template <class V>
+class keyed_book final : public book<V> {
+public:
+  keyed_book(undo_map<std::string, V>& map, const std::string& entity) : map_(map), prefix_(entity) {
+    prefix_.push_back('\0');
+  }
+  const V* find(const std::string& id) const override { return map_.find(prefix_ + id); }
+  V& touch(const std::string& id) override { return map_.touch(prefix_ + id); }
+
+private:
+  undo_map<std::string, V>& map_;
+  std::string prefix_;
+};
+
 // -- decoding ------------------------------------------------------------------------
 
 /// An Envelope from its binary encoding or its protobuf JSON.
@@ -289,13 +305,7 @@ void write(byte_writer& w, const account& a) {
   w.str(a.client_id);
   w.str(a.currency);
   write(w, a.balance);
-  w.u64(a.applied.size());
-  for (const auto& [id, t] : a.applied) {
-    w.str(id);
-    w.i64(t.amount);
-    w.i64(t.value_date);
-    w.u64((t.is_reversal ? 1u : 0u) | (t.reversed ? 2u : 0u));
-  }
+  w.i64(a.applied_count);
   w.u64(a.recent.size());
   for (const auto& id : a.recent) w.str(id);
 }
@@ -305,19 +315,22 @@ void read(byte_reader& r, account& a) {
   a.client_id = std::string{r.str()};
   a.currency = std::string{r.str()};
   read(r, a.balance);
-  auto n = r.u64();
-  a.applied.reserve(std::min<std::uint64_t>(n, 1 << 20));
-  for (; r.ok() && n > 0; --n) {
-    std::string id{r.str()};
-    applied_transaction t;
-    t.amount = r.i64();
-    t.value_date = static_cast<day>(r.i64());
-    auto flags = r.u64();
-    t.is_reversal = (flags & 1u) != 0;
-    t.reversed = (flags & 2u) != 0;
-    a.applied.emplace(std::move(id), t);
-  }
+  a.applied_count = r.i64();
   for (auto m = r.u64(); r.ok() && m > 0; --m) a.recent.emplace_back(r.str());
+}
+
+void write(byte_writer& w, const applied_transaction& t) {
+  w.i64(t.amount);
+  w.i64(t.value_date);
+  w.u64((t.is_reversal ? 1u : 0u) | (t.reversed ? 2u : 0u));
+}
+
+void read(byte_reader& r, applied_transaction& t) {
+  t.amount = r.i64();
+  t.value_date = static_cast<day>(r.i64());
+  auto flags = r.u64();
+  t.is_reversal = (flags & 1u) != 0;
+  t.reversed = (flags & 2u) != 0;
 }
 
 void write(byte_writer& w, const client& c) {
@@ -341,23 +354,42 @@ void write(byte_writer& w, const client& c) {
     w.i64(ep.value_date);
     w.i64(ep.limit);
   }
-  w.u64(c.sagas.size());
-  for (const auto& [txn, s] : c.sagas) {
-    w.str(s.saga_id);
-    w.str(s.transaction_id);
-    w.str(s.account_id);
-    w.str(s.reversal_transaction_id);
-    w.i64(s.amount);
-    w.str(s.currency);
-    w.i64(s.value_date);
-    w.u64(static_cast<std::uint64_t>(s.status));
-    w.i64(s.started_at_ms);
-    w.i64(s.deadline_ms);
-    w.i64(s.finished_at_ms);
-    w.str(s.reason);
-  }
   w.i64(c.episodes_opened);
+  w.i64(c.sagas_started);
+  w.i64(c.sagas_open);
   w.i64(c.last_change_ms);
+  w.u64(c.recent_sagas.size());
+  for (const auto& id : c.recent_sagas) w.str(id);
+}
+
+void write(byte_writer& w, const saga& s) {
+  w.str(s.saga_id);
+  w.str(s.transaction_id);
+  w.str(s.account_id);
+  w.str(s.reversal_transaction_id);
+  w.i64(s.amount);
+  w.str(s.currency);
+  w.i64(s.value_date);
+  w.u64(static_cast<std::uint64_t>(s.status));
+  w.i64(s.started_at_ms);
+  w.i64(s.deadline_ms);
+  w.i64(s.finished_at_ms);
+  w.str(s.reason);
+}
+
+void read(byte_reader& r, saga& s) {
+  s.saga_id = std::string{r.str()};
+  s.transaction_id = std::string{r.str()};
+  s.account_id = std::string{r.str()};
+  s.reversal_transaction_id = std::string{r.str()};
+  s.amount = r.i64();
+  s.currency = std::string{r.str()};
+  s.value_date = static_cast<day>(r.i64());
+  s.status = static_cast<saga_status>(r.u64());
+  s.started_at_ms = r.i64();
+  s.deadline_ms = r.i64();
+  s.finished_at_ms = r.i64();
+  s.reason = std::string{r.str()};
 }
 
 void read(byte_reader& r, client& c) {
@@ -382,29 +414,15 @@ void read(byte_reader& r, client& c) {
     ep.limit = r.i64();
     c.open_episodes[{currency, kind}] = ep;
   }
-  for (auto n = r.u64(); r.ok() && n > 0; --n) {
-    saga s;
-    s.saga_id = std::string{r.str()};
-    s.transaction_id = std::string{r.str()};
-    s.account_id = std::string{r.str()};
-    s.reversal_transaction_id = std::string{r.str()};
-    s.amount = r.i64();
-    s.currency = std::string{r.str()};
-    s.value_date = static_cast<day>(r.i64());
-    s.status = static_cast<saga_status>(r.u64());
-    s.started_at_ms = r.i64();
-    s.deadline_ms = r.i64();
-    s.finished_at_ms = r.i64();
-    s.reason = std::string{r.str()};
-    c.sagas[s.transaction_id] = std::move(s);
-  }
   c.episodes_opened = r.i64();
+  c.sagas_started = r.i64();
+  c.sagas_open = r.i64();
   c.last_change_ms = r.i64();
+  for (auto m = r.u64(); r.ok() && m > 0; --m) c.recent_sagas.emplace_back(r.str());
 }
 
 template <class Map>
-void save_map(const Map& map, std::string& out) {
-  byte_writer w{out};
+void save_map(const Map& map, byte_writer& w) {
   w.u64(map.size());
   for (const auto& [key, value] : map) {
     w.str(key);
@@ -413,15 +431,31 @@ void save_map(const Map& map, std::string& out) {
 }
 
 template <class Map>
-result<void> load_map(Map& target, std::string_view in, std::string_view what) {
-  byte_reader r{in};
+void load_map(Map& target, byte_reader& r) {
   typename Map::map_type loaded;
-  for (auto n = r.u64(); r.ok() && n > 0; --n) {
+  auto n = r.u64();
+  loaded.reserve(std::min<std::uint64_t>(n, 1 << 24));
+  for (; r.ok() && n > 0; --n) {
     std::string key{r.str()};
     read(r, loaded[key]);
   }
-  if (!r.ok() || !r.done()) return make_error(errc::corrupt, "damaged {} snapshot", what);
   target.reset(std::move(loaded));
+}
+
+/// An entity map and its book, saved and loaded together.
+template <class Entities, class Book>
+void save_both(const Entities& entities, const Book& book, std::string& out) {
+  byte_writer w{out};
+  save_map(entities.items(), w);
+  save_map(book.items(), w);
+}
+
+template <class Entities, class Book>
+result<void> load_both(Entities& entities, Book& book, std::string_view in, std::string_view what) {
+  byte_reader r{in};
+  load_map(entities, r);
+  load_map(book, r);
+  if (!r.ok() || !r.done()) return make_error(errc::corrupt, "damaged {} snapshot", what);
   return ok();
 }
 
@@ -441,6 +475,7 @@ public:
     const auto* current = accounts_.find(key);
     const account empty;
     const account& a = current ? *current : empty;
+    keyed_book<applied_transaction> applied{applied_, key};
     std::vector<account_event> events;
     switch (envelope->body_case()) {
       case keel::Envelope::kOpenAccount: {
@@ -474,7 +509,7 @@ public:
           events.push_back(transaction_rejected{bad, a.client_id, reject_reason::malformed, why});
           break;
         }
-        events = decide(a, *t, rules_);
+        events = decide(a, applied, *t, rules_);
         break;
       }
       default:
@@ -491,16 +526,27 @@ public:
       return make_error(errc::corrupt, "changelog event of account {} does not parse", key);
     auto decoded = decode_account_event(e);
     if (!decoded) return make_error(errc::corrupt, "changelog event of account {} is not an account event", key);
-    evolve(accounts_.touch(std::string{key}), *decoded);
+    std::string k{key};
+    keyed_book<applied_transaction> applied{applied_, k};
+    evolve(accounts_.touch(k), applied, *decoded);
     return ok();
   }
 
-  void begin_batch() override { accounts_.begin(); }
-  void commit_batch() override { accounts_.commit(); }
-  void rollback_batch() override { accounts_.rollback(); }
+  void begin_batch() override {
+    accounts_.begin();
+    applied_.begin();
+  }
+  void commit_batch() override {
+    accounts_.commit();
+    applied_.commit();
+  }
+  void rollback_batch() override {
+    accounts_.rollback();
+    applied_.rollback();
+  }
   std::int64_t entity_count() const override { return static_cast<std::int64_t>(accounts_.size()); }
-  void save(std::string& out) const override { save_map(accounts_.items(), out); }
-  result<void> load(std::string_view in) override { return load_map(accounts_, in, "account"); }
+  void save(std::string& out) const override { save_both(accounts_, applied_, out); }
+  result<void> load(std::string_view in) override { return load_both(accounts_, applied_, in, "account"); }
 
   std::optional<std::string> describe(std::string_view key) const override {
     const auto* a = accounts_.find(std::string{key});
@@ -518,14 +564,15 @@ public:
       R"({{"account_id":{},"client_id":{},"currency":{},"balance_minor":{},"rolled_to":"{}","projected":[{}],"recent_transactions":[{}],"transactions_applied":{}}})",
       json_quote(key), json_quote(a->client_id), json_quote(a->currency), a->balance.settled,
       format_date(a->balance.rolled_to == std::numeric_limits<day>::min() ? 0 : a->balance.rolled_to),
-      projected, recent, a->applied.size());
+      projected, recent, a->applied_count);
   }
 
 private:
   void emit(const input_record& in, step_context& ctx, const std::string& key, const account_event& e) {
     const bool changes_state = !std::holds_alternative<transaction_rejected>(e);
     if (changes_state) {
-      evolve(accounts_.touch(key), e);
+      keyed_book<applied_transaction> applied{applied_, key};
+      evolve(accounts_.touch(key), applied, e);
       ctx.record(key, encode(e, envelope_for(ctx, in.topic, in.partition, in.record.offset.value())).SerializeAsString());
     }
     ctx.emit(std::string{lt::transaction_events}, key,
@@ -549,6 +596,7 @@ private:
   ledger_options options_;
   account_rules rules_;
   undo_map<std::string, account> accounts_;
+  undo_map<std::string, applied_transaction> applied_;  // "<account>\0<transaction id>"
 };
 
 // -- the clients stage ---------------------------------------------------------------------------
@@ -570,13 +618,14 @@ public:
     const auto* current = clients_.find(key);
     const client empty;
     const client& c = current ? *current : empty;
+    keyed_book<saga> sagas{sagas_, key};
     std::vector<client_event> events;
     switch (envelope->body_case()) {
       case keel::Envelope::kBalanceChanged: {
         auto change = from_proto(envelope->balance_changed());
         if (!change || change->client_id != key)
           return make_error(errc::invalid_argument, "a balance change for client {} must carry its value date and key", key);
-        auto decided = decide(c, *change, rules_, change->booking_time_ms);
+        auto decided = decide(c, sagas, *change, rules_, change->booking_time_ms);
         if (!decided) return decided.err();
         events = std::move(*decided);
         break;
@@ -594,7 +643,7 @@ public:
       }
       case keel::Envelope::kTransactionRejected: {
         const auto& r = envelope->transaction_rejected();
-        events = decide_reversal_refused(c, r.transaction().reverses_transaction_id(), r.message(),
+        events = decide_reversal_refused(sagas, r.transaction().reverses_transaction_id(), r.message(),
                                          data.timestamp_ms);
         break;
       }
@@ -607,9 +656,9 @@ public:
   }
 
   result<void> on_timer(const timer& t, step_context& ctx) override {
-    const auto* c = clients_.find(t.entity_key);
-    if (c == nullptr) return ok();
-    for (const auto& e : decide_saga_timeout(*c, t.payload, ctx.wall_time_ms()))
+    if (clients_.find(t.entity_key) == nullptr) return ok();
+    keyed_book<saga> sagas{sagas_, t.entity_key};
+    for (const auto& e : decide_saga_timeout(sagas, t.payload, ctx.wall_time_ms()))
       emit(ctx, t.entity_key, e, options_timer_topic, partition_id{0}, 0);
     return ok();
   }
@@ -620,16 +669,27 @@ public:
       return make_error(errc::corrupt, "changelog event of client {} does not parse", key);
     auto decoded = decode_client_event(e);
     if (!decoded) return make_error(errc::corrupt, "changelog event of client {} is not a client event", key);
-    evolve(clients_.touch(std::string{key}), *decoded);
+    std::string k{key};
+    keyed_book<saga> sagas{sagas_, k};
+    evolve(clients_.touch(k), sagas, *decoded);
     return ok();
   }
 
-  void begin_batch() override { clients_.begin(); }
-  void commit_batch() override { clients_.commit(); }
-  void rollback_batch() override { clients_.rollback(); }
+  void begin_batch() override {
+    clients_.begin();
+    sagas_.begin();
+  }
+  void commit_batch() override {
+    clients_.commit();
+    sagas_.commit();
+  }
+  void rollback_batch() override {
+    clients_.rollback();
+    sagas_.rollback();
+  }
   std::int64_t entity_count() const override { return static_cast<std::int64_t>(clients_.size()); }
-  void save(std::string& out) const override { save_map(clients_.items(), out); }
-  result<void> load(std::string_view in) override { return load_map(clients_, in, "client"); }
+  void save(std::string& out) const override { save_both(clients_, sagas_, out); }
+  result<void> load(std::string_view in) override { return load_both(clients_, sagas_, in, "client"); }
 
   std::optional<std::string> describe(std::string_view key) const override {
     const auto* c = clients_.find(std::string{key});
@@ -661,14 +721,21 @@ public:
                               k.second == horizon::today ? "today" : "projected", json_quote(ep.id),
                               format_date(ep.value_date), ep.limit);
     std::string sagas;
-    for (const auto& [txn, s] : c->sagas)
+    std::string prefix{key};
+    prefix.push_back('\0');
+    for (const auto& txn : c->recent_sagas) {
+      const auto* found = sagas_.find(prefix + txn);
+      if (found == nullptr) continue;
+      const auto& s = *found;
       sagas += fmt::format(
         R"({}{{"saga_id":{},"transaction_id":{},"account_id":{},"reversal_transaction_id":{},"amount_minor":{},"status":"{}","started_at_ms":{},"deadline_ms":{},"finished_at_ms":{},"reason":{}}})",
         sagas.empty() ? "" : ",", json_quote(s.saga_id), json_quote(s.transaction_id), json_quote(s.account_id),
         json_quote(s.reversal_transaction_id), s.amount, to_string(s.status), s.started_at_ms, s.deadline_ms,
         s.finished_at_ms, json_quote(s.reason));
-    return fmt::format(R"({{"client_id":{},"as_of":"{}","positions":[{}],"open_breaches":[{}],"sagas":[{}]}})",
-                       json_quote(key), format_date(today), positions, episodes, sagas);
+    }
+    return fmt::format(
+      R"({{"client_id":{},"as_of":"{}","positions":[{}],"open_breaches":[{}],"sagas_started":{},"sagas_open":{},"recent_sagas":[{}]}})",
+      json_quote(key), format_date(today), positions, episodes, c->sagas_started, c->sagas_open, sagas);
   }
 
 private:
@@ -676,8 +743,8 @@ private:
 
   void emit(step_context& ctx, const std::string& key, const client_event& e, std::string_view topic,
             partition_id p, std::int64_t offset) {
-    auto& c = clients_.touch(key);
-    evolve(c, e);
+    keyed_book<saga> sagas{sagas_, key};
+    evolve(clients_.touch(key), sagas, e);
     ctx.record(key, encode(e, envelope_for(ctx, topic, p, offset)).SerializeAsString());
     auto out = [&](std::string_view to, const std::string& out_key, const keel::Envelope& env) {
       ctx.emit(std::string{to}, out_key, env.SerializeAsString());
@@ -724,6 +791,7 @@ private:
   ledger_options options_;
   limit_rules rules_;
   undo_map<std::string, client> clients_;
+  undo_map<std::string, saga> sagas_;  // "<client>\0<breaching transaction id>"
 };
 
 } // namespace

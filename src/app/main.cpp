@@ -15,6 +15,7 @@ commands:
   topics     list or create topics (keel topics list | keel topics create NAME)
   produce    append JSON lines from stdin to a topic
   tail       print records of a topic as JSON lines
+  gen        generate a workload (keel gen ledger)
   version    print the version
 
 Run 'keel COMMAND --help' for the flags of a command.
@@ -34,6 +35,7 @@ int main(int argc, char** argv) {
   if (command == "topics") return run_topics(args);
   if (command == "produce") return run_produce(args);
   if (command == "tail") return run_tail(args);
+  if (command == "gen") return run_gen(args);
   if (command == "version" || command == "--version") {
     std::printf("keel %s\n", KEEL_VERSION);
     return exit_ok;

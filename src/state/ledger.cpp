@@ -111,9 +111,9 @@ std::vector<account_event> decide(const account& a, const open_account& c) {
   return {account_opened{c.account_id, c.client_id, c.currency}};
 }
 
-std::vector<account_event> decide(const account& a, const post_transaction& t,
-                                  const account_rules& rules) {
-  if (a.applied.contains(t.transaction_id)) return {};  // applied before: changes nothing
+std::vector<account_event> decide(const account& a, const transaction_book& applied,
+                                  const post_transaction& t, const account_rules& rules) {
+  if (applied.find(t.transaction_id) != nullptr) return {};  // applied before: changes nothing
   if (!a.open)
     return {reject(t, a, reject_reason::unknown_account, fmt::format("no account {}", t.account_id))};
   if (t.currency != a.currency)
@@ -127,11 +127,11 @@ std::vector<account_event> decide(const account& a, const post_transaction& t,
                                format_date(today - rules.back_value_days),
                                format_date(today + rules.horizon_days)))};
   if (!t.reverses.empty()) {
-    auto it = a.applied.find(t.reverses);
-    if (it == a.applied.end())
+    const auto* found = applied.find(t.reverses);
+    if (found == nullptr)
       return {reject(t, a, reject_reason::unknown_reversed_transaction,
                      fmt::format("no transaction {} on account {}", t.reverses, t.account_id))};
-    const auto& original = it->second;
+    const auto& original = *found;
     if (original.is_reversal)
       return {reject(t, a, reject_reason::reversal_of_reversal,
                      fmt::format("{} is itself a reversal", t.reverses))};
@@ -150,7 +150,7 @@ std::vector<account_event> decide(const account& a, const post_transaction& t,
                              after.on(std::max(t.value_date, after.rolled_to))}};
 }
 
-void evolve(account& a, const account_event& e) {
+void evolve(account& a, transaction_book& applied, const account_event& e) {
   if (const auto* opened = std::get_if<account_opened>(&e)) {
     a.open = true;
     a.client_id = opened->client_id;
@@ -160,8 +160,9 @@ void evolve(account& a, const account_event& e) {
     a.balance.roll(day_of(t.booking_time_ms));
     KEEL_ASSERT(a.balance.add(t.value_date, t.amount), "posted transaction {} overflows",
                 t.transaction_id);
-    a.applied[t.transaction_id] = applied_transaction{t.amount, t.value_date, !t.reverses.empty(), false};
-    if (!t.reverses.empty()) a.applied[t.reverses].reversed = true;
+    applied.touch(t.transaction_id) = applied_transaction{t.amount, t.value_date, !t.reverses.empty(), false};
+    if (!t.reverses.empty()) applied.touch(t.reverses).reversed = true;
+    a.applied_count += 1;
     a.recent.push_back(t.transaction_id);
     if (a.recent.size() > account::recent_max) a.recent.pop_front();
   }
@@ -279,8 +280,9 @@ std::int64_t balance_on(const client& c, const std::string& currency, day d) {
   return it->second.on(std::max(d, it->second.rolled_to));
 }
 
-result<std::vector<client_event>> decide(const client& c, const balance_changed& change,
-                                         const limit_rules& rules, std::int64_t now_ms) {
+result<std::vector<client_event>> decide(const client& c, const saga_book& sagas,
+                                         const balance_changed& change, const limit_rules& rules,
+                                         std::int64_t now_ms) {
   std::vector<client_event> out;
   dated_balance before;
   if (auto it = c.balances.find(change.currency); it != c.balances.end()) before = it->second;
@@ -294,9 +296,8 @@ result<std::vector<client_event>> decide(const client& c, const balance_changed&
 
   // A reversal completes the saga that asked for it.
   if (!change.reverses.empty()) {
-    if (auto s = c.sagas.find(change.reverses);
-        s != c.sagas.end() && s->second.status != saga_status::completed)
-      out.push_back(saga_completed{s->second.saga_id, change.reverses, now_ms});
+    if (const auto* s = sagas.find(change.reverses); s != nullptr && s->status != saga_status::completed)
+      out.push_back(saga_completed{s->saga_id, change.reverses, now_ms});
   }
 
   auto limit_it = c.limits.find(change.currency);
@@ -311,7 +312,7 @@ result<std::vector<client_event>> decide(const client& c, const balance_changed&
   const auto now = check_balances(after, l, today, rules.horizon_days);
   const bool breaching = change.delta < 0 && change.reverses.empty() &&
                          (now.today_breached || now.projected_breached);
-  if (breaching && l.policy == breach_policy::revert && !c.sagas.contains(change.transaction_id)) {
+  if (breaching && l.policy == breach_policy::revert && sagas.find(change.transaction_id) == nullptr) {
     saga_started s;
     s.saga_id = "saga-" + change.transaction_id;
     s.client_id = change.client_id;
@@ -344,24 +345,23 @@ std::vector<client_event> decide(const client& c, const set_limit& command,
   return out;
 }
 
-std::vector<client_event> decide_reversal_refused(const client& c, const std::string& reverses,
+std::vector<client_event> decide_reversal_refused(const saga_book& sagas, const std::string& reverses,
                                                   const std::string& reason, std::int64_t now_ms) {
-  auto s = c.sagas.find(reverses);
-  if (s == c.sagas.end() || s->second.status != saga_status::reversal_requested) return {};
-  return {saga_stuck{s->second.saga_id, reverses, "reversal refused: " + reason, now_ms}};
+  const auto* s = sagas.find(reverses);
+  if (s == nullptr || s->status != saga_status::reversal_requested) return {};
+  return {saga_stuck{s->saga_id, reverses, "reversal refused: " + reason, now_ms}};
 }
 
-std::vector<client_event> decide_saga_timeout(const client& c, const std::string& transaction_id,
+std::vector<client_event> decide_saga_timeout(const saga_book& sagas, const std::string& transaction_id,
                                               std::int64_t now_ms) {
-  auto s = c.sagas.find(transaction_id);
-  if (s == c.sagas.end() || s->second.status != saga_status::reversal_requested) return {};
-  return {saga_stuck{s->second.saga_id, transaction_id,
-                     "the reversal was not posted before the deadline", now_ms}};
+  const auto* s = sagas.find(transaction_id);
+  if (s == nullptr || s->status != saga_status::reversal_requested) return {};
+  return {saga_stuck{s->saga_id, transaction_id, "the reversal was not posted before the deadline", now_ms}};
 }
 
-void evolve(client& c, const client_event& e) {
+void evolve(client& c, saga_book& sagas, const client_event& e) {
   std::visit(
-    [&c](const auto& ev) {
+    [&c, &sagas](const auto& ev) {
       using T = std::decay_t<decltype(ev)>;
       if constexpr (std::is_same_v<T, balance_changed>) {
         auto& b = c.balances[ev.currency];
@@ -386,13 +386,19 @@ void evolve(client& c, const client_event& e) {
         s.value_date = ev.value_date;
         s.started_at_ms = ev.started_at_ms;
         s.deadline_ms = ev.deadline_ms;
-        c.sagas[ev.transaction_id] = std::move(s);
+        sagas.touch(ev.transaction_id) = std::move(s);
+        c.sagas_started += 1;
+        c.sagas_open += 1;
+        c.recent_sagas.push_back(ev.transaction_id);
+        if (c.recent_sagas.size() > client::recent_max) c.recent_sagas.pop_front();
       } else if constexpr (std::is_same_v<T, saga_completed>) {
-        auto& s = c.sagas.at(ev.transaction_id);
+        auto& s = sagas.touch(ev.transaction_id);
+        if (s.status == saga_status::reversal_requested) c.sagas_open -= 1;
         s.status = saga_status::completed;
         s.finished_at_ms = ev.completed_at_ms;
       } else if constexpr (std::is_same_v<T, saga_stuck>) {
-        auto& s = c.sagas.at(ev.transaction_id);
+        auto& s = sagas.touch(ev.transaction_id);
+        if (s.status == saga_status::reversal_requested) c.sagas_open -= 1;
         s.status = saga_status::stuck;
         s.finished_at_ms = ev.stuck_at_ms;
         s.reason = ev.reason;

@@ -106,17 +106,44 @@ struct dated_balance {
   friend bool operator==(const dated_balance&, const dated_balance&) = default;
 };
 
-/// One account: its owner, currency, balances and every transaction applied.
+/// Where an entity keeps records that only grow (applied transactions, sagas),
+/// kept apart from the entity so that the runtime can snapshot and roll back
+/// the small part of the entity alone.
+template <class V>
+class book {
+public:
+  virtual ~book() = default;
+  virtual const V* find(const std::string& id) const = 0;
+  /// The record to change, default-constructed if absent.
+  virtual V& touch(const std::string& id) = 0;
+};
+
+/// A book in a plain hash map (tests, tools).
+template <class V>
+class memory_book final : public book<V> {
+public:
+  const V* find(const std::string& id) const override {
+    auto it = items.find(id);
+    return it == items.end() ? nullptr : &it->second;
+  }
+  V& touch(const std::string& id) override { return items[id]; }
+  std::unordered_map<std::string, V> items;
+};
+
+/// One account: its owner, currency and balances. The transactions applied to
+/// it are in its book.
 struct account {
   bool open = false;
   std::string client_id;
   std::string currency;
   dated_balance balance;
-  std::unordered_map<std::string, applied_transaction> applied;
+  std::int64_t applied_count = 0;
   std::deque<std::string> recent;  // newest last, at most recent_max
 
   static constexpr std::size_t recent_max = 20;
 };
+
+using transaction_book = book<applied_transaction>;
 
 /// Rules the account decider applies.
 struct account_rules {
@@ -133,11 +160,11 @@ std::vector<account_event> decide(const account& a, const open_account& c);
 
 /// Decides a transaction: nothing if its id was applied before; otherwise one
 /// transaction_posted or one transaction_rejected with the reason.
-std::vector<account_event> decide(const account& a, const post_transaction& c,
-                                  const account_rules& rules);
+std::vector<account_event> decide(const account& a, const transaction_book& applied,
+                                  const post_transaction& c, const account_rules& rules);
 
 /// Applies an account event.
-void evolve(account& a, const account_event& e);
+void evolve(account& a, transaction_book& applied, const account_event& e);
 
 // -- clients, limits, breaches and sagas ---------------------------------------------------
 
@@ -260,16 +287,22 @@ struct saga {
   std::string reason;
 };
 
-/// One client: the aggregate of its accounts per currency, its limits, open
-/// breach episodes and sagas.
+/// One client: the aggregate of its accounts per currency, its limits and open
+/// breach episodes. Its sagas, by breaching transaction id, are in its book.
 struct client {
   std::map<std::string, dated_balance> balances;           // by currency
   std::map<std::string, limit> limits;                     // by currency
   std::map<std::pair<std::string, horizon>, episode> open_episodes;
-  std::map<std::string, saga> sagas;                       // by breaching transaction id
   std::int64_t episodes_opened = 0;
+  std::int64_t sagas_started = 0;
+  std::int64_t sagas_open = 0;
   std::int64_t last_change_ms = 0;
+  std::deque<std::string> recent_sagas;  // breaching transaction ids, newest last
+
+  static constexpr std::size_t recent_max = 20;
 };
+
+using saga_book = book<saga>;
 
 /// Rules of the limit monitor.
 struct limit_rules {
@@ -287,22 +320,23 @@ struct limit_rules {
 /// saga. An episode whose balance is back within the limit closes.
 /// `now_ms` is the event time of the change. errc::rejected if the aggregate
 /// would leave int64 (the change is then not applied, and says so).
-result<std::vector<client_event>> decide(const client& c, const balance_changed& change,
-                                         const limit_rules& rules, std::int64_t now_ms);
+result<std::vector<client_event>> decide(const client& c, const saga_book& sagas,
+                                         const balance_changed& change, const limit_rules& rules,
+                                         std::int64_t now_ms);
 
 /// A new limit; balances are checked against it at once.
 std::vector<client_event> decide(const client& c, const set_limit& command,
                                  const limit_rules& rules, std::int64_t now_ms);
 
 /// A reversal the account refused: its saga is stuck with the reason.
-std::vector<client_event> decide_reversal_refused(const client& c, const std::string& reverses,
+std::vector<client_event> decide_reversal_refused(const saga_book& sagas, const std::string& reverses,
                                                   const std::string& reason, std::int64_t now_ms);
 
 /// A saga's deadline passed: stuck unless it completed.
-std::vector<client_event> decide_saga_timeout(const client& c, const std::string& transaction_id,
+std::vector<client_event> decide_saga_timeout(const saga_book& sagas, const std::string& transaction_id,
                                               std::int64_t now_ms);
 
-void evolve(client& c, const client_event& e);
+void evolve(client& c, saga_book& sagas, const client_event& e);
 
 /// The balances of a client in one currency on today and each date in the
 /// horizon where it changes.

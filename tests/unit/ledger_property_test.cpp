@@ -26,7 +26,9 @@ const day start_day = *parse_date("2026-11-02");
 
 struct world {
   std::map<std::string, account> accounts;
+  std::map<std::string, memory_book<applied_transaction>> applied;
   std::map<std::string, client> clients;
+  std::map<std::string, memory_book<saga>> sagas_of;
   account_rules account_rules_{};
   limit_rules limit_rules_{};
 
@@ -42,7 +44,7 @@ struct world {
   void client_events(const std::string& client_id, const std::vector<client_event>& events) {
     auto& c = clients[client_id];
     for (const auto& e : events) {
-      evolve(c, e);
+      evolve(c, sagas_of[client_id], e);
       if (const auto* b = std::get_if<breach_detected>(&e)) breach_events[b->episode_id] += 1;
       if (const auto* w = std::get_if<back_within_limit>(&e)) {
         REQUIRE_MESSAGE(closed_episodes.insert(w->episode_id).second, "episode closed twice");
@@ -58,22 +60,23 @@ struct world {
 
   void post(const post_transaction& t) {
     auto& a = accounts[t.account_id];
-    auto events = decide(a, t, account_rules_);
+    auto& book = applied[t.account_id];
+    auto events = decide(a, book, t, account_rules_);
     for (const auto& e : events) {
-      evolve(a, e);
+      evolve(a, book, e);
       if (const auto* p = std::get_if<transaction_posted>(&e)) {
         accepted.push_back(p->transaction);
         if (!t.reverses.empty()) reversals_posted[t.reverses] += 1;
         balance_changed change{t.account_id, p->client_id, t.currency, t.value_date, t.amount,
                                t.transaction_id, t.reverses, t.booking_time_ms};
-        auto decided = decide(clients[p->client_id], change, limit_rules_, t.booking_time_ms);
+        auto decided = decide(clients[p->client_id], sagas_of[p->client_id], change, limit_rules_, t.booking_time_ms);
         REQUIRE(decided);
         client_events(p->client_id, *decided);
       }
       if (const auto* r = std::get_if<transaction_rejected>(&e)) {
         if (r->reason == reject_reason::reversal_of_reversal) ++refused_reversals_of_reversals;
         if (!t.reverses.empty() && !r->client_id.empty())
-          client_events(r->client_id, decide_reversal_refused(clients[r->client_id], t.reverses, r->message, t.booking_time_ms));
+          client_events(r->client_id, decide_reversal_refused(sagas_of[r->client_id], t.reverses, r->message, t.booking_time_ms));
       }
     }
   }
@@ -108,7 +111,7 @@ TEST_CASE("ledger invariants hold over random streams") {
       auto account_id = fmt::format("acc-{}", a);
       auto client_id = fmt::format("client-{}", a % clients);
       for (const auto& e : decide(w.accounts[account_id], open_account{account_id, client_id, "USD"}))
-        evolve(w.accounts[account_id], e);
+        evolve(w.accounts[account_id], w.applied[account_id], e);
       accounts.emplace_back(account_id, client_id);
     }
     for (int c = 0; c < clients; ++c) {

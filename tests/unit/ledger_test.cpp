@@ -11,10 +11,16 @@ namespace {
 const day today = *parse_date("2026-11-21");
 const std::int64_t noon_ms = std::int64_t{today} * 86'400'000 + 12 * 3'600'000;
 
-account opened_account() {
+/// An account with its book of applied transactions.
+struct account_with_book {
   account a;
-  for (const auto& e : decide(a, open_account{"acc-1", "client-1", "USD"})) evolve(a, e);
-  return a;
+  memory_book<applied_transaction> applied;
+};
+
+account_with_book opened_account() {
+  account_with_book x;
+  for (const auto& e : decide(x.a, open_account{"acc-1", "client-1", "USD"})) evolve(x.a, x.applied, e);
+  return x;
 }
 
 post_transaction txn(std::string id, std::int64_t amount, day value_date = today,
@@ -23,9 +29,9 @@ post_transaction txn(std::string id, std::int64_t amount, day value_date = today
 }
 
 /// Decides and applies; returns the events.
-std::vector<account_event> post(account& a, const post_transaction& t) {
-  auto events = decide(a, t, account_rules{});
-  for (const auto& e : events) evolve(a, e);
+std::vector<account_event> post(account_with_book& x, const post_transaction& t) {
+  auto events = decide(x.a, x.applied, t, account_rules{});
+  for (const auto& e : events) evolve(x.a, x.applied, e);
   return events;
 }
 
@@ -52,7 +58,7 @@ TEST_CASE("dates parse, format and refuse impossible days") {
 
 SCENARIO("accounts: opening, posting, and every rejection") {
   GIVEN("no account") {
-    account a;
+    account_with_book a;
     THEN("a transaction is rejected as unknown_account") {
       CHECK(rejection_of(post(a, txn("t1", 100))) == reject_reason::unknown_account);
     }
@@ -60,11 +66,11 @@ SCENARIO("accounts: opening, posting, and every rejection") {
   GIVEN("an open USD account of client-1") {
     auto a = opened_account();
     WHEN("it is opened again as it is") {
-      THEN("nothing happens") { CHECK(decide(a, open_account{"acc-1", "client-1", "USD"}).empty()); }
+      THEN("nothing happens") { CHECK(decide(a.a, open_account{"acc-1", "client-1", "USD"}).empty()); }
     }
     WHEN("it is opened for another client") {
       THEN("it is refused") {
-        auto events = decide(a, open_account{"acc-1", "client-2", "USD"});
+        auto events = decide(a.a, open_account{"acc-1", "client-2", "USD"});
         CHECK(rejection_of(events) == reject_reason::account_exists);
       }
     }
@@ -75,22 +81,22 @@ SCENARIO("accounts: opening, posting, and every rejection") {
         REQUIRE(std::holds_alternative<transaction_posted>(first.front()));
         CHECK(std::get<transaction_posted>(first.front()).balance_today == 100);
         CHECK(std::get<transaction_posted>(second.front()).balance_value_date == 70);
-        CHECK(a.balance.on(today) == 100);
-        CHECK(a.balance.on(today + 2) == 100);
-        CHECK(a.balance.on(today + 3) == 70);
-        CHECK(a.recent.back() == "t2");
+        CHECK(a.a.balance.on(today) == 100);
+        CHECK(a.a.balance.on(today + 2) == 100);
+        CHECK(a.a.balance.on(today + 3) == 70);
+        CHECK(a.a.recent.back() == "t2");
       }
       AND_WHEN("t1 arrives again") {
         THEN("nothing changes") {
           CHECK(post(a, txn("t1", 100)).empty());
-          CHECK(a.balance.on(today) == 100);
+          CHECK(a.a.balance.on(today) == 100);
         }
       }
       AND_WHEN("t2 is reversed") {
         auto events = post(a, txn("rev-t2", 30, today + 3, "t2"));
         THEN("the projected balance is back, and t2 cannot be reversed twice") {
           REQUIRE(std::holds_alternative<transaction_posted>(events.front()));
-          CHECK(a.balance.on(today + 3) == 100);
+          CHECK(a.a.balance.on(today + 3) == 100);
           CHECK(rejection_of(post(a, txn("rev-t2-again", 30, today + 3, "t2"))) == reject_reason::already_reversed);
           CHECK(rejection_of(post(a, txn("rev-rev", -30, today + 3, "rev-t2"))) == reject_reason::reversal_of_reversal);
         }
@@ -109,13 +115,13 @@ SCENARIO("accounts: opening, posting, and every rejection") {
         CHECK(rejection_of(post(a, txn("x6", -50, today, "t1"))) == reject_reason::reversal_amount_mismatch);
         CHECK(rejection_of(post(a, txn("x7", -100, today + 1, "t1"))) == reject_reason::reversal_amount_mismatch);
         CHECK(rejection_of(post(a, txn("x8", std::numeric_limits<std::int64_t>::max()))) == reject_reason::overflow);
-        CHECK(a.balance.on(today + 30) == 100);
-        CHECK(a.applied.size() == 1);
+        CHECK(a.a.balance.on(today + 30) == 100);
+        CHECK(a.applied.items.size() == 1);
       }
     }
     WHEN("a back-valued credit arrives") {
       post(a, txn("t1", 100, today - 10));
-      THEN("it counts today") { CHECK(a.balance.on(today) == 100); }
+      THEN("it counts today") { CHECK(a.a.balance.on(today) == 100); }
     }
   }
 }
@@ -148,10 +154,17 @@ balance_changed change(std::string txn_id, std::int64_t delta, day value_date = 
                          std::move(reverses), noon_ms};
 }
 
-std::vector<client_event> apply(client& c, const balance_changed& ch) {
-  auto events = decide(c, ch, limit_rules{}, ch.booking_time_ms);
+/// A client with its book of sagas.
+struct client_with_book {
+  client c;
+  memory_book<saga> sagas;
+  const saga& saga_of(const std::string& txn) const { return *sagas.find(txn); }
+};
+
+std::vector<client_event> apply(client_with_book& x, const balance_changed& ch) {
+  auto events = decide(x.c, x.sagas, ch, limit_rules{}, ch.booking_time_ms);
   REQUIRE(events);
-  for (const auto& e : *events) evolve(c, e);
+  for (const auto& e : *events) evolve(x.c, x.sagas, e);
   return *events;
 }
 
@@ -163,12 +176,12 @@ std::vector<T> of_type(const std::vector<client_event>& events) {
   return out;
 }
 
-client with_limit(std::int64_t floor_today, std::int64_t floor_projected,
-                  breach_policy policy = breach_policy::revert) {
-  client c;
-  auto events = decide(c, set_limit{"client-1", "USD", floor_today, floor_projected, policy}, limit_rules{}, noon_ms);
-  for (const auto& e : events) evolve(c, e);
-  return c;
+client_with_book with_limit(std::int64_t floor_today, std::int64_t floor_projected,
+                            breach_policy policy = breach_policy::revert) {
+  client_with_book x;
+  auto events = decide(x.c, set_limit{"client-1", "USD", floor_today, floor_projected, policy}, limit_rules{}, noon_ms);
+  for (const auto& e : events) evolve(x.c, x.sagas, e);
+  return x;
 }
 
 } // namespace
@@ -210,29 +223,30 @@ SCENARIO("the limit monitor and its sagas") {
             // At -300 both floors hold again: both episodes close with the first.
             CHECK(of_type<back_within_limit>(r1).size() == 2);
             CHECK(of_type<back_within_limit>(r2).empty());
-            CHECK(c.open_episodes.empty());
-            CHECK(c.sagas.at("t1").status == saga_status::completed);
+            CHECK(c.c.open_episodes.empty());
+            CHECK(c.saga_of("t1").status == saga_status::completed);
           }
         }
       }
       AND_WHEN("the reversal is refused") {
-        auto events2 = decide_reversal_refused(c, "t1", "account closed", noon_ms + 5);
+        auto events2 = decide_reversal_refused(c.sagas, "t1", "account closed", noon_ms + 5);
         THEN("the saga is stuck with the reason") {
           REQUIRE(events2.size() == 1);
-          for (const auto& e : events2) evolve(c, e);
-          CHECK(c.sagas.at("t1").status == saga_status::stuck);
-          CHECK(c.sagas.at("t1").reason == "reversal refused: account closed");
+          for (const auto& e : events2) evolve(c.c, c.sagas, e);
+          CHECK(c.saga_of("t1").status == saga_status::stuck);
+          CHECK(c.saga_of("t1").reason == "reversal refused: account closed");
+          CHECK(c.c.sagas_open == 0);
         }
       }
       AND_WHEN("the saga's deadline passes first") {
-        auto events2 = decide_saga_timeout(c, "t1", noon_ms + 60'000);
+        auto events2 = decide_saga_timeout(c.sagas, "t1", noon_ms + 60'000);
         REQUIRE(events2.size() == 1);
-        for (const auto& e : events2) evolve(c, e);
+        for (const auto& e : events2) evolve(c.c, c.sagas, e);
         THEN("it is stuck, and completes if the reversal arrives late") {
-          CHECK(c.sagas.at("t1").status == saga_status::stuck);
+          CHECK(c.saga_of("t1").status == saga_status::stuck);
           auto late = apply(c, change("rev-t1", 800, today, "t1"));
           CHECK(of_type<saga_completed>(late).size() == 1);
-          CHECK(decide_saga_timeout(c, "t1", noon_ms + 120'000).empty());
+          CHECK(decide_saga_timeout(c.sagas, "t1", noon_ms + 120'000).empty());
         }
       }
     }
@@ -251,7 +265,7 @@ SCENARIO("the limit monitor and its sagas") {
       auto events = apply(c, change("t1", 500));
       THEN("nothing breaches and no saga starts") {
         CHECK(events.size() == 1);
-        CHECK(c.sagas.empty());
+        CHECK(c.sagas.items.empty());
       }
     }
   }
@@ -264,9 +278,9 @@ SCENARIO("the limit monitor and its sagas") {
     }
   }
   GIVEN("a client already below a new, stricter limit") {
-    client c;
+    client_with_book c;
     apply(c, change("t1", -500));
-    auto events = decide(c, set_limit{"client-1", "USD", -100, -100, breach_policy::revert}, limit_rules{}, noon_ms);
+    auto events = decide(c.c, set_limit{"client-1", "USD", -100, -100, breach_policy::revert}, limit_rules{}, noon_ms);
     THEN("setting the limit opens the episodes without a causing transaction or saga") {
       CHECK(of_type<breach_detected>(events).size() == 2);
       CHECK(of_type<breach_detected>(events)[0].causing_transaction.empty());
@@ -274,9 +288,9 @@ SCENARIO("the limit monitor and its sagas") {
     }
   }
   GIVEN("an aggregate at the edge of int64") {
-    client c;
+    client_with_book c;
     apply(c, change("t1", std::numeric_limits<std::int64_t>::max()));
-    auto events = decide(c, change("t2", 1), limit_rules{}, noon_ms);
+    auto events = decide(c.c, c.sagas, change("t2", 1), limit_rules{}, noon_ms);
     THEN("a change that would overflow it is refused with a reason") {
       REQUIRE_FALSE(events);
       CHECK(events.err().code == errc::rejected);
