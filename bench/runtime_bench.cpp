@@ -45,20 +45,12 @@ double seconds_since(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
-class pass_through final : public stage_logic {
+class pass_through final : public stateless_logic {
 public:
   result<void> process(const input_record& in, step_context& ctx) override {
     ctx.emit("bench.out", in.record.data.key, in.record.data.value.value_or(""), in.partition);
     return ok();
   }
-  result<void> apply(std::string_view, std::string_view) override { return ok(); }
-  void begin_batch() override {}
-  void commit_batch() override {}
-  void rollback_batch() override {}
-  std::int64_t entity_count() const override { return 0; }
-  void save(std::string&) const override {}
-  result<void> load(std::string_view) override { return ok(); }
-  std::optional<std::string> describe(std::string_view) const override { return std::nullopt; }
 };
 
 void fill(embedded_log& log, const std::string& topic, std::int64_t n, bool distinct_keys,

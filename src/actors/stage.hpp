@@ -109,6 +109,20 @@ public:
   virtual std::optional<std::string> describe(std::string_view key) const = 0;
 };
 
+/// Base of stages that keep no entity state (filters, routers, probes): only
+/// process() (and on_timer()) remain to write.
+class stateless_logic : public stage_logic {
+public:
+  result<void> apply(std::string_view, std::string_view) override { return ok(); }
+  void begin_batch() override {}
+  void commit_batch() override {}
+  void rollback_batch() override {}
+  std::int64_t entity_count() const override { return 0; }
+  void save(std::string&) const override {}
+  result<void> load(std::string_view) override { return ok(); }
+  std::optional<std::string> describe(std::string_view) const override { return std::nullopt; }
+};
+
 /// A stage: its name (also its consumer group), its input topics (joined inputs
 /// must have equal partition counts), the topics it emits to, and how to make
 /// its logic for one partition.

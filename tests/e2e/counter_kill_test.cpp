@@ -5,7 +5,7 @@
 #include "keel/envelope.pb.h"
 #include "log/embedded_log.hpp"
 
-#include "support/http_client.hpp"
+#include "support/daemon.hpp"
 #include "support/process.hpp"
 #include "support/temp_dir.hpp"
 
@@ -27,29 +27,12 @@ using namespace std::chrono_literals;
 
 namespace {
 
-const std::string keel_binary = test::env_or("KEEL_BINARY", "./src/app/keel");
 constexpr std::int32_t partitions = 4;
-
-struct daemon_process {
-  test::process proc;
-  std::string host;
-  std::uint16_t port = 0;
-};
-
-daemon_process start_daemon(const std::string& data) {
-  std::filesystem::remove(data + "/http.addr");
-  auto p = test::process::spawn({keel_binary, "serve", "--data-dir", data, "--http", "127.0.0.1:0",
-                                 "--log-level", "warn"});
-  REQUIRE(test::eventually([&] { return std::filesystem::exists(data + "/http.addr") || p.wait(0ms); }, 60s));
-  REQUIRE_MESSAGE(std::filesystem::exists(data + "/http.addr"), "daemon exited: " << p.drain_stderr());
-  auto [host, port] = test::split_address(test::read_file(data + "/http.addr"));
-  return {std::move(p), host, port};
-}
 
 /// Input records the daemon has committed as consumed, summed over partitions
 /// (-1 when it does not answer).
-std::int64_t consumed(const daemon_process& d) {
-  auto r = test::http_request("GET", d.host, d.port, "/api/v1/runtime");
+std::int64_t consumed(const test::daemon& d) {
+  auto r = d.get("/api/v1/runtime");
   if (!r || r->status != 200) return -1;
   std::int64_t total = 0;
   auto body = boost::json::parse(r->body);
@@ -118,7 +101,7 @@ TEST_CASE("the counting stage survives repeated SIGKILL with exact counts and ou
   int killed = 0;
   std::int64_t last_consumed = 0;
   for (; killed < kills; ++killed) {
-    auto d = start_daemon(data);
+    auto d = test::daemon::start(data, {"--log-level", "warn"});
     // Let it make some progress, then kill it at a random moment.
     const auto target = last_consumed + std::uniform_int_distribution<std::int64_t>(1, records / (kills + 5))(rng);
     test::eventually([&] {
@@ -135,7 +118,7 @@ TEST_CASE("the counting stage survives repeated SIGKILL with exact counts and ou
   REQUIRE(produced == records);
 
   // A last run consumes the rest and stops gracefully.
-  auto d = start_daemon(data);
+  auto d = test::daemon::start(data, {"--log-level", "warn"});
   REQUIRE(test::eventually([&] { return consumed(d) == records; }, 300s, 10ms));
   d.proc.kill(SIGTERM);
   auto status = d.proc.wait(30s);

@@ -1,6 +1,6 @@
 // The keel binary as a user runs it: subcommands, exit codes, the daemon.
 
-#include "support/http_client.hpp"
+#include "support/daemon.hpp"
 #include "support/process.hpp"
 #include "support/temp_dir.hpp"
 
@@ -17,7 +17,7 @@ using namespace std::chrono_literals;
 
 namespace {
 
-const std::string keel_binary = test::env_or("KEEL_BINARY", "./src/app/keel");
+const std::string& keel_binary = test::keel_binary();
 
 test::run_result run_keel(std::vector<std::string> args, const std::string& input = {}) {
   args.insert(args.begin(), keel_binary);
@@ -27,32 +27,6 @@ test::run_result run_keel(std::vector<std::string> args, const std::string& inpu
 std::size_t count_lines(const std::string& text) {
   return static_cast<std::size_t>(std::count(text.begin(), text.end(), '\n'));
 }
-
-/// Starts `keel serve` on a free port and waits for it to write http.addr.
-struct running_daemon {
-  test::process proc;
-  std::string host;
-  std::uint16_t port = 0;
-
-  running_daemon(const std::string& data_dir, std::vector<std::string> extra = {})
-    : proc(spawn(data_dir, std::move(extra))) {
-    const auto addr_file = data_dir + "/http.addr";
-    bool up = test::eventually([&] { return std::filesystem::exists(addr_file) || proc.wait(0ms).has_value(); }, 30s);
-    REQUIRE(up);
-    REQUIRE_MESSAGE(std::filesystem::exists(addr_file), "daemon exited early");
-    std::tie(host, port) = test::split_address(test::read_file(addr_file));
-  }
-
-  static test::process spawn(const std::string& data_dir, std::vector<std::string> extra) {
-    std::vector<std::string> argv{keel_binary, "serve", "--data-dir", data_dir, "--http", "127.0.0.1:0"};
-    argv.insert(argv.end(), extra.begin(), extra.end());
-    return test::process::spawn(argv);
-  }
-
-  std::optional<test::http_reply> get(const std::string& target) {
-    return test::http_request("GET", host, port, target);
-  }
-};
 
 } // namespace
 
@@ -167,7 +141,7 @@ TEST_CASE("keel serve answers /livez and /readyz, refuses a second daemon, and s
   test::temp_dir dir;
   const auto data = dir.file("data");
   REQUIRE(run_keel({"topics", "create", "ledger.transactions", "--partitions", "4", "--data-dir", data}).code == 0);
-  running_daemon d{data};
+  auto d = test::daemon::start(data);
 
   auto live = d.get("/livez");
   REQUIRE(live);

@@ -9,7 +9,7 @@
 #include "keel/envelope.pb.h"
 #include "log/embedded_log.hpp"
 
-#include "support/http_client.hpp"
+#include "support/daemon.hpp"
 #include "support/process.hpp"
 #include "support/temp_dir.hpp"
 
@@ -33,8 +33,6 @@ using namespace std::chrono_literals;
 
 namespace {
 
-const std::string keel_binary = test::env_or("KEEL_BINARY", "./src/app/keel");
-
 struct input {
   std::string topic;
   std::string key;
@@ -56,25 +54,10 @@ std::vector<input> load(const std::string& path, const std::string& topic) {
   return out;
 }
 
-struct daemon_process {
-  test::process proc;
-  std::string host;
-  std::uint16_t port = 0;
-
-  std::optional<boost::json::value> get(const std::string& target) {
-    auto r = test::http_request("GET", host, port, target);
-    if (!r || r->status != 200) return std::nullopt;
-    return boost::json::parse(r->body);
-  }
-};
-
-daemon_process start_daemon(const std::string& data) {
-  std::filesystem::remove(data + "/http.addr");
-  auto p = test::process::spawn({keel_binary, "serve", "--data-dir", data, "--http", "127.0.0.1:0", "--log-level", "warn"});
-  REQUIRE(test::eventually([&] { return std::filesystem::exists(data + "/http.addr") || p.wait(0ms); }, 60s));
-  REQUIRE_MESSAGE(std::filesystem::exists(data + "/http.addr"), "daemon exited: " << p.drain_stderr());
-  auto [host, port] = test::split_address(test::read_file(data + "/http.addr"));
-  return {std::move(p), host, port};
+std::optional<boost::json::value> get_json(const test::daemon& d, const std::string& target) {
+  auto r = d.get(target);
+  if (!r || r->status != 200) return std::nullopt;
+  return boost::json::parse(r->body);
 }
 
 /// Sum of a stage's positions over its input topics, and whether every input is
@@ -84,9 +67,9 @@ struct progress {
   bool drained = false;
 };
 
-progress progress_of(daemon_process& d) {
-  auto runtime = d.get("/api/v1/runtime");
-  auto topics = d.get("/api/v1/topics");
+progress progress_of(const test::daemon& d) {
+  auto runtime = get_json(d, "/api/v1/runtime");
+  auto topics = get_json(d, "/api/v1/topics");
   if (!runtime || !topics) return {};
   std::map<std::string, std::vector<std::int64_t>> ends;
   for (const auto& t : topics->as_object()["topics"].as_array())
@@ -142,7 +125,7 @@ TEST_CASE("the ledger survives repeated SIGKILL: each transaction once, conserve
   const auto work = dir.file("workload");
 
   // The workload file, as a user would make it.
-  auto gen = test::run({keel_binary, "gen", "ledger", "--out", work, "--accounts", accounts, "--clients", clients,
+  auto gen = test::run({test::keel_binary(), "gen", "ledger", "--out", work, "--accounts", accounts, "--clients", clients,
                         "--transactions", transactions, "--duplicate-pct", "5", "--breach-pct", test::env_or("KEEL_LEDGER_BREACH_PCT", "2"),
                         "--seed", std::to_string(seed), "--start-ms", "1795262400000"});
   REQUIRE_MESSAGE(gen.code == 0, gen.err);
@@ -189,7 +172,7 @@ TEST_CASE("the ledger survives repeated SIGKILL: each transaction once, conserve
   std::int64_t last = 0;
   int killed = 0;
   for (; killed < kills; ++killed) {
-    auto d = start_daemon(data);
+    auto d = test::daemon::start(data, {"--log-level", "warn"});
     const auto target = last + std::uniform_int_distribution<std::int64_t>(1, 2 * static_cast<std::int64_t>(commands.size()) / (kills + 2))(rng);
     test::eventually([&] {
       auto p = progress_of(d);
@@ -204,7 +187,7 @@ TEST_CASE("the ledger survives repeated SIGKILL: each transaction once, conserve
   REQUIRE_FALSE(producer_failed);
 
   // A last run drains everything, including the reversal loop, and stops cleanly.
-  auto d = start_daemon(data);
+  auto d = test::daemon::start(data, {"--log-level", "warn"});
   int stable = 0;
   REQUIRE(test::eventually([&] {
     stable = progress_of(d).drained ? stable + 1 : 0;
@@ -214,7 +197,7 @@ TEST_CASE("the ledger survives repeated SIGKILL: each transaction once, conserve
   std::map<std::string, std::int64_t> held;
   for (std::size_t a = 0; a < opens; ++a) {
     const auto& id = commands[a].key;
-    auto state = d.get("/api/v1/accounts/" + id);
+    auto state = get_json(d, "/api/v1/accounts/" + id);
     REQUIRE_MESSAGE(state, "no account " << id);
     const auto& s = state->as_object().at("state").as_object();
     std::int64_t balance = s.at("balance_minor").as_int64();

@@ -136,21 +136,13 @@ TEST_CASE("an input written to a partition its key does not hash to is dead-lett
 
 namespace {
 /// A broken stage: it records state under a key of its choosing, not the input's.
-class rekeying_logic final : public stage_logic {
+class rekeying_logic final : public stateless_logic {
 public:
   explicit rekeying_logic(std::string target) : target_(std::move(target)) {}
   result<void> process(const input_record&, step_context& ctx) override {
     ctx.record(target_, "event");
     return ok();
   }
-  result<void> apply(std::string_view, std::string_view) override { return ok(); }
-  void begin_batch() override {}
-  void commit_batch() override {}
-  void rollback_batch() override {}
-  std::int64_t entity_count() const override { return 0; }
-  void save(std::string&) const override {}
-  result<void> load(std::string_view) override { return ok(); }
-  std::optional<std::string> describe(std::string_view) const override { return std::nullopt; }
 
 private:
   std::string target_;

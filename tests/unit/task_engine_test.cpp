@@ -238,7 +238,7 @@ namespace {
 /// A stage for timer tests: an input "stream:<due>" or "wall:<due>" schedules a
 /// timer named after the key; "cancel" cancels it; a fired timer emits
 /// "fired:<id>" to probe.out.
-class timer_probe final : public stage_logic {
+class timer_probe final : public stateless_logic {
 public:
   result<void> process(const input_record& in, step_context& ctx) override {
     const auto& v = *in.record.data.value;
@@ -258,14 +258,6 @@ public:
     ctx.emit("probe.out", t.entity_key, "fired:" + t.id + ":" + t.payload);
     return ok();
   }
-  result<void> apply(std::string_view, std::string_view) override { return ok(); }
-  void begin_batch() override {}
-  void commit_batch() override {}
-  void rollback_batch() override {}
-  std::int64_t entity_count() const override { return 0; }
-  void save(std::string&) const override {}
-  result<void> load(std::string_view) override { return ok(); }
-  std::optional<std::string> describe(std::string_view) const override { return std::nullopt; }
 };
 
 stage_spec probe_stage() {

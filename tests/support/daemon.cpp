@@ -1,0 +1,37 @@
+#include "support/daemon.hpp"
+
+#include "support/temp_dir.hpp"
+
+#include <doctest/doctest.h>
+
+#include <filesystem>
+
+namespace keel::test {
+
+using namespace std::chrono_literals;
+
+const std::string& keel_binary() {
+  static const std::string binary = env_or("KEEL_BINARY", "./src/app/keel");
+  return binary;
+}
+
+daemon daemon::start(const std::string& data_dir, std::vector<std::string> extra) {
+  const auto addr_file = data_dir + "/http.addr";
+  std::filesystem::remove(addr_file);
+  std::vector<std::string> argv{keel_binary(), "serve", "--data-dir", data_dir, "--http", "127.0.0.1:0"};
+  argv.insert(argv.end(), extra.begin(), extra.end());
+  auto p = process::spawn(argv);
+  REQUIRE(eventually([&] { return std::filesystem::exists(addr_file) || p.wait(0ms).has_value(); }, 60s));
+  if (!std::filesystem::exists(addr_file)) {
+    p.wait(10s);
+    FAIL("keel serve exited before serving: " << p.drain_stderr());
+  }
+  auto [host, port] = split_address(read_file(addr_file));
+  return daemon{std::move(p), host, port};
+}
+
+std::optional<http_reply> daemon::get(const std::string& target) const {
+  return http_request("GET", host, port, target);
+}
+
+} // namespace keel::test
