@@ -69,12 +69,12 @@ SCENARIO("the supervisor runs, restarts and stops tasks") {
           b.records.push_back({std::string{counter_input_topic}, std::nullopt,
                                record{"k" + std::to_string(i % 17), fmt::format(R"({{"amount": {}}})", amount), i, {}}});
         }
+        // Arm the fault before the records arrive, so the commit that
+        // processes them is the one that fails.
+        const auto before = restarts(rt);
+        if (batch % 3 == 0) log.fail_next_commit(errc::fenced);
         REQUIRE(real->commit(b));
-        if (batch % 3 == 0) {
-          const auto before = restarts(rt);
-          log.fail_next_commit(errc::fenced);
-          REQUIRE(test::eventually([&] { return restarts(rt) > before; }));
-        }
+        if (batch % 3 == 0) REQUIRE(test::eventually([&] { return restarts(rt) > before; }, 30s));
       }
       THEN("the failed tasks are restarted and every input is applied exactly once") {
         REQUIRE(test::eventually([&] { return consumed(rt) == 500; }));
