@@ -164,7 +164,7 @@ void evolve(account& a, transaction_book& applied, const account_event& e) {
     if (!t.reverses.empty()) applied.touch(t.reverses).reversed = true;
     a.applied_count += 1;
     a.recent.push_back(t.transaction_id);
-    if (a.recent.size() > account::recent_max) a.recent.pop_front();
+    if (a.recent.size() > account::recent_max) a.recent.erase(a.recent.begin());
   }
   // A rejection changes nothing.
 }
@@ -390,7 +390,7 @@ void evolve(client& c, saga_book& sagas, const client_event& e) {
         c.sagas_started += 1;
         c.sagas_open += 1;
         c.recent_sagas.push_back(ev.transaction_id);
-        if (c.recent_sagas.size() > client::recent_max) c.recent_sagas.pop_front();
+        if (c.recent_sagas.size() > client::recent_max) c.recent_sagas.erase(c.recent_sagas.begin());
       } else if constexpr (std::is_same_v<T, saga_completed>) {
         auto& s = sagas.touch(ev.transaction_id);
         if (s.status == saga_status::reversal_requested) c.sagas_open -= 1;

@@ -138,7 +138,9 @@ struct account {
   std::string currency;
   dated_balance balance;
   std::int64_t applied_count = 0;
-  std::deque<std::string> recent;  // newest last, at most recent_max
+  // Newest last, at most recent_max. A vector, not a deque: copying it (the
+  // runtime's undo copies an account once per batch) is one allocation.
+  std::vector<std::string> recent;
 
   static constexpr std::size_t recent_max = 20;
 };
@@ -297,7 +299,7 @@ struct client {
   std::int64_t sagas_started = 0;
   std::int64_t sagas_open = 0;
   std::int64_t last_change_ms = 0;
-  std::deque<std::string> recent_sagas;  // breaching transaction ids, newest last
+  std::vector<std::string> recent_sagas;  // breaching transaction ids, newest last
 
   static constexpr std::size_t recent_max = 20;
 };
