@@ -109,9 +109,7 @@ TEST_CASE("the counting stage survives repeated SIGKILL with exact counts and ou
       if (c >= 0) last_consumed = c;
       return c >= target || (produced == records && c == records);
     }, 60s, 2ms);
-    std::this_thread::sleep_for(std::chrono::microseconds(std::uniform_int_distribution<int>(0, 20'000)(rng)));
-    d.proc.kill(SIGKILL);
-    REQUIRE(d.proc.wait(30s) == std::optional<int>{128 + SIGKILL});
+    d.kill_at_random_moment(rng);
   }
   producer.join();
   REQUIRE_FALSE(producer_failed);

@@ -179,9 +179,7 @@ TEST_CASE("the ledger survives repeated SIGKILL: each transaction once, conserve
       last = std::max(last, p.consumed);
       return p.consumed >= target || (produced == commands.size() && p.drained);
     }, 60s, 5ms);
-    std::this_thread::sleep_for(std::chrono::microseconds(std::uniform_int_distribution<int>(0, 20'000)(rng)));
-    d.proc.kill(SIGKILL);
-    REQUIRE(d.proc.wait(30s) == std::optional<int>{128 + SIGKILL});
+    d.kill_at_random_moment(rng);
   }
   producer.join();
   REQUIRE_FALSE(producer_failed);

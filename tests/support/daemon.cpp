@@ -4,7 +4,9 @@
 
 #include <doctest/doctest.h>
 
+#include <csignal>
 #include <filesystem>
+#include <thread>
 
 namespace keel::test {
 
@@ -28,6 +30,12 @@ daemon daemon::start(const std::string& data_dir, std::vector<std::string> extra
   }
   auto [host, port] = split_address(read_file(addr_file));
   return daemon{std::move(p), host, port};
+}
+
+void daemon::kill_at_random_moment(std::mt19937_64& rng) {
+  std::this_thread::sleep_for(std::chrono::microseconds(std::uniform_int_distribution<int>(0, 20'000)(rng)));
+  proc.kill(SIGKILL);
+  REQUIRE(proc.wait(30s) == std::optional<int>{128 + SIGKILL});
 }
 
 std::optional<http_reply> daemon::get(const std::string& target) const {

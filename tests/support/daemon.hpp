@@ -3,6 +3,7 @@
 #include "support/http_client.hpp"
 #include "support/process.hpp"
 
+#include <random>
 #include <string>
 #include <vector>
 
@@ -18,6 +19,10 @@ struct daemon {
   /// until it has written DATA/http.addr. REQUIRE-fails (with its stderr) if it
   /// exits first.
   static daemon start(const std::string& data_dir, std::vector<std::string> extra = {});
+
+  /// Waits a random 0-20 ms (so the kill lands at an arbitrary point of the
+  /// work in flight), sends SIGKILL and REQUIRE-checks that it died of it.
+  void kill_at_random_moment(std::mt19937_64& rng);
 
   /// GET `target`; nullopt when it does not answer.
   std::optional<http_reply> get(const std::string& target) const;
