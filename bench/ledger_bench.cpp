@@ -3,7 +3,7 @@
 // stages, durable commits.
 //
 //   ledger_bench [--transactions N] [--accounts N] [--clients N]
-//                [--synchronous normal|full] [--partitions N] [--dir DIR]
+//                [--synchronous normal|full] [--partitions N] [--batch N] [--dir DIR]
 //
 // 1. Throughput: N transactions appended up front; time until the clients stage
 //    has committed the limit decision for every one.
@@ -53,6 +53,7 @@ struct bench {
   std::string dir;
   std::int64_t accounts = 10'000, clients = 1'000, transactions = 300'000;
   std::int32_t partitions = 4;
+  std::size_t batch = 5000;
   sqlite::sync_mode sync = sqlite::sync_mode::normal;
   std::mt19937_64 rng{7};
   std::int64_t next_id = 0;
@@ -152,6 +153,7 @@ struct bench {
     runtime::system_clock wall;
     runtime::runtime_options rt_options;
     rt_options.idle_poll = 1ms;
+    rt_options.task.batch_max = batch;
     rt_options.default_partitions = partitions;
     const auto started = std::chrono::steady_clock::now();
     auto rt = runtime::runtime::start(system, log, snapshots->get(), wall, runtime::ledger_stages(options), rt_options);
@@ -159,9 +161,9 @@ struct bench {
     wait_drained(log);
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
     const double rate = static_cast<double>(transactions + accounts + clients) / seconds;
-    std::printf("throughput  synchronous=%-6s partitions=%d: %lld transactions (+%lld openings, %lld limits) "
+    std::printf("throughput  synchronous=%-6s partitions=%d batch=%zu: %lld transactions (+%lld openings, %lld limits) "
                 "decided in %.2f s: %.0f transactions/s end to end\n",
-                std::string{sqlite::to_string(sync)}.c_str(), partitions, static_cast<long long>(transactions),
+                std::string{sqlite::to_string(sync)}.c_str(), partitions, batch, static_cast<long long>(transactions),
                 static_cast<long long>(accounts), static_cast<long long>(clients), seconds, rate);
     std::fflush(stdout);
 
@@ -242,6 +244,7 @@ int main(int argc, char** argv) {
     else if (a == "--accounts") b.accounts = std::atoll(argv[i + 1]);
     else if (a == "--clients") b.clients = std::atoll(argv[i + 1]);
     else if (a == "--partitions") b.partitions = std::atoi(argv[i + 1]);
+    else if (a == "--batch") b.batch = static_cast<std::size_t>(std::atoll(argv[i + 1]));
     else if (a == "--dir") b.dir = argv[i + 1];
     else if (a == "--synchronous") {
       auto m = sqlite::parse_sync_mode(argv[i + 1]);
@@ -249,7 +252,7 @@ int main(int argc, char** argv) {
       b.sync = *m;
     } else {
       std::fprintf(stderr, "usage: ledger_bench [--transactions N] [--accounts N] [--clients N] "
-                           "[--synchronous normal|full] [--partitions N] [--dir DIR]\n");
+                           "[--synchronous normal|full] [--partitions N] [--batch N] [--dir DIR]\n");
       return 2;
     }
   }

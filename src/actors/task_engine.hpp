@@ -17,7 +17,7 @@ namespace keel::runtime {
 /// Settings of one task.
 struct task_options {
   /// Input records per step (per input topic).
-  std::size_t batch_max = 1000;
+  std::size_t batch_max = 5000;
   /// Snapshot after this many processed records...
   std::int64_t snapshot_every_events = 200'000;
   /// ...or this much wall time with any records processed; 0 disables both.

@@ -43,7 +43,7 @@ struct config {
   struct runtime_section {
     /// Stages to run; known: "counter".
     std::vector<std::string> stages = {"counter", "ledger"};
-    std::size_t batch_max = 1000;
+    std::size_t batch_max = 5000;
     std::int64_t snapshot_every_events = 200'000;
     std::int64_t snapshot_every_ms = 60'000;
     std::int64_t idle_poll_ms = 20;
