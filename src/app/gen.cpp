@@ -92,7 +92,6 @@ generated generate(std::int64_t accounts, std::int64_t clients, std::int64_t tra
   zipf pick_account(static_cast<std::size_t>(accounts), s);
   std::lognormal_distribution<double> magnitude(8.5, 1.2);  // median ~ 50.00 in cents
   std::uniform_real_distribution<double> percent(0, 100);
-  const day start_day = day_of(start_ms);
   // A dry run of each client's balance after each debit, to set floors.
   std::vector<std::int64_t> client_balance(static_cast<std::size_t>(clients), 0);
   std::vector<std::vector<std::int64_t>> after_debit(static_cast<std::size_t>(clients));
@@ -122,7 +121,6 @@ generated generate(std::int64_t accounts, std::int64_t clients, std::int64_t tra
     if (debit) after_debit[static_cast<std::size_t>(c)].push_back(client_balance[static_cast<std::size_t>(c)]);
     if (percent(rng) < duplicate_pct) out.transactions.push_back(std::move(e));
   }
-  (void)start_day;
   // Floors: a quantile of each client's balances after its debits in a dry run.
   // The dry run knows nothing of reversals or of projected dates, and every
   // debit made while a client is still below its floor (its reversal not yet
