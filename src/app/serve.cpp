@@ -56,6 +56,11 @@ result<void> write_file_atomically(const std::string& path, const std::string& c
   return ok();
 }
 
+/// Whether a listen host only accepts connections from this machine.
+bool is_loopback(const std::string& host) {
+  return host == "localhost" || host == "::1" || host.rfind("127.", 0) == 0;
+}
+
 /// The stages named in the configuration.
 result<std::vector<runtime::stage_spec>> make_stages(const config& cfg) {
   std::vector<runtime::stage_spec> stages;
@@ -178,6 +183,15 @@ int run_serve(const std::vector<std::string>& args) {
   auto listen = parse_listen_address(cfg->http.listen);
   if (!listen) {
     std::fprintf(stderr, "keel serve: %s\n", listen.err().message.c_str());
+    return exit_usage;
+  }
+  // Mutations will need the bearer token; with no token, only this machine
+  // may reach the API.
+  if (cfg->http.token.empty() && !is_loopback(listen->first)) {
+    std::fprintf(stderr,
+                 "keel serve: refusing to listen on %s without an API token: set http.token in the "
+                 "config or KEEL_HTTP_TOKEN, or listen on 127.0.0.1\n",
+                 cfg->http.listen.c_str());
     return exit_usage;
   }
   auto fail = [](const error& e) {

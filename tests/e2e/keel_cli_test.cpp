@@ -204,6 +204,16 @@ TEST_CASE("keel serve refuses a broken configuration with exit code 2") {
   CHECK(run_keel({"serve", "--config", dir.file("missing.toml")}).code == 2);
 }
 
+TEST_CASE("keel serve refuses to listen beyond loopback without an API token") {
+  test::temp_dir dir;
+  auto r = run_keel({"serve", "--data-dir", dir.file("data"), "--http", "0.0.0.0:0"});
+  CHECK(r.code == 2);
+  CHECK(r.err.find("refusing to listen on 0.0.0.0:0 without an API token") != std::string::npos);
+  CHECK_FALSE(std::filesystem::exists(dir.file("data/log.db")));  // refused before touching anything
+  auto v6 = run_keel({"serve", "--data-dir", dir.file("data"), "--http", "[::]:0"});
+  CHECK(v6.code == 2);
+}
+
 TEST_CASE("keel serve refuses a data directory holding a foreign file as its log") {
   test::temp_dir dir;
   std::filesystem::create_directories(dir.file("data"));
