@@ -6,12 +6,14 @@
 #include "actors/ledger_stage.hpp"
 #include "actors/runtime.hpp"
 #include "log/data_dir.hpp"
+#include "keel/envelope.pb.h"
 #include "log/snapshot_store.hpp"
 
 #include <caf/actor_system.hpp>
 #include <caf/actor_system_config.hpp>
 
 #include <boost/json.hpp>
+#include <google/protobuf/util/json_util.h>
 
 #include <atomic>
 #include <cerrno>
@@ -99,9 +101,98 @@ boost::json::object task_json(const runtime::task_status& t) {
           {"positions", std::move(positions)}};
 }
 
+/// Compares without an early exit, so the time taken does not tell how much
+/// of a guessed token was right.
+bool constant_time_equal(std::string_view a, std::string_view b) {
+  unsigned char diff = a.size() == b.size() ? 0 : 1;
+  for (std::size_t i = 0; i < a.size(); ++i)
+    diff |= static_cast<unsigned char>(a[i] ^ (i < b.size() ? b[i] : 0));
+  return diff == 0;
+}
+
+/// With a token configured, a request must carry "Authorization: Bearer <token>":
+/// 401 without it, 403 with a wrong one. Without a token the daemon only
+/// listens on loopback (serve refuses otherwise).
+std::optional<http::response> check_token(const http::request& req, const std::string& token) {
+  if (token.empty()) return std::nullopt;
+  auto header = req[http::bhttp::field::authorization];
+  constexpr std::string_view scheme = "Bearer ";
+  if (header.empty() || !std::string_view{header}.starts_with(scheme)) {
+    auto res = http::error_response(http::bhttp::status::unauthorized, "unauthenticated",
+                                    "this request needs an Authorization: Bearer token");
+    res.set(http::bhttp::field::www_authenticate, "Bearer");
+    return res;
+  }
+  if (!constant_time_equal(std::string_view{header}.substr(scheme.size()), token))
+    return http::error_response(http::bhttp::status::forbidden, "forbidden", "the token is not valid");
+  return std::nullopt;
+}
+
+/// A command accepted over REST: parsed from the protobuf JSON of its message,
+/// checked for the fields its key and id come from, appended to its topic.
+struct command_route {
+  const char* path;
+  const char* topic;
+  keel::Envelope::BodyCase body;
+};
+
+http::response accept_command(embedded_log& log, const http::request& req, const command_route& route) {
+  keel::Envelope envelope;
+  google::protobuf::Message* message = nullptr;
+  switch (route.body) {
+    case keel::Envelope::kOpenAccount: message = envelope.mutable_open_account(); break;
+    case keel::Envelope::kPostTransaction: message = envelope.mutable_post_transaction(); break;
+    case keel::Envelope::kSetLimit: message = envelope.mutable_set_limit(); break;
+    default: return http::error_response(make_error(errc::internal, "no such command"));
+  }
+  auto parsed = google::protobuf::util::JsonStringToMessage(req.body(), message);
+  if (!parsed.ok())
+    return http::error_response(http::bhttp::status::bad_request, "invalid_argument",
+                                fmt::format("the body is not a valid {}: {}", message->GetDescriptor()->name(),
+                                            parsed.message().as_string()));
+  std::string key, id;
+  if (envelope.has_open_account()) key = envelope.open_account().account_id(), id = key;
+  if (envelope.has_post_transaction()) key = envelope.post_transaction().account_id(), id = envelope.post_transaction().transaction_id();
+  if (envelope.has_set_limit()) key = envelope.set_limit().client_id(), id = envelope.set_limit().request_id();
+  if (key.empty())
+    return http::error_response(http::bhttp::status::bad_request, "invalid_argument",
+                                "the command needs its account_id (or client_id for limits)");
+  if (envelope.has_post_transaction() && id.empty())
+    return http::error_response(http::bhttp::status::bad_request, "invalid_argument",
+                                "a transaction needs a transaction_id: it is its idempotency key");
+  const auto now = now_ms();
+  if (envelope.has_post_transaction() && envelope.post_transaction().booking_time_ms() == 0)
+    envelope.mutable_post_transaction()->set_booking_time_ms(now);
+  if (id.empty()) id = fmt::format("{}-{}", key, now);
+  envelope.set_event_id(id);
+  envelope.set_event_time_ms(now);
+  envelope.set_schema_version(1);
+  commit_batch batch;
+  batch.records.push_back({route.topic, std::nullopt,
+                           record{key, envelope.SerializeAsString(), now, {{"keel-event-id", id}}}});
+  auto receipt = log.commit(batch);
+  if (!receipt) return http::error_response(receipt.err());
+  const auto& [partition, offset] = receipt->placements.front();
+  return http::json_response(http::bhttp::status::accepted, {{"id", id},
+                                                             {"topic", route.topic},
+                                                             {"partition", partition.value()},
+                                                             {"offset", offset.value()}});
+}
+
 http::router make_routes(embedded_log& log, const std::atomic<bool>& ready,
-                         const runtime::runtime& rt) {
+                         const runtime::runtime& rt, const config& cfg) {
   http::router routes;
+  // Mutations are appended to the log, never applied to actor state directly;
+  // the stages decide them like any other command (duplicates by id change nothing).
+  for (const auto& route : {command_route{"/api/v1/accounts", "ledger.transactions", keel::Envelope::kOpenAccount},
+                            command_route{"/api/v1/transactions", "ledger.transactions", keel::Envelope::kPostTransaction},
+                            command_route{"/api/v1/limits", "ledger.limits", keel::Envelope::kSetLimit}}) {
+    routes.add(http::bhttp::verb::post, route.path,
+               [&log, route, token = cfg.http.token](const http::request& req, const http::route_params&) {
+                 if (auto denied = check_token(req, token)) return std::move(*denied);
+                 return accept_command(log, req, route);
+               });
+  }
   routes.add(http::bhttp::verb::get, "/livez", [](const http::request&, const http::route_params&) {
     return http::json_response(http::bhttp::status::ok, {{"status", "live"}});
   });
@@ -242,7 +333,7 @@ int run_serve(const std::vector<std::string>& args) {
   options.body_bytes_max = cfg->http.body_bytes_max;
   options.request_timeout = std::chrono::milliseconds(cfg->http.request_timeout_ms);
   options.connections_max = cfg->http.connections_max;
-  auto server = http::server::start(options, make_routes(log_store, ready, **rt));
+  auto server = http::server::start(options, make_routes(log_store, ready, **rt, *cfg));
   if (!server) return fail(server.err());
   const auto bound = fmt::format("{}:{}", (*server)->address(), (*server)->port());
   if (auto r = write_file_atomically(dir->file("http.addr"), bound + "\n"); !r) return fail(r.err());

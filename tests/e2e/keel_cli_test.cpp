@@ -8,7 +8,9 @@
 #include <doctest/doctest.h>
 
 #include <csignal>
+#include <ctime>
 #include <filesystem>
+#include <map>
 #include <set>
 #include <sstream>
 
@@ -202,6 +204,72 @@ TEST_CASE("keel serve refuses a broken configuration with exit code 2") {
   CHECK(r.code == 2);
   CHECK(r.err.find("must be HOST:PORT") != std::string::npos);
   CHECK(run_keel({"serve", "--config", dir.file("missing.toml")}).code == 2);
+}
+
+TEST_CASE("ledger commands over REST: bearer token, validation, 202, idempotent by id") {
+  test::temp_dir dir;
+  test::write_file(dir.file("keel.toml"), "[http]\ntoken = \"s3cret\"\n");
+  auto d = test::daemon::start(dir.file("data"), {"--config", dir.file("keel.toml")});
+  REQUIRE(test::eventually([&] { auto r = d.get("/readyz"); return r && r->status == 200; }));
+  auto post = [&](const std::string& path, const std::string& body, const std::string& token) {
+    std::map<std::string, std::string> headers{{"Content-Type", "application/json"}};
+    if (!token.empty()) headers["Authorization"] = "Bearer " + token;
+    auto r = test::http_request("POST", d.host, d.port, path, body, headers);
+    REQUIRE(r);
+    return *r;
+  };
+  const std::string open = R"({"account_id": "acc-9", "client_id": "client-9", "currency": "USD"})";
+  auto anonymous = post("/api/v1/accounts", open, "");
+  CHECK(anonymous.status == 401);
+  CHECK(anonymous.headers["WWW-Authenticate"] == "Bearer");
+  CHECK(boost::json::parse(anonymous.body).as_object()["error"].as_object()["code"].as_string() == "unauthenticated");
+  CHECK(post("/api/v1/accounts", open, "guess").status == 403);
+  auto opened = post("/api/v1/accounts", open, "s3cret");
+  CHECK(opened.status == 202);
+  CHECK(boost::json::parse(opened.body).as_object()["id"].as_string() == "acc-9");
+
+  auto bad_json = post("/api/v1/transactions", "{not json", "s3cret");
+  CHECK(bad_json.status == 400);
+  CHECK(boost::json::parse(bad_json.body).as_object()["error"].as_object()["code"].as_string() == "invalid_argument");
+  CHECK(post("/api/v1/transactions", R"({"account_id": "acc-9", "amount_minor": "5"})", "s3cret").status == 400);
+  CHECK(post("/api/v1/transactions", R"({"transaction_id": "t1", "amount_minor": "5"})", "s3cret").status == 400);
+  CHECK(post("/api/v1/transactions", R"({"transaction_id": "t1", "colour": "red"})", "s3cret").status == 400);
+
+  const std::string today = [] {
+    char buf[16];
+    std::time_t t = std::time(nullptr);
+    std::strftime(buf, sizeof buf, "%Y-%m-%d", std::gmtime(&t));
+    return std::string{buf};
+  }();
+  const std::string credit = R"({"transaction_id": "t1", "account_id": "acc-9", "amount_minor": "1250", "currency": "USD", "value_date": ")" + today + R"("})";
+  auto accepted = post("/api/v1/transactions", credit, "s3cret");
+  CHECK(accepted.status == 202);
+  CHECK(boost::json::parse(accepted.body).as_object()["topic"].as_string() == "ledger.transactions");
+  CHECK(post("/api/v1/transactions", credit, "s3cret").status == 202);  // a retry of the same id
+  std::int64_t balance = -1;
+  REQUIRE(test::eventually([&] {
+    auto r = d.get("/api/v1/accounts/acc-9");
+    if (!r || r->status != 200) return false;
+    auto state = boost::json::parse(r->body).as_object()["state"].as_object();
+    balance = state["balance_minor"].as_int64();
+    return state["transactions_applied"].as_int64() == 1 && balance == 1250;
+  }));
+  // The retry changed nothing once both were decided.
+  REQUIRE(test::eventually([&] {
+    auto r = d.get("/api/v1/runtime");
+    if (!r) return false;
+    auto body = boost::json::parse(r->body);
+    for (const auto& t : body.as_object()["tasks"].as_array()) {
+      auto positions = t.as_object().at("positions").as_object();
+      if (auto it = positions.find("ledger.transactions"); it != positions.end() && it->value().as_int64() > 0)
+        if (t.as_object().at("records").as_int64() >= 3) return true;  // open + two posts
+    }
+    return false;
+  }));
+  auto after = d.get("/api/v1/accounts/acc-9");
+  REQUIRE(after);
+  CHECK(boost::json::parse(after->body).as_object()["state"].as_object()["balance_minor"].as_int64() == 1250);
+  CHECK(post("/api/v1/accounts/acc-9", open, "s3cret").status == 405);
 }
 
 TEST_CASE("keel serve refuses to listen beyond loopback without an API token") {
