@@ -22,6 +22,8 @@
 #include <cstdio>
 #include <ctime>
 #include <filesystem>
+#include <map>
+#include <mutex>
 #include <tuple>
 #include <fstream>
 
@@ -179,9 +181,77 @@ http::response accept_command(embedded_log& log, const http::request& req, const
                                                              {"offset", offset.value()}});
 }
 
+/// HTTP requests answered, by route template and status, for /metrics.
+/// Thread-safe: the server's I/O threads record, /metrics reads.
+class http_counters {
+public:
+  void record(std::string_view route, unsigned status) {
+    std::lock_guard lock{mutex_};
+    counts_[{std::string{route}, status}] += 1;
+  }
+  std::map<std::pair<std::string, unsigned>, std::int64_t> snapshot() const {
+    std::lock_guard lock{mutex_};
+    return counts_;
+  }
+
+private:
+  mutable std::mutex mutex_;
+  std::map<std::pair<std::string, unsigned>, std::int64_t> counts_;
+};
+
+/// The Prometheus text exposition of the runtime and HTTP counters. Labels are
+/// stages, partitions, topics and routes, never entities.
+std::string metrics_text(embedded_log& log, const runtime::runtime& rt, const http_counters& http) {
+  std::string out;
+  auto family = [&out](const char* name, const char* type, const char* help) {
+    out += fmt::format("# HELP {} {}\n# TYPE {} {}\n", name, help, name, type);
+  };
+  const auto tasks = rt.status();
+  auto labels = [](const runtime::task_status& t) {
+    const auto slash = t.task.rfind('/');
+    return fmt::format(R"(stage="{}",partition="{}")", t.task.substr(0, slash), t.task.substr(slash + 1));
+  };
+  family("keel_task_records_total", "counter", "Input records a task consumed since the daemon started.");
+  for (const auto& t : tasks) out += fmt::format("keel_task_records_total{{{}}} {}\n", labels(t), t.records_total);
+  family("keel_task_outputs_total", "counter", "Records a task emitted since the daemon started.");
+  for (const auto& t : tasks) out += fmt::format("keel_task_outputs_total{{{}}} {}\n", labels(t), t.outputs_total);
+  family("keel_task_dead_letters_total", "counter", "Inputs a task sent to its dead-letter topic.");
+  for (const auto& t : tasks) out += fmt::format("keel_task_dead_letters_total{{{}}} {}\n", labels(t), t.dead_letters_total);
+  family("keel_task_duplicates_total", "counter", "Inputs a task skipped as already applied.");
+  for (const auto& t : tasks) out += fmt::format("keel_task_duplicates_total{{{}}} {}\n", labels(t), t.duplicates_total);
+  family("keel_task_restarts_total", "counter", "Times the supervisor restarted a task.");
+  for (const auto& t : tasks) out += fmt::format("keel_task_restarts_total{{{}}} {}\n", labels(t), t.restarts);
+  family("keel_task_restored", "gauge", "1 once a task has restored its state.");
+  for (const auto& t : tasks) out += fmt::format("keel_task_restored{{{}}} {}\n", labels(t), t.restored ? 1 : 0);
+  family("keel_task_timers_pending", "gauge", "Timers a task holds.");
+  for (const auto& t : tasks) out += fmt::format("keel_task_timers_pending{{{}}} {}\n", labels(t), t.timers_pending);
+  family("keel_task_lag_records", "gauge", "Records of an input partition a task has not yet committed.");
+  for (const auto& t : tasks) {
+    const auto partition = std::stoi(t.task.substr(t.task.rfind('/') + 1));
+    for (const auto& [topic, position] : t.positions) {
+      auto range = log.offsets(topic, partition_id{partition});
+      if (!range) continue;
+      out += fmt::format("keel_task_lag_records{{{},topic=\"{}\"}} {}\n", labels(t), topic,
+                         std::max<std::int64_t>(0, range->end.value() - position));
+    }
+  }
+  family("keel_http_requests_total", "counter", "HTTP requests answered, by route and status.");
+  for (const auto& [key, n] : http.snapshot())
+    out += fmt::format("keel_http_requests_total{{route=\"{}\",status=\"{}\"}} {}\n", key.first, key.second, n);
+  return out;
+}
+
 http::router make_routes(embedded_log& log, const std::atomic<bool>& ready,
-                         const runtime::runtime& rt, const config& cfg) {
+                         const runtime::runtime& rt, const config& cfg, const http_counters& counters) {
   http::router routes;
+  routes.add(http::bhttp::verb::get, "/metrics",
+             [&log, &rt, &counters](const http::request&, const http::route_params&) {
+               http::response res{http::bhttp::status::ok, 11};
+               res.set(http::bhttp::field::content_type, "text/plain; version=0.0.4");
+               res.body() = metrics_text(log, rt, counters);
+               res.prepare_payload();
+               return res;
+             });
   // Mutations are appended to the log, never applied to actor state directly;
   // the stages decide them like any other command (duplicates by id change nothing).
   for (const auto& route : {command_route{"/api/v1/accounts", "ledger.transactions", keel::Envelope::kOpenAccount},
@@ -333,7 +403,15 @@ int run_serve(const std::vector<std::string>& args) {
   options.body_bytes_max = cfg->http.body_bytes_max;
   options.request_timeout = std::chrono::milliseconds(cfg->http.request_timeout_ms);
   options.connections_max = cfg->http.connections_max;
-  auto server = http::server::start(options, make_routes(log_store, ready, **rt, *cfg));
+  http_counters counters;
+  auto routes = make_routes(log_store, ready, **rt, *cfg, counters);
+  // The observer needs the route templates; the router is copied into the
+  // server, so it keeps its own copy for looking them up.
+  auto server = http::server::start(
+    options, routes,
+    [&counters, lookup = routes](const http::request& req, const http::response& res, std::chrono::nanoseconds) {
+      counters.record(lookup.route_of(req), res.result_int());
+    });
   if (!server) return fail(server.err());
   const auto bound = fmt::format("{}:{}", (*server)->address(), (*server)->port());
   if (auto r = write_file_atomically(dir->file("http.addr"), bound + "\n"); !r) return fail(r.err());

@@ -172,6 +172,15 @@ TEST_CASE("keel serve answers /livez and /readyz, refuses a second daemon, and s
   auto rt = boost::json::parse(runtime->body);
   CHECK(rt.as_object()["ready"].as_bool());
   CHECK(rt.as_object()["tasks"].as_array().size() == 3 * 4);  // counter, accounts, clients
+  // Prometheus metrics: per task and per route, no per-entity labels.
+  auto metrics = d.get("/metrics");
+  REQUIRE(metrics);
+  CHECK(metrics->status == 200);
+  CHECK(metrics->headers["Content-Type"].rfind("text/plain", 0) == 0);
+  CHECK(metrics->body.find("# TYPE keel_task_lag_records gauge") != std::string::npos);
+  CHECK(metrics->body.find(R"(keel_task_lag_records{stage="counter",partition="0",topic="counter.increments"} 0)") != std::string::npos);
+  CHECK(metrics->body.find(R"(keel_task_restored{stage="accounts",partition="3"} 1)") != std::string::npos);
+  CHECK(metrics->body.find(R"(keel_http_requests_total{route="/livez",status="200"} 1)") != std::string::npos);
   auto missing = d.get("/no/such/route");
   REQUIRE(missing);
   CHECK(missing->status == 404);
