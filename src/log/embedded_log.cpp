@@ -280,7 +280,8 @@ result<void> embedded_log::load_topics(sqlite::connection& db) {
   auto stmt = db.prepare("SELECT id, name, partitions, cleanup, retention_ms, retention_bytes, "
                          "tombstone_retention_ms FROM topics");
   if (!stmt) return std::move(stmt).err();
-  std::map<std::string, std::shared_ptr<const topic_info>, std::less<>> loaded;
+  // Built mutable here, published as const below.
+  std::map<std::string, std::shared_ptr<topic_info>, std::less<>> loaded;
   for (;;) {
     auto row = stmt->step();
     if (!row) return with_context(std::move(row).err(), "load topics");
@@ -304,7 +305,7 @@ result<void> embedded_log::load_topics(sqlite::connection& db) {
     if (!*row) break;
     auto it = loaded.find(parts->column_view(0));
     if (it == loaded.end()) continue;
-    auto& info = const_cast<topic_info&>(*it->second);
+    auto& info = *it->second;
     if (parts->column_int(1) != static_cast<std::int64_t>(info.log_ids.size()))
       return make_error(errc::corrupt, "topic {} has a gap in its partitions", info.spec.name);
     info.log_ids.push_back(parts->column_int(2));
@@ -313,8 +314,9 @@ result<void> embedded_log::load_topics(sqlite::connection& db) {
     if (static_cast<std::int32_t>(info->log_ids.size()) != info->spec.partitions)
       return make_error(errc::corrupt, "topic {} has {} of its {} partitions", name,
                         info->log_ids.size(), info->spec.partitions);
+  std::map<std::string, std::shared_ptr<const topic_info>, std::less<>> published(loaded.begin(), loaded.end());
   std::unique_lock lock{topics_mutex_};
-  topics_ = std::move(loaded);
+  topics_ = std::move(published);
   return ok();
 }
 
