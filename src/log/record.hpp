@@ -75,7 +75,7 @@ struct position_update {
   /// exactly this (no stored position counts as 0). A task passes the position it
   /// started from, so a zombie that lost its partition cannot commit over the new
   /// owner.
-  std::optional<log_offset> expected;
+  std::optional<log_offset> expected = std::nullopt;
 };
 
 /// One atomic step: records appended and positions moved, all or nothing.
