@@ -142,6 +142,7 @@ result<config> load_config_file(const std::string& path, config cfg) {
     if (auto r = t.get("read_token_required", cfg.http.read_token_required); !r) return in_file(r.err());
     if (auto r = t.finish(); !r) return in_file(r.err());
     if (auto r = parse_listen_address(cfg.http.listen); !r) return in_file(r.err());
+
   }
   {
     table_reader t{root["log"].as_table(), "log."};

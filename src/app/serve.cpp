@@ -275,7 +275,9 @@ http::router make_routes(embedded_log& log, const std::atomic<bool>& ready,
                return http::json_response(http::bhttp::status::ok, {{"status", "ready"}});
              });
   routes.add(http::bhttp::verb::get, "/api/v1/topics",
-             [&log](const http::request&, const http::route_params&) {
+             [&log, read_token = cfg.http.read_token_required ? cfg.http.token : std::string{}](
+               const http::request& req, const http::route_params&) {
+               if (auto denied = check_token(req, read_token)) return std::move(*denied);
                auto topics = log.list_topics();
                if (!topics) return http::error_response(topics.err());
                boost::json::array out;
@@ -301,8 +303,10 @@ http::router make_routes(embedded_log& log, const std::atomic<bool>& ready,
                                    std::tuple{"/api/v1/clients/{id}", "clients", "client"},
                                    std::tuple{"/api/v1/counters/{id}", "counter", "counter"}}) {
     routes.add(http::bhttp::verb::get, path,
-               [&rt, stage = std::string{stage}, what = std::string{what}](const http::request&,
-                                                                           const http::route_params& p) {
+               [&rt, stage = std::string{stage}, what = std::string{what},
+                read_token = cfg.http.read_token_required ? cfg.http.token : std::string{}](
+                 const http::request& req, const http::route_params& p) {
+                 if (auto denied = check_token(req, read_token)) return std::move(*denied);
                  auto found = rt.query(stage, p.at("id"));
                  if (!found) return http::error_response(found.err());
                  if (!*found)
@@ -317,7 +321,9 @@ http::router make_routes(embedded_log& log, const std::atomic<bool>& ready,
                });
   }
   routes.add(http::bhttp::verb::get, "/api/v1/runtime",
-             [&rt](const http::request&, const http::route_params&) {
+             [&rt, read_token = cfg.http.read_token_required ? cfg.http.token : std::string{}](
+               const http::request& req, const http::route_params&) {
+               if (auto denied = check_token(req, read_token)) return std::move(*denied);
                boost::json::array tasks;
                bool all_restored = true;
                for (const auto& t : rt.status()) {
@@ -346,8 +352,12 @@ int run_serve(const std::vector<std::string>& args) {
     std::fprintf(stderr, "keel serve: %s\n", listen.err().message.c_str());
     return exit_usage;
   }
-  // Mutations will need the bearer token; with no token, only this machine
-  // may reach the API.
+  if (cfg->http.read_token_required && cfg->http.token.empty()) {
+    std::fprintf(stderr, "keel serve: http.read_token_required needs http.token or KEEL_HTTP_TOKEN\n");
+    return exit_usage;
+  }
+  // Mutations need the bearer token; with no token, only this machine may
+  // reach the API.
   if (cfg->http.token.empty() && !is_loopback(listen->first)) {
     std::fprintf(stderr,
                  "keel serve: refusing to listen on %s without an API token: set http.token in the "

@@ -281,6 +281,26 @@ TEST_CASE("ledger commands over REST: bearer token, validation, 202, idempotent 
   CHECK(post("/api/v1/accounts/acc-9", open, "s3cret").status == 405);
 }
 
+TEST_CASE("with read_token_required, API reads need the token; health and metrics do not") {
+  test::temp_dir dir;
+  test::write_file(dir.file("keel.toml"), "[http]\ntoken = \"s3cret\"\nread_token_required = true\n");
+  auto d = test::daemon::start(dir.file("data"), {"--config", dir.file("keel.toml")});
+  REQUIRE(test::eventually([&] { auto r = d.get("/readyz"); return r && r->status == 200; }));
+  CHECK(d.get("/livez")->status == 200);
+  CHECK(d.get("/metrics")->status == 200);
+  for (auto target : {"/api/v1/runtime", "/api/v1/topics", "/api/v1/accounts/acc-1", "/api/v1/clients/c-1"}) {
+    CAPTURE(target);
+    CHECK(d.get(target)->status == 401);
+    auto with = test::http_request("GET", d.host, d.port, target, {}, {{"Authorization", "Bearer s3cret"}});
+    REQUIRE(with);
+    CHECK((with->status == 200 || with->status == 404));
+  }
+  test::write_file(dir.file("bad.toml"), "[http]\nread_token_required = true\n");
+  auto refused = run_keel({"serve", "--config", dir.file("bad.toml"), "--data-dir", dir.file("other")});
+  CHECK(refused.code == 2);
+  CHECK(refused.err.find("read_token_required needs http.token") != std::string::npos);
+}
+
 TEST_CASE("keel serve refuses to listen beyond loopback without an API token") {
   test::temp_dir dir;
   auto r = run_keel({"serve", "--data-dir", dir.file("data"), "--http", "0.0.0.0:0"});
