@@ -342,6 +342,19 @@ result<step_result> task_engine::step() {
   applied_.begin();
   timers_.begin();
   const auto saved_stream_time = stream_time_ms_;
+  // The batch's in-memory changes are kept once the log commit succeeds and
+  // undone, all of them, on every path that does not commit.
+  auto keep = [this] {
+    logic_->commit_batch();
+    applied_.commit();
+    timers_.commit();
+  };
+  auto undo = [this, saved_stream_time] {
+    logic_->rollback_batch();
+    applied_.rollback();
+    timers_.rollback();
+    stream_time_ms_ = saved_stream_time;
+  };
   std::map<std::string, std::pair<std::int64_t, std::int64_t>> applied_now;
 
   for (const auto& [input, rec] : order) {
@@ -425,17 +438,12 @@ result<step_result> task_engine::step() {
   }
 
   if (!ctx.misplaced.empty()) {
-    logic_->rollback_batch();
-    applied_.rollback();
-    timers_.rollback();
-    stream_time_ms_ = saved_stream_time;
+    undo();
     return make_error(errc::internal, "{}", ctx.misplaced);
   }
 
   if (order.empty() && due.empty()) {
-    logic_->commit_batch();
-    applied_.commit();
-    timers_.commit();
+    keep();
     return out;
   }
 
@@ -460,15 +468,10 @@ result<step_result> task_engine::step() {
 
   auto receipt = log_.commit(batch);
   if (!receipt) {
-    logic_->rollback_batch();
-    applied_.rollback();
-    timers_.rollback();
-    stream_time_ms_ = saved_stream_time;
+    undo();
     return with_context(std::move(receipt).err(), "commit " + name_);
   }
-  logic_->commit_batch();
-  applied_.commit();
-  timers_.commit();
+  keep();
   positions_ = std::move(next_positions);
   if (changelog_count > 0)
     changelog_next_ = receipt->placements[changelog_first + changelog_count - 1].second.value() + 1;

@@ -244,6 +244,8 @@ std::string metrics_text(embedded_log& log, const runtime::runtime& rt, const ht
 http::router make_routes(embedded_log& log, const std::atomic<bool>& ready,
                          const runtime::runtime& rt, const config& cfg, const http_counters& counters) {
   http::router routes;
+  // The token API reads need: none unless http.read_token_required.
+  const std::string read_token = cfg.http.read_token_required ? cfg.http.token : std::string{};
   routes.add(http::bhttp::verb::get, "/metrics",
              [&log, &rt, &counters](const http::request&, const http::route_params&) {
                http::response res{http::bhttp::status::ok, 11};
@@ -275,7 +277,7 @@ http::router make_routes(embedded_log& log, const std::atomic<bool>& ready,
                return http::json_response(http::bhttp::status::ok, {{"status", "ready"}});
              });
   routes.add(http::bhttp::verb::get, "/api/v1/topics",
-             [&log, read_token = cfg.http.read_token_required ? cfg.http.token : std::string{}](
+             [&log, read_token](
                const http::request& req, const http::route_params&) {
                if (auto denied = check_token(req, read_token)) return std::move(*denied);
                auto topics = log.list_topics();
@@ -304,7 +306,7 @@ http::router make_routes(embedded_log& log, const std::atomic<bool>& ready,
                                    std::tuple{"/api/v1/counters/{id}", "counter", "counter"}}) {
     routes.add(http::bhttp::verb::get, path,
                [&rt, stage = std::string{stage}, what = std::string{what},
-                read_token = cfg.http.read_token_required ? cfg.http.token : std::string{}](
+                read_token](
                  const http::request& req, const http::route_params& p) {
                  if (auto denied = check_token(req, read_token)) return std::move(*denied);
                  auto found = rt.query(stage, p.at("id"));
@@ -321,7 +323,7 @@ http::router make_routes(embedded_log& log, const std::atomic<bool>& ready,
                });
   }
   routes.add(http::bhttp::verb::get, "/api/v1/runtime",
-             [&rt, read_token = cfg.http.read_token_required ? cfg.http.token : std::string{}](
+             [&rt, read_token](
                const http::request& req, const http::route_params&) {
                if (auto denied = check_token(req, read_token)) return std::move(*denied);
                boost::json::array tasks;
