@@ -570,13 +570,15 @@ public:
 private:
   void emit(const input_record& in, step_context& ctx, const std::string& key, const account_event& e) {
     const bool changes_state = !std::holds_alternative<transaction_rejected>(e);
+    // The changelog and the transaction-events topic carry the same bytes: the
+    // event id is that of the emit, which record() does not advance.
+    auto encoded = encode(e, envelope_for(ctx, in.topic, in.partition, in.record.offset.value())).SerializeAsString();
     if (changes_state) {
       keyed_book<applied_transaction> applied{applied_, key};
       evolve(accounts_.touch(key), applied, e);
-      ctx.record(key, encode(e, envelope_for(ctx, in.topic, in.partition, in.record.offset.value())).SerializeAsString());
+      ctx.record(key, encoded);
     }
-    ctx.emit(std::string{lt::transaction_events}, key,
-             encode(e, envelope_for(ctx, in.topic, in.partition, in.record.offset.value())).SerializeAsString());
+    ctx.emit(std::string{lt::transaction_events}, key, std::move(encoded));
     // The client side learns of balance changes, and of refused reversals
     // (its saga is waiting for them).
     if (const auto* posted = std::get_if<transaction_posted>(&e)) {

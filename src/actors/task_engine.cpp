@@ -50,6 +50,25 @@ bool decode_timer(byte_reader& r, timer& t) {
   return r.ok() && (kind == 1 || kind == 2);
 }
 
+void append_int(std::string& out, std::int64_t v) {
+  char digits[24];
+  auto [end, ec] = std::to_chars(digits, digits + sizeof digits, v);
+  out.append(digits, end);
+}
+
+// "<topic>/<partition>/<offset>": where an input came from, the prefix of the
+// ids of what it causes. Built by hand: it runs for every record.
+std::string origin_of(std::string_view topic, partition_id p, std::int64_t offset) {
+  std::string out;
+  out.reserve(topic.size() + 24);
+  out.append(topic);
+  out.push_back('/');
+  append_int(out, p.value());
+  out.push_back('/');
+  append_int(out, offset);
+  return out;
+}
+
 bool parse_int(std::string_view text, std::int64_t& out) {
   auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), out);
   return ec == std::errc{} && end == text.data() + text.size();
@@ -104,7 +123,14 @@ public:
     changelog.resize(changelog_mark_);
   }
 
-  std::string next_event_id() const override { return fmt::format("{}/{}", origin_, index_); }
+  std::string next_event_id() const override {
+    std::string id;
+    id.reserve(origin_.size() + 8);
+    id.append(origin_);
+    id.push_back('/');
+    append_int(id, index_);
+    return id;
+  }
 
   void emit(std::string topic, std::optional<std::string> key, std::string value,
             std::optional<partition_id> partition) override {
@@ -361,7 +387,7 @@ result<step_result> task_engine::step() {
     const auto& topic = spec_.inputs[input];
     ++out.records;
     stream_time_ms_ = std::max(stream_time_ms_, rec->data.timestamp_ms);
-    auto origin = fmt::format("{}/{}/{}", topic, partition_.value(), rec->offset.value());
+    auto origin = origin_of(topic, partition_, rec->offset.value());
     // An event applied before (a redelivery, or a duplicate a producer wrote)
     // changes nothing.
     std::optional<std::pair<std::string, std::pair<std::int64_t, std::int64_t>>> id;
@@ -430,7 +456,7 @@ result<step_result> task_engine::step() {
     // ids as deterministic as those of an input record.
     const auto done_offset = changelog_next_ + static_cast<std::int64_t>(ctx.changelog.size());
     ctx.changelog.push_back(ctx.changelog_entry(reserved_key('t', t.id), "", kind_timer_done));
-    ctx.begin_input(fmt::format("{}/{}/{}", spec_.changelog_topic(), partition_.value(), done_offset), t.due_ms);
+    ctx.begin_input(origin_of(spec_.changelog_topic(), partition_, done_offset), t.due_ms);
     timers_.erase(t.id);
     if (auto fired = logic_->on_timer(t, ctx); !fired)
       log(log_level::warn, "runtime", "{}: timer {} failed: {}", name_, t.id, fired.err());

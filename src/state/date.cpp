@@ -58,7 +58,19 @@ std::string format_date(day d) {
   std::int64_t y = 0;
   unsigned m = 0, dd = 0;
   civil_from_days(d, y, m, dd);
-  return fmt::format("{:04}-{:02}-{:02}", y, m, dd);
+  if (y < 0 || y > 9999) return fmt::format("{:04}-{:02}-{:02}", y, m, dd);
+  // The common case by hand: it runs for every value date encoded.
+  std::string out(10, '-');
+  const auto year = static_cast<unsigned>(y);
+  out[0] = static_cast<char>('0' + year / 1000);
+  out[1] = static_cast<char>('0' + year / 100 % 10);
+  out[2] = static_cast<char>('0' + year / 10 % 10);
+  out[3] = static_cast<char>('0' + year % 10);
+  out[5] = static_cast<char>('0' + m / 10);
+  out[6] = static_cast<char>('0' + m % 10);
+  out[8] = static_cast<char>('0' + dd / 10);
+  out[9] = static_cast<char>('0' + dd % 10);
+  return out;
 }
 
 day day_of(std::int64_t time_ms) noexcept {

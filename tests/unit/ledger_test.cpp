@@ -54,6 +54,13 @@ TEST_CASE("dates parse, format and refuse impossible days") {
   CHECK_FALSE(parse_date("21/11/2026"));
   CHECK(day_of(noon_ms) == today);
   CHECK(day_of(-1) == -1);
+  // Every day from 1900 to 2199 formats and parses back to itself.
+  for (day d = *parse_date("1900-01-01"); d <= *parse_date("2199-12-31"); ++d) {
+    const auto text = format_date(d);
+    REQUIRE(text.size() == 10);
+    REQUIRE(parse_date(text) == d);
+  }
+  CHECK(format_date(*parse_date("1999-12-31") + 1) == "2000-01-01");
 }
 
 SCENARIO("accounts: opening, posting, and every rejection") {

@@ -1,6 +1,7 @@
 #include "actors/counter_stage.hpp"
 #include "actors/runtime.hpp"
 #include "actors/task_engine.hpp"
+#include "actors/undo_map.hpp"
 #include "keel/envelope.pb.h"
 #include "log/embedded_log.hpp"
 
@@ -9,6 +10,7 @@
 
 #include <doctest/doctest.h>
 
+#include <random>
 #include <set>
 
 using namespace keel;
@@ -368,4 +370,29 @@ TEST_CASE("event ids parse into a source partition and a sequence") {
   CHECK_FALSE(parse_event_id("t/1/2"));
   CHECK_FALSE(parse_event_id("/1/2/3"));
   CHECK_FALSE(parse_event_id("t/1/-2/3"));
+}
+
+TEST_CASE("undo_map: rollback restores the last commit exactly, whatever the batch did") {
+  std::mt19937_64 rng{7};
+  undo_map<std::string, std::vector<int>> map;
+  std::unordered_map<std::string, std::vector<int>> committed;
+  for (int batch = 0; batch < 400; ++batch) {
+    map.begin();
+    const int ops = static_cast<int>(rng() % 40);
+    for (int i = 0; i < ops; ++i) {
+      const auto key = "k" + std::to_string(rng() % 12);
+      switch (rng() % 3) {
+        case 0: map.touch(key).push_back(i); break;            // create or change
+        case 1: map.touch(key) = {static_cast<int>(rng() % 5)}; break;
+        default: map.erase(key); break;                        // also erases what the batch created
+      }
+    }
+    if (rng() % 2 == 0) {
+      map.rollback();
+    } else {
+      map.commit();
+      committed = map.items();
+    }
+    REQUIRE(map.items() == committed);
+  }
 }
