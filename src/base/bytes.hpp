@@ -24,6 +24,22 @@ public:
     u64(s.size());
     out_.append(s);
   }
+  /// LEB128: 7 bits a byte, low bits first; small numbers take one byte.
+  void var(std::uint64_t v) {
+    char b[10];
+    int n = 0;
+    while (v >= 0x80) {
+      b[n++] = static_cast<char>((v & 0x7f) | 0x80);
+      v >>= 7;
+    }
+    b[n++] = static_cast<char>(v);
+    out_.append(b, static_cast<std::size_t>(n));
+  }
+  /// Zigzag then LEB128: small magnitudes of either sign take one byte.
+  void var_i64(std::int64_t v) {
+    var((static_cast<std::uint64_t>(v) << 1) ^ static_cast<std::uint64_t>(v >> 63));
+  }
+  void raw(std::string_view s) { out_.append(s); }
 
 private:
   std::string& out_;
@@ -54,8 +70,37 @@ public:
     return s;
   }
 
+  std::uint64_t var() {
+    std::uint64_t v = 0;
+    for (int shift = 0; shift < 64; shift += 7) {
+      if (in_.empty()) return fail_u64();
+      const auto b = static_cast<unsigned char>(in_.front());
+      in_.remove_prefix(1);
+      v |= std::uint64_t{b & 0x7fu} << shift;
+      if ((b & 0x80) == 0) return v;
+    }
+    return fail_u64();  // more than ten bytes
+  }
+  std::int64_t var_i64() {
+    const auto z = var();
+    return static_cast<std::int64_t>((z >> 1) ^ (~(z & 1) + 1));
+  }
+  /// The next n bytes, or an empty view (and ok() false) when fewer remain.
+  std::string_view raw(std::uint64_t n) {
+    if (!ok_ || in_.size() < n) {
+      ok_ = false;
+      in_ = {};
+      return {};
+    }
+    auto s = in_.substr(0, n);
+    in_.remove_prefix(n);
+    return s;
+  }
+
   bool ok() const noexcept { return ok_; }
   bool done() const noexcept { return in_.empty(); }
+  /// What is left to read.
+  std::string_view remaining() const noexcept { return in_; }
 
 private:
   std::uint64_t fail_u64() {

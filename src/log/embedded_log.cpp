@@ -1,6 +1,8 @@
 #include "log/embedded_log.hpp"
 
 #include "log/partitioner.hpp"
+#include "log/record_batch.hpp"
+#include "base/logging.hpp"
 
 #include <sqlite3.h>
 
@@ -15,18 +17,21 @@ namespace {
 
 // 'keel' in ASCII; SQLite's application_id marks the file as ours.
 constexpr std::int64_t application_id = 0x6b65656c;
-constexpr std::int64_t schema_version = 1;
+// 2: records packed in batches.
+constexpr std::int64_t schema_version = 2;
 constexpr std::size_t topic_name_max = 249; // Kafka's limit
 
-// Records of all partitions live in one rowid table keyed by
-// (log_id << offset_bits) | offset, where log_id numbers the partition. An
-// integer key makes each append an integer B-tree insert at the right edge,
-// about twice as fast as a composite (topic, partition, offset) key.
+// Records live in batches (see record_batch.hpp), one row per partition per
+// commit, in one rowid table keyed by (log_id << offset_bits) | last offset,
+// where log_id numbers the partition. Reading from offset o of a partition is
+// then one range scan from key (log_id, o): the first row it meets is the batch
+// that holds o.
 constexpr int offset_bits = 40;
 constexpr std::int64_t offset_limit = std::int64_t{1} << offset_bits;  // per partition
 constexpr std::int64_t log_id_limit = std::int64_t{1} << (62 - offset_bits);
-// Rows per multi-row INSERT: one statement step appends this many records.
-constexpr int insert_rows = 64;
+// A commit starts a new batch row once the current one holds this many bytes,
+// so that no row grows without bound and a read never has to load a huge one.
+constexpr std::size_t batch_bytes_target = 1 << 20;
 
 constexpr std::int64_t record_id(std::int64_t log_id, std::int64_t offset) {
   return (log_id << offset_bits) | offset;
@@ -49,12 +54,12 @@ CREATE TABLE partitions(
   next_offset INTEGER NOT NULL,
   bytes INTEGER NOT NULL,
   PRIMARY KEY(topic_id, partition)) WITHOUT ROWID;
-CREATE TABLE records(
+CREATE TABLE batches(
   id INTEGER PRIMARY KEY,
-  timestamp_ms INTEGER NOT NULL,
-  key BLOB,
-  value BLOB,
-  headers BLOB);
+  first_offset INTEGER NOT NULL,
+  max_timestamp_ms INTEGER NOT NULL,
+  payload_bytes INTEGER NOT NULL,
+  records BLOB NOT NULL);
 CREATE TABLE positions(
   group_name TEXT NOT NULL,
   topic_id INTEGER NOT NULL,
@@ -62,51 +67,6 @@ CREATE TABLE positions(
   next_offset INTEGER NOT NULL,
   PRIMARY KEY(group_name, topic_id, partition)) WITHOUT ROWID;
 )sql";
-
-std::string insert_sql(int rows) {
-  std::string sql = "INSERT INTO records(id, timestamp_ms, key, value, headers) VALUES ";
-  for (int i = 0; i < rows; ++i) sql += i == 0 ? "(?,?,?,?,?)" : ",(?,?,?,?,?)";
-  return sql;
-}
-
-// Headers are stored as one BLOB: for each header, a little-endian u32 name
-// length, the name, a u32 value length, the value.
-void put_u32(std::string& out, std::uint32_t v) {
-  for (int i = 0; i < 4; ++i) out.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
-}
-
-std::optional<std::string> encode_headers(const std::vector<record_header>& headers) {
-  if (headers.empty()) return std::nullopt;
-  std::string out;
-  for (const auto& [name, value] : headers) {
-    put_u32(out, static_cast<std::uint32_t>(name.size()));
-    out += name;
-    put_u32(out, static_cast<std::uint32_t>(value.size()));
-    out += value;
-  }
-  return out;
-}
-
-result<std::vector<record_header>> decode_headers(std::string_view in) {
-  std::vector<record_header> headers;
-  auto take = [&in](std::string& out) -> bool {
-    if (in.size() < 4) return false;
-    std::uint32_t n = 0;
-    for (int i = 0; i < 4; ++i) n |= std::uint32_t{static_cast<unsigned char>(in[i])} << (8 * i);
-    in.remove_prefix(4);
-    if (in.size() < n) return false;
-    out.assign(in.substr(0, n));
-    in.remove_prefix(n);
-    return true;
-  };
-  while (!in.empty()) {
-    record_header h;
-    if (!take(h.first) || !take(h.second))
-      return make_error(errc::corrupt, "record headers are truncated");
-    headers.push_back(std::move(h));
-  }
-  return headers;
-}
 
 std::size_t record_bytes(const record& r) {
   std::size_t n = (r.key ? r.key->size() : 0) + (r.value ? r.value->size() : 0);
@@ -183,8 +143,7 @@ struct embedded_log::lease {
 };
 
 struct embedded_log::writer_statements {
-  sqlite::statement insert_one;
-  sqlite::statement insert_many;  // insert_rows rows
+  sqlite::statement insert_batch;
   sqlite::statement select_partition;
   sqlite::statement update_partition;
   sqlite::statement select_position;
@@ -193,7 +152,53 @@ struct embedded_log::writer_statements {
 
 embedded_log::embedded_log(embedded_options options) : options_(std::move(options)) {}
 
-embedded_log::~embedded_log() = default;
+embedded_log::~embedded_log() {
+  if (checkpointer_.joinable()) {
+    {
+      std::lock_guard lock{checkpoint_mutex_};
+      stopping_ = true;
+    }
+    checkpoint_cv_.notify_one();
+    checkpointer_.join();
+  }
+}
+
+int embedded_log::on_wal_commit(void* self, sqlite3*, const char*, int pages) {
+  auto* log = static_cast<embedded_log*>(self);
+  if (pages >= log->options_.checkpoint_pages) {
+    {
+      std::lock_guard lock{log->checkpoint_mutex_};
+      log->checkpoint_due_ = true;
+    }
+    log->checkpoint_cv_.notify_one();
+  }
+  return SQLITE_OK;
+}
+
+void embedded_log::checkpoint_loop() {
+  auto db = sqlite::connection::open(options_.path, sqlite::open_mode::read_write);
+  if (!db) {
+    log(log_level::warn, "log", "{}: no checkpointer ({}); the WAL is checkpointed by commits", options_.path,
+        db.err());
+    std::lock_guard lock{writer_mutex_};
+    sqlite3_wal_autocheckpoint(writer_.handle(), 1000);
+    return;
+  }
+  for (;;) {
+    {
+      std::unique_lock lock{checkpoint_mutex_};
+      checkpoint_cv_.wait(lock, [this] { return checkpoint_due_ || stopping_; });
+      if (stopping_) return;
+      checkpoint_due_ = false;
+    }
+    // Passive: copies what no reader still needs, never waits for a lock, so
+    // commits go on while the pages are written and synced.
+    int wal_pages = 0, copied = 0;
+    const int rc = sqlite3_wal_checkpoint_v2(db->handle(), nullptr, SQLITE_CHECKPOINT_PASSIVE, &wal_pages, &copied);
+    if (rc != SQLITE_OK && rc != SQLITE_BUSY)
+      log(log_level::warn, "log", "{}: checkpoint failed: {}", options_.path, sqlite3_errstr(rc));
+  }
+}
 
 result<std::unique_ptr<embedded_log>> embedded_log::open(embedded_options options) {
   std::unique_ptr<embedded_log> log{new embedded_log(std::move(options))};
@@ -228,7 +233,8 @@ result<void> embedded_log::initialise() {
     return make_error(errc::io_error, "{}: cannot switch to WAL mode (journal_mode is {})", path,
                       *mode);
   KEEL_TRY(writer_.exec(fmt::format("PRAGMA synchronous={}; PRAGMA cache_size=-{}; "
-                                    "PRAGMA mmap_size={}; PRAGMA temp_store=MEMORY",
+                                    "PRAGMA mmap_size={}; PRAGMA temp_store=MEMORY; "
+                                    "PRAGMA journal_size_limit=67108864",
                                     sqlite::to_string(options_.sync), options_.cache_kib,
                                     options_.mmap_bytes)));
 
@@ -252,6 +258,12 @@ result<void> embedded_log::initialise() {
                       "{} holds keel log schema {}, this keel reads schema {}", path, *version,
                       schema_version);
 
+  if (options_.checkpoint_pages > 0) {
+    // Commits no longer checkpoint; the checkpointer does, off the commit path.
+    sqlite3_wal_hook(writer_.handle(), &embedded_log::on_wal_commit, this);
+    checkpointer_ = std::thread([this] { checkpoint_loop(); });
+  }
+
   auto w = std::make_unique<writer_statements>();
   auto prepare = [this](sqlite::statement& into, std::string_view sql) -> result<void> {
     auto s = writer_.prepare(sql);
@@ -259,8 +271,8 @@ result<void> embedded_log::initialise() {
     into = std::move(*s);
     return ok();
   };
-  KEEL_TRY(prepare(w->insert_one, insert_sql(1)));
-  KEEL_TRY(prepare(w->insert_many, insert_sql(insert_rows)));
+  KEEL_TRY(prepare(w->insert_batch, "INSERT INTO batches(id, first_offset, max_timestamp_ms, "
+                                     "payload_bytes, records) VALUES (?1, ?2, ?3, ?4, ?5)"));
   KEEL_TRY(prepare(w->select_partition,
                    "SELECT next_offset FROM partitions WHERE topic_id=?1 AND partition=?2"));
   KEEL_TRY(prepare(w->update_partition,
@@ -453,8 +465,10 @@ result<commit_receipt> embedded_log::commit_locked(const commit_batch& batch) {
   struct partition_cursor {
     const topic_info* topic;
     partition_id partition;
+    std::int64_t log_id = 0;
     std::int64_t next = 0;
     std::int64_t bytes_added = 0;
+    std::vector<batch_builder> batches;  // this commit's rows for the partition
   };
   std::map<std::int64_t, partition_cursor> cursors;  // by log_id
   auto cursor_for = [&](const topic_info& topic, partition_id p) -> result<partition_cursor*> {
@@ -465,15 +479,13 @@ result<commit_receipt> embedded_log::commit_locked(const commit_batch& batch) {
     auto row = w.select_partition.step();
     if (!row) return std::move(row).err();
     if (!*row) return make_error(errc::corrupt, "{}[{}] has no partition row", topic.spec.name, p);
-    partition_cursor c{&topic, p, w.select_partition.column_int(0), 0};
+    partition_cursor c{&topic, p, log_id, w.select_partition.column_int(0), 0, {}};
     w.select_partition.reset();
-    return &cursors.emplace(log_id, c).first->second;
+    return &cursors.emplace(log_id, std::move(c)).first->second;
   };
 
   commit_receipt receipt;
   receipt.placements.reserve(batch.records.size());
-  std::vector<std::int64_t> ids(batch.records.size());
-  std::vector<std::optional<std::string>> headers(batch.records.size());
   for (std::size_t i = 0; i < batch.records.size(); ++i) {
     auto cursor = cursor_for(*targets[i].topic, targets[i].partition);
     if (!cursor) return with_context(std::move(cursor).err(), "append to " + batch.records[i].topic);
@@ -481,36 +493,29 @@ result<commit_receipt> embedded_log::commit_locked(const commit_batch& batch) {
     if (c.next >= offset_limit)
       return make_error(errc::too_large, "append to {}[{}]: the partition is full at offset {}",
                         batch.records[i].topic, targets[i].partition, c.next);
-    ids[i] = record_id(targets[i].topic->log_ids[static_cast<std::size_t>(targets[i].partition.value())], c.next);
-    headers[i] = encode_headers(batch.records[i].data.headers);
+    if (c.batches.empty() || c.batches.back().blob().size() >= batch_bytes_target) c.batches.emplace_back(c.next);
+    c.batches.back().add(c.next, batch.records[i].data);
     receipt.placements.emplace_back(targets[i].partition, log_offset{c.next});
     c.next += 1;
     c.bytes_added += payload_bytes(batch.records[i].data);
   }
 
-  // Append in multi-row statements: one VM run per insert_rows records.
-  auto bind_row = [&](sqlite::statement& stmt, int row, std::size_t i) {
-    const auto& data = batch.records[i].data;
-    const int base = row * 5;
-    stmt.bind(base + 1, ids[i]);
-    stmt.bind(base + 2, data.timestamp_ms);
-    stmt.bind_blob(base + 3, data.key);
-    stmt.bind_blob(base + 4, data.value);
-    stmt.bind_blob(base + 5, headers[i]);
-  };
-  std::size_t i = 0;
-  while (i < batch.records.size()) {
-    const bool many = batch.records.size() - i >= static_cast<std::size_t>(insert_rows);
-    auto& stmt = many ? w.insert_many : w.insert_one;
-    const int rows = many ? insert_rows : 1;
-    for (int row = 0; row < rows; ++row) bind_row(stmt, row, i + static_cast<std::size_t>(row));
-    auto done = stmt.step();
-    stmt.reset();
-    if (!done)
-      return with_context(std::move(done).err(),
-                          fmt::format("append to {}[{}] at offset {}", batch.records[i].topic,
-                                      receipt.placements[i].first, receipt.placements[i].second));
-    i += static_cast<std::size_t>(rows);
+  // One row per batch: a step's thousands of records are a few inserts.
+  for (const auto& [log_id, c] : cursors) {
+    for (const auto& b : c.batches) {
+      auto& ins = w.insert_batch;
+      ins.bind(1, record_id(log_id, b.last_offset()));
+      ins.bind(2, b.first_offset());
+      ins.bind(3, b.max_timestamp_ms());
+      ins.bind(4, b.payload_bytes());
+      ins.bind_bytes(5, b.blob());
+      auto done = ins.step();
+      ins.reset();
+      if (!done)
+        return with_context(std::move(done).err(),
+                            fmt::format("append to {}[{}] at offset {}", c.topic->spec.name, c.partition,
+                                        b.first_offset()));
+    }
   }
   for (const auto& [log_id, c] : cursors) {
     auto& up = w.update_partition;
@@ -594,8 +599,8 @@ result<std::unique_ptr<embedded_log::reader>> embedded_log::acquire_reader() {
                                       options_.cache_kib, options_.mmap_bytes));
       !e)
     return fail(std::move(e).err());
-  auto read = r->db.prepare("SELECT id, timestamp_ms, key, value, headers FROM records "
-                            "WHERE id >= ?1 AND id < ?2 ORDER BY id LIMIT ?3");
+  auto read = r->db.prepare("SELECT first_offset, records FROM batches "
+                            "WHERE id >= ?1 AND id < ?2 ORDER BY id");
   auto offsets = r->db.prepare(
     "SELECT start_offset, next_offset FROM partitions WHERE topic_id=?1 AND partition=?2");
   auto position = r->db.prepare("SELECT next_offset FROM positions WHERE group_name=?1 AND "
@@ -627,40 +632,40 @@ result<std::vector<stored_record>> embedded_log::read(std::string_view topic,
   if (partition.value() < 0 || partition.value() >= (*info)->spec.partitions)
     return make_error(errc::not_found, "topic {} has no partition {}", topic, partition);
   const auto log_id = (*info)->log_ids[static_cast<std::size_t>(partition.value())];
-  const auto base = record_id(log_id, 0);
+  const auto start = std::clamp<std::int64_t>(from.value(), 0, offset_limit);
   auto& s = r->read;
-  s.bind(1, record_id(log_id, std::clamp<std::int64_t>(from.value(), 0, offset_limit)));
+  s.bind(1, record_id(log_id, start));
   s.bind(2, record_id(log_id + 1, 0));
-  s.bind(3, static_cast<std::int64_t>(std::max<std::size_t>(limits.max_records, 1)));
+  const auto max_records = std::max<std::size_t>(limits.max_records, 1);
   std::vector<stored_record> out;
-  out.reserve(std::min<std::size_t>(limits.max_records, 4096));
+  out.reserve(std::min<std::size_t>(max_records, 4096));
   std::size_t bytes = 0;
-  for (;;) {
+  auto damaged = [&](std::int64_t at) {
+    s.reset();
+    return make_error(errc::corrupt, "read {}[{}]: the batch at offset {} is damaged", topic, partition, at);
+  };
+  // At least one record, however large, when one is there.
+  auto full = [&] { return out.size() >= max_records || (!out.empty() && bytes >= limits.max_bytes); };
+  while (!full()) {
     auto row = s.step();
     if (!row) {
       s.reset();
-      return with_context(std::move(row).err(),
-                          fmt::format("read {}[{}] from {}", topic, partition, from));
+      return with_context(std::move(row).err(), fmt::format("read {}[{}] from {}", topic, partition, from));
     }
     if (!*row) break;
-    stored_record rec;
-    rec.partition = partition;
-    rec.offset = log_offset{s.column_int(0) - base};
-    rec.data.timestamp_ms = s.column_int(1);
-    rec.data.key = s.column_blob(2);
-    rec.data.value = s.column_blob(3);
-    if (!s.column_is_null(4)) {
-      auto headers = decode_headers(s.column_view(4));
-      if (!headers) {
-        s.reset();
-        return with_context(std::move(headers).err(),
-                            fmt::format("read {}[{}] at {}", topic, partition, rec.offset));
-      }
-      rec.data.headers = std::move(*headers);
+    const auto first_offset = s.column_int(0);
+    batch_reader batch{s.column_view(1), first_offset};
+    batch_entry e;
+    while (!full() && batch.next(e)) {
+      if (e.offset < start) continue;
+      stored_record rec;
+      rec.partition = partition;
+      rec.offset = log_offset{e.offset};
+      if (!materialise(e, rec.data)) return damaged(first_offset);
+      bytes += record_bytes(rec.data);
+      out.push_back(std::move(rec));
     }
-    bytes += record_bytes(rec.data);
-    out.push_back(std::move(rec));
-    if (bytes >= limits.max_bytes) break;
+    if (!batch.ok()) return damaged(first_offset);
   }
   s.reset();
   return out;
@@ -741,19 +746,20 @@ result<std::int64_t> embedded_log::clean_partition(const topic_info& topic, part
   const std::int64_t lo = record_id(log_id, 0), hi = record_id(log_id + 1, 0);
   auto txn = sqlite::transaction::begin(writer_);
   if (!txn) return std::move(txn).err();
-  auto scan = writer_.prepare(
-    "SELECT id, timestamp_ms, key, value IS NULL, "
-    "coalesce(length(key), 0) + coalesce(length(value), 0) "
-    "FROM records WHERE id >= ?1 AND id < ?2 ORDER BY id");
+  auto scan = writer_.prepare("SELECT id, first_offset, records FROM batches WHERE id >= ?1 AND id < ?2 ORDER BY id");
   if (!scan) return std::move(scan).err();
   scan->bind(1, lo);
   scan->bind(2, hi);
+  auto damaged = [&](std::int64_t first_offset) {
+    return make_error(errc::corrupt, "the batch at offset {} is damaged", first_offset);
+  };
 
-  std::vector<std::int64_t> doomed;       // ids to delete one by one (compaction)
-  std::int64_t prefix_end = lo;           // ids below this go (retention)
+  // First decide which offsets go, then rewrite the batches that hold them.
+  std::vector<std::int64_t> doomed;  // ascending offsets to remove (compaction)
+  std::int64_t cut = 0;              // offsets below this go (retention)
   if (compact) {
     struct latest {
-      std::int64_t id;
+      std::int64_t offset;
       std::int64_t timestamp_ms;
       bool tombstone;
     };
@@ -762,16 +768,21 @@ result<std::int64_t> embedded_log::clean_partition(const topic_info& topic, part
       auto row = scan->step();
       if (!row) return std::move(row).err();
       if (!*row) break;
-      latest now{scan->column_int(0), scan->column_int(1), scan->column_int(3) != 0};
-      auto [it, inserted] = by_key.try_emplace(scan->column_text(2), now);
-      if (!inserted) {
-        doomed.push_back(it->second.id);
-        it->second = now;
+      batch_reader batch{scan->column_view(2), scan->column_int(1)};
+      for (batch_entry e; batch.next(e);) {
+        latest now{e.offset, e.timestamp_ms, !e.value};
+        auto [it, inserted] = by_key.try_emplace(std::string{e.key.value_or(std::string_view{})}, now);
+        if (!inserted) {
+          doomed.push_back(it->second.offset);
+          it->second = now;
+        }
       }
+      if (!batch.ok()) return damaged(scan->column_int(1));
     }
     for (const auto& [key, last] : by_key)
       if (last.tombstone && last.timestamp_ms < now_ms - spec.tombstone_retention_ms)
-        doomed.push_back(last.id);
+        doomed.push_back(last.offset);
+    std::sort(doomed.begin(), doomed.end());
   } else {
     auto total = writer_.prepare("SELECT bytes FROM partitions WHERE topic_id=?1 AND partition=?2");
     if (!total) return std::move(total).err();
@@ -782,43 +793,122 @@ result<std::int64_t> embedded_log::clean_partition(const topic_info& topic, part
     std::int64_t remaining = *have ? total->column_int(0) : 0;
     const std::int64_t cutoff_ms = spec.retention_ms >= 0 ? now_ms - spec.retention_ms
                                                           : std::numeric_limits<std::int64_t>::min();
-    for (;;) {
+    bool more = true;
+    while (more) {
       auto row = scan->step();
       if (!row) return std::move(row).err();
       if (!*row) break;
-      const bool too_old = scan->column_int(1) < cutoff_ms;
-      const bool too_big = spec.retention_bytes >= 0 && remaining > spec.retention_bytes;
-      if (!too_old && !too_big) break;  // only a prefix goes
-      prefix_end = scan->column_int(0) + 1;
-      remaining -= scan->column_int(4);
+      batch_reader batch{scan->column_view(2), scan->column_int(1)};
+      for (batch_entry e; more && batch.next(e);) {
+        const bool too_old = e.timestamp_ms < cutoff_ms;
+        const bool too_big = spec.retention_bytes >= 0 && remaining > spec.retention_bytes;
+        more = too_old || too_big;  // only a prefix goes
+        if (more) {
+          cut = e.offset + 1;
+          remaining -= e.payload_bytes();
+        }
+      }
+      if (!batch.ok()) return damaged(scan->column_int(1));
     }
   }
   scan->reset();
+
+  // Batches wholly below the cut go as rows; the batch the cut falls in and
+  // those holding doomed offsets are rewritten with what stays.
   std::int64_t deleted = 0;
-  if (prefix_end > lo) {
-    auto del = writer_.prepare("DELETE FROM records WHERE id >= ?1 AND id < ?2");
-    if (!del) return std::move(del).err();
-    del->bind(1, lo);
-    del->bind(2, prefix_end);
-    KEEL_TRY(del->step());
-    deleted = sqlite3_changes(writer_.handle());
-  }
-  if (!doomed.empty()) {
-    auto del = writer_.prepare("DELETE FROM records WHERE id = ?1");
-    if (!del) return std::move(del).err();
-    for (auto id : doomed) {
-      del->bind(1, id);
-      KEEL_TRY(del->step());
-      del->reset();
+  auto rewrite = [&](std::int64_t id, auto&& keep) -> result<void> {
+    auto sel = writer_.prepare("SELECT first_offset, records FROM batches WHERE id = ?1");
+    if (!sel) return std::move(sel).err();
+    sel->bind(1, id);
+    auto row = sel->step();
+    if (!row) return std::move(row).err();
+    if (!*row) return ok();
+    const auto first_offset = sel->column_int(0);
+    std::optional<batch_builder> kept;
+    batch_reader batch{sel->column_view(1), first_offset};
+    record rec;
+    for (batch_entry e; batch.next(e);) {
+      if (!keep(e.offset)) {
+        ++deleted;
+        continue;
+      }
+      if (!materialise(e, rec)) return damaged(first_offset);
+      if (!kept) kept.emplace(e.offset);
+      kept->add(e.offset, rec);
     }
-    deleted += static_cast<std::int64_t>(doomed.size());
+    if (!batch.ok()) return damaged(first_offset);
+    sel->reset();
+    auto del = writer_.prepare("DELETE FROM batches WHERE id = ?1");
+    if (!del) return std::move(del).err();
+    del->bind(1, id);
+    KEEL_TRY(del->step());
+    if (!kept) return ok();
+    auto& ins = write_->insert_batch;
+    ins.bind(1, record_id(log_id, kept->last_offset()));
+    ins.bind(2, kept->first_offset());
+    ins.bind(3, kept->max_timestamp_ms());
+    ins.bind(4, kept->payload_bytes());
+    ins.bind_bytes(5, kept->blob());
+    auto done = ins.step();
+    ins.reset();
+    return done ? ok() : result<void>{std::move(done).err()};
+  };
+  // The id of the batch holding an offset: the first whose last offset is at or after it.
+  auto batch_of = [&](std::int64_t offset) -> result<std::optional<std::int64_t>> {
+    auto sel = writer_.prepare("SELECT id FROM batches WHERE id >= ?1 AND id < ?2 ORDER BY id LIMIT 1");
+    if (!sel) return std::move(sel).err();
+    sel->bind(1, record_id(log_id, offset));
+    sel->bind(2, hi);
+    auto row = sel->step();
+    if (!row) return std::move(row).err();
+    if (!*row) return std::optional<std::int64_t>{};
+    return std::optional<std::int64_t>{sel->column_int(0)};
+  };
+
+  if (cut > 0) {
+    auto del = writer_.prepare("DELETE FROM batches WHERE id >= ?1 AND id < ?2");
+    if (!del) return std::move(del).err();
+    // Count the records of the rows about to go by reading them.
+    auto whole = writer_.prepare("SELECT first_offset, records FROM batches WHERE id >= ?1 AND id < ?2");
+    if (!whole) return std::move(whole).err();
+    whole->bind(1, lo);
+    whole->bind(2, record_id(log_id, cut));
+    for (;;) {
+      auto row = whole->step();
+      if (!row) return std::move(row).err();
+      if (!*row) break;
+      batch_reader batch{whole->column_view(1), whole->column_int(0)};
+      for (batch_entry e; batch.next(e);) ++deleted;
+      if (!batch.ok()) return damaged(whole->column_int(0));
+    }
+    whole->reset();
+    del->bind(1, lo);
+    del->bind(2, record_id(log_id, cut));
+    KEEL_TRY(del->step());
+    auto straddling = batch_of(cut);
+    if (!straddling) return std::move(straddling).err();
+    if (*straddling) KEEL_TRY(rewrite(**straddling, [cut](std::int64_t o) { return o >= cut; }));
+  }
+  for (std::size_t i = 0; i < doomed.size();) {
+    auto holder = batch_of(doomed[i]);
+    if (!holder) return std::move(holder).err();
+    if (!*holder) break;
+    const auto last = **holder - record_id(log_id, 0);
+    std::size_t j = i;
+    while (j < doomed.size() && doomed[j] <= last) ++j;
+    std::vector<std::int64_t> these(doomed.begin() + static_cast<std::ptrdiff_t>(i),
+                                    doomed.begin() + static_cast<std::ptrdiff_t>(j));
+    KEEL_TRY(rewrite(**holder, [&these](std::int64_t o) {
+      return !std::binary_search(these.begin(), these.end(), o);
+    }));
+    i = j;
   }
   if (deleted == 0) return 0;
   auto fix = writer_.prepare(
     "UPDATE partitions SET "
-    "start_offset = coalesce((SELECT min(id) FROM records WHERE id >= ?3 AND id < ?4) - ?3, next_offset), "
-    "bytes = coalesce((SELECT sum(coalesce(length(key), 0) + coalesce(length(value), 0)) "
-    "FROM records WHERE id >= ?3 AND id < ?4), 0) WHERE topic_id=?1 AND partition=?2");
+    "start_offset = coalesce((SELECT min(first_offset) FROM batches WHERE id >= ?3 AND id < ?4), next_offset), "
+    "bytes = coalesce((SELECT sum(payload_bytes) FROM batches WHERE id >= ?3 AND id < ?4), 0) "
+    "WHERE topic_id=?1 AND partition=?2");
   if (!fix) return std::move(fix).err();
   fix->bind(1, topic.id);
   fix->bind(2, std::int64_t{partition.value()});

@@ -10,6 +10,7 @@
 #include <mutex>
 #include <shared_mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace keel {
@@ -29,6 +30,10 @@ struct embedded_options {
   std::int64_t cache_kib = 32 * 1024;
   /// Bytes of the file mapped into memory for reads (0 disables mmap).
   std::int64_t mmap_bytes = 256LL * 1024 * 1024;
+  /// WAL pages after which a background thread copies the WAL back into the
+  /// database (a passive checkpoint, which never blocks commits); 0 leaves it
+  /// to SQLite's own checkpoint inside the committing thread.
+  std::int64_t checkpoint_pages = 4096;
 };
 
 /// What one cleaning pass removed.
@@ -103,6 +108,15 @@ private:
 
   std::shared_mutex topics_mutex_;
   std::map<std::string, std::shared_ptr<const topic_info>, std::less<>> topics_; // GUARDED_BY(topics_mutex_)
+
+  // The checkpointer: woken by the writer's WAL hook.
+  void checkpoint_loop();
+  static int on_wal_commit(void* self, struct sqlite3* db, const char* name, int pages);
+  std::mutex checkpoint_mutex_;
+  std::condition_variable checkpoint_cv_;
+  bool checkpoint_due_ = false;   // GUARDED_BY(checkpoint_mutex_)
+  bool stopping_ = false;         // GUARDED_BY(checkpoint_mutex_)
+  std::thread checkpointer_;
 
   std::mutex readers_mutex_;
   std::condition_variable readers_cv_;

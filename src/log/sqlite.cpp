@@ -81,6 +81,11 @@ void statement::bind_blob(int index, const std::optional<std::string>& bytes) {
   KEEL_ASSERT(rc == SQLITE_OK, "bind blob {}: {}", index, sqlite3_errstr(rc));
 }
 
+void statement::bind_bytes(int index, std::string_view bytes) {
+  int rc = sqlite3_bind_blob(stmt_, index, bytes.data(), static_cast<int>(bytes.size()), SQLITE_STATIC);
+  KEEL_ASSERT(rc == SQLITE_OK, "bind blob {}: {}", index, sqlite3_errstr(rc));
+}
+
 void statement::bind_null(int index) {
   int rc = sqlite3_bind_null(stmt_, index);
   KEEL_ASSERT(rc == SQLITE_OK, "bind null {}: {}", index, sqlite3_errstr(rc));

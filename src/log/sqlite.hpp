@@ -47,6 +47,9 @@ public:
   void bind(int index, std::string_view text);
   /// Binds bytes as a BLOB; nullopt binds NULL.
   void bind_blob(int index, const std::optional<std::string>& bytes);
+  /// Binds bytes as a BLOB without copying them. REQUIRES: they outlive the
+  /// next step().
+  void bind_bytes(int index, std::string_view bytes);
   void bind_null(int index);
 
   /// Steps once: true when a row is available, false when done.

@@ -1,8 +1,10 @@
+#include "base/bytes.hpp"
 #include "base/named_type.hpp"
 #include "base/result.hpp"
 
 #include <doctest/doctest.h>
 
+#include <limits>
 #include <set>
 
 using namespace keel;
@@ -67,4 +69,41 @@ TEST_CASE("named types compare and hash by value but do not mix") {
   static_assert(!std::is_convertible_v<log_offset, partition_id>);
   static_assert(!std::is_convertible_v<std::int64_t, log_offset>);
   CHECK(fmt::format("{}", b) == "7");
+}
+
+TEST_CASE("varints round-trip at every width, and truncated ones fail instead of reading past") {
+  std::string buf;
+  byte_writer w{buf};
+  const std::uint64_t unsigned_values[] = {0, 1, 127, 128, 300, 16383, 16384, (1ull << 35) + 5,
+                                           std::numeric_limits<std::uint64_t>::max()};
+  const std::int64_t signed_values[] = {0, -1, 1, -64, 64, -65, 1'700'000'000'000,
+                                        std::numeric_limits<std::int64_t>::min(),
+                                        std::numeric_limits<std::int64_t>::max()};
+  for (auto v : unsigned_values) w.var(v);
+  for (auto v : signed_values) w.var_i64(v);
+  w.raw("tail");
+  byte_reader r{buf};
+  for (auto v : unsigned_values) CHECK(r.var() == v);
+  for (auto v : signed_values) CHECK(r.var_i64() == v);
+  CHECK(r.raw(4) == "tail");
+  CHECK(r.ok());
+  CHECK(r.done());
+
+  std::string one;
+  byte_writer{one}.var(0);
+  CHECK(one.size() == 1);
+  std::string cut;
+  byte_writer{cut}.var(1ull << 40);
+  cut.pop_back();
+  byte_reader short_reader{cut};
+  short_reader.var();
+  CHECK_FALSE(short_reader.ok());
+  const std::string eleven(11, '\x80');
+  byte_reader overlong{eleven};
+  overlong.var();
+  CHECK_FALSE(overlong.ok());
+  const std::string two = "ab";
+  byte_reader past{two};
+  CHECK(past.raw(3).empty());
+  CHECK_FALSE(past.ok());
 }
