@@ -413,27 +413,46 @@ result<std::vector<topic_spec>> embedded_log::list_topics() {
   return out;
 }
 
-result<commit_receipt> embedded_log::commit(const commit_batch& batch) {
-  std::lock_guard lock{writer_mutex_};
-  return commit_locked(batch);
-}
-
-result<commit_receipt> embedded_log::commit_locked(const commit_batch& batch) {
-  // Resolve and validate every record before taking the file's write lock.
-  struct target {
-    const topic_info* topic;
+/// A commit's records resolved to their partitions and packed into batches,
+/// before the write lock is taken: batches hold offsets relative to the
+/// commit's first record in the partition, so only the base offset is left to
+/// settle under the lock.
+struct embedded_log::packed_commit {
+  struct partition_rows {
+    const topic_info* topic = nullptr;
     partition_id partition;
+    std::int64_t count = 0;
+    std::int64_t payload_bytes = 0;
+    std::vector<batch_builder> batches;
   };
   std::vector<std::shared_ptr<const topic_info>> topics;  // keeps the targets alive
-  std::vector<target> targets;
-  targets.reserve(batch.records.size());
+  std::map<std::int64_t, partition_rows> partitions;      // by log_id
+  std::vector<std::pair<std::int64_t, std::int64_t>> where;  // per record: log_id, relative offset
+};
+
+result<std::shared_ptr<const embedded_log::topic_info>> embedded_log::resolve_topic(std::string_view name) {
+  {
+    std::shared_lock lock{topics_mutex_};
+    if (auto it = topics_.find(name); it != topics_.end()) return it->second;
+  }
+  // Not cached: another process may have created it. Look with a reader.
+  auto acquired = acquire_reader();
+  if (!acquired) return std::move(acquired).err();
+  lease r{this, std::move(*acquired)};
+  return find_topic(name, r->db);
+}
+
+result<embedded_log::packed_commit> embedded_log::pack(const commit_batch& batch) {
+  packed_commit out;
+  out.where.reserve(batch.records.size());
   for (const auto& entry : batch.records) {
-    if (topics.empty() || topics.back()->spec.name != entry.topic) {
-      auto topic = find_topic(entry.topic, writer_);
+    if (out.topics.empty() || out.topics.back()->spec.name != entry.topic) {
+      auto topic = resolve_topic(entry.topic);
       if (!topic) return with_context(std::move(topic).err(), "append");
-      topics.push_back(std::move(*topic));
+      out.topics.push_back(std::move(*topic));
     }
-    const auto& spec = topics.back()->spec;
+    const auto& info = *out.topics.back();
+    const auto& spec = info.spec;
     if (record_bytes(entry.data) > options_.record_bytes_max)
       return make_error(errc::too_large, "append to {}: record of {} bytes exceeds the limit of {}",
                         spec.name, record_bytes(entry.data), options_.record_bytes_max);
@@ -450,25 +469,46 @@ result<commit_receipt> embedded_log::commit_locked(const commit_batch& batch) {
       p = partition_for_key(*entry.data.key, spec.partitions);
     } else {
       // Keyless records spread round-robin over the partitions.
+      std::lock_guard lock{round_robin_mutex_};
       auto& next = round_robin_[spec.name];
       p = partition_id{static_cast<std::int32_t>(next++ % static_cast<std::uint64_t>(spec.partitions))};
     }
-    targets.push_back({topics.back().get(), p});
+    const auto log_id = info.log_ids[static_cast<std::size_t>(p.value())];
+    auto& rows = out.partitions[log_id];
+    rows.topic = &info;
+    rows.partition = p;
+    if (rows.batches.empty() || rows.batches.back().blob().size() >= batch_bytes_target)
+      rows.batches.emplace_back(rows.count);
+    rows.batches.back().add(rows.count, entry.data);
+    out.where.emplace_back(log_id, rows.count);
+    rows.count += 1;
+    rows.payload_bytes += payload_bytes(entry.data);
   }
+  return out;
+}
 
+result<commit_receipt> embedded_log::commit(const commit_batch& batch) {
+  // Validating and encoding the records needs no lock: commits of several
+  // tasks pack in parallel and hold the writer only to insert.
+  auto packed = pack(batch);
+  if (!packed) return std::move(packed).err();
+  std::lock_guard lock{writer_mutex_};
+  return commit_locked(batch, *packed);
+}
+
+result<commit_receipt> embedded_log::commit_locked(const commit_batch& batch, const packed_commit& packed) {
   auto txn = sqlite::transaction::begin(writer_);
   if (!txn) return with_context(std::move(txn).err(), "commit");
   auto& w = *write_;
+  std::vector<std::shared_ptr<const topic_info>> topics;  // keeps position targets alive
 
   // The next offset of each partition the batch touches, read inside the
   // transaction so that other processes' appends are seen.
   struct partition_cursor {
     const topic_info* topic;
     partition_id partition;
-    std::int64_t log_id = 0;
+    std::int64_t base = 0;  // offset of the commit's first record here
     std::int64_t next = 0;
-    std::int64_t bytes_added = 0;
-    std::vector<batch_builder> batches;  // this commit's rows for the partition
   };
   std::map<std::int64_t, partition_cursor> cursors;  // by log_id
   auto cursor_for = [&](const topic_info& topic, partition_id p) -> result<partition_cursor*> {
@@ -479,50 +519,48 @@ result<commit_receipt> embedded_log::commit_locked(const commit_batch& batch) {
     auto row = w.select_partition.step();
     if (!row) return std::move(row).err();
     if (!*row) return make_error(errc::corrupt, "{}[{}] has no partition row", topic.spec.name, p);
-    partition_cursor c{&topic, p, log_id, w.select_partition.column_int(0), 0, {}};
+    const auto next = w.select_partition.column_int(0);
     w.select_partition.reset();
-    return &cursors.emplace(log_id, std::move(c)).first->second;
+    return &cursors.emplace(log_id, partition_cursor{&topic, p, next, next}).first->second;
   };
 
-  commit_receipt receipt;
-  receipt.placements.reserve(batch.records.size());
-  for (std::size_t i = 0; i < batch.records.size(); ++i) {
-    auto cursor = cursor_for(*targets[i].topic, targets[i].partition);
-    if (!cursor) return with_context(std::move(cursor).err(), "append to " + batch.records[i].topic);
-    auto& c = **cursor;
-    if (c.next >= offset_limit)
-      return make_error(errc::too_large, "append to {}[{}]: the partition is full at offset {}",
-                        batch.records[i].topic, targets[i].partition, c.next);
-    if (c.batches.empty() || c.batches.back().blob().size() >= batch_bytes_target) c.batches.emplace_back(c.next);
-    c.batches.back().add(c.next, batch.records[i].data);
-    receipt.placements.emplace_back(targets[i].partition, log_offset{c.next});
-    c.next += 1;
-    c.bytes_added += payload_bytes(batch.records[i].data);
-  }
-
   // One row per batch: a step's thousands of records are a few inserts.
-  for (const auto& [log_id, c] : cursors) {
-    for (const auto& b : c.batches) {
+  for (const auto& [log_id, rows] : packed.partitions) {
+    auto cursor = cursor_for(*rows.topic, rows.partition);
+    if (!cursor) return with_context(std::move(cursor).err(), "append to " + rows.topic->spec.name);
+    auto& c = **cursor;
+    if (c.base + rows.count > offset_limit)
+      return make_error(errc::too_large, "append to {}[{}]: the partition is full at offset {}",
+                        rows.topic->spec.name, rows.partition, c.base);
+    for (const auto& b : rows.batches) {
       auto& ins = w.insert_batch;
-      ins.bind(1, record_id(log_id, b.last_offset()));
-      ins.bind(2, b.first_offset());
+      ins.bind(1, record_id(log_id, c.base + b.last_offset()));
+      ins.bind(2, c.base + b.first_offset());
       ins.bind(3, b.max_timestamp_ms());
       ins.bind(4, b.payload_bytes());
       ins.bind_bytes(5, b.blob());
       auto done = ins.step();
       ins.reset();
       if (!done)
-        return with_context(std::move(done).err(),
-                            fmt::format("append to {}[{}] at offset {}", c.topic->spec.name, c.partition,
-                                        b.first_offset()));
+        return with_context(std::move(done).err(), fmt::format("append to {}[{}] at offset {}", rows.topic->spec.name,
+                                                               rows.partition, c.base + b.first_offset()));
     }
+    c.next = c.base + rows.count;
   }
-  for (const auto& [log_id, c] : cursors) {
+  commit_receipt receipt;
+  receipt.placements.reserve(batch.records.size());
+  for (const auto& [log_id, relative] : packed.where) {
+    const auto& c = cursors.at(log_id);
+    receipt.placements.emplace_back(c.partition, log_offset{c.base + relative});
+  }
+
+  for (const auto& [log_id, rows] : packed.partitions) {
+    const auto& c = cursors.at(log_id);
     auto& up = w.update_partition;
     up.bind(1, c.topic->id);
     up.bind(2, std::int64_t{c.partition.value()});
     up.bind(3, c.next);
-    up.bind(4, c.bytes_added);
+    up.bind(4, rows.payload_bytes);
     auto done = up.step();
     up.reset();
     if (!done) return with_context(std::move(done).err(), "commit: advance partition");

@@ -94,7 +94,11 @@ private:
                                                        sqlite::connection& db);
   result<std::unique_ptr<reader>> acquire_reader();
   void release_reader(std::unique_ptr<reader> r);
-  result<commit_receipt> commit_locked(const commit_batch& batch);
+  struct packed_commit;
+  result<packed_commit> pack(const commit_batch& batch);
+  result<commit_receipt> commit_locked(const commit_batch& batch, const packed_commit& packed);
+  /// The cached topic, or one looked up with a reader connection (no writer lock).
+  result<std::shared_ptr<const topic_info>> resolve_topic(std::string_view name);
   result<std::int64_t> clean_partition(const topic_info& topic, partition_id partition,
                                        std::int64_t now_ms);
 
@@ -104,7 +108,8 @@ private:
   sqlite::connection writer_;                 // GUARDED_BY(writer_mutex_)
   struct writer_statements;
   std::unique_ptr<writer_statements> write_;  // GUARDED_BY(writer_mutex_)
-  std::map<std::string, std::uint64_t, std::less<>> round_robin_; // GUARDED_BY(writer_mutex_)
+  std::mutex round_robin_mutex_;
+  std::map<std::string, std::uint64_t, std::less<>> round_robin_; // GUARDED_BY(round_robin_mutex_)
 
   std::shared_mutex topics_mutex_;
   std::map<std::string, std::shared_ptr<const topic_info>, std::less<>> topics_; // GUARDED_BY(topics_mutex_)
