@@ -99,6 +99,30 @@ public:
     return ok();
   }
 
+  bool save_changes(std::string& out) const override {
+    byte_writer w{out};
+    w.u64(counts_.changes());
+    counts_.for_changes([&w](const std::string& key, const counter::state* s) {
+      w.str(key);
+      w.u64(s != nullptr ? 1 : 0);
+      if (s != nullptr) w.i64(s->count);
+    });
+    return true;
+  }
+
+  result<void> load_changes(std::string_view in) override {
+    byte_reader r{in};
+    for (auto n = r.u64(); r.ok() && n > 0; --n) {
+      std::string key{r.str()};
+      if (r.u64() == 0) counts_.load_entry(key, std::nullopt);
+      else counts_.load_entry(key, counter::state{r.i64()});
+    }
+    if (!r.ok() || !r.done()) return make_error(errc::corrupt, "damaged counter snapshot delta");
+    return ok();
+  }
+
+  void snapshot_taken() override { counts_.mark_clean(); }
+
   std::optional<std::string> describe(std::string_view key) const override {
     const auto* s = counts_.find(std::string{key});
     if (s == nullptr) return std::nullopt;

@@ -442,6 +442,48 @@ void load_map(Map& target, byte_reader& r) {
   target.reset(std::move(loaded));
 }
 
+// A delta: the keys changed since the last snapshot, with their value or a
+// removal mark.
+template <class Map>
+void save_changed(const Map& map, byte_writer& w) {
+  w.u64(map.changes());
+  map.for_changes([&w](const std::string& key, const auto* value) {
+    w.str(key);
+    w.u64(value != nullptr ? 1 : 0);
+    if (value != nullptr) write(w, *value);
+  });
+}
+
+template <class Map>
+void load_changed(Map& target, byte_reader& r) {
+  for (auto n = r.u64(); r.ok() && n > 0; --n) {
+    std::string key{r.str()};
+    if (r.u64() == 0) {
+      target.load_entry(key, std::nullopt);
+      continue;
+    }
+    typename Map::mapped_type value;
+    read(r, value);
+    if (r.ok()) target.load_entry(key, std::move(value));
+  }
+}
+
+template <class Entities, class Book>
+void save_both_changed(const Entities& entities, const Book& book, std::string& out) {
+  byte_writer w{out};
+  save_changed(entities, w);
+  save_changed(book, w);
+}
+
+template <class Entities, class Book>
+result<void> load_both_changed(Entities& entities, Book& book, std::string_view in, std::string_view what) {
+  byte_reader r{in};
+  load_changed(entities, r);
+  load_changed(book, r);
+  if (!r.ok() || !r.done()) return make_error(errc::corrupt, "damaged {} snapshot delta", what);
+  return ok();
+}
+
 /// An entity map and its book, saved and loaded together.
 template <class Entities, class Book>
 void save_both(const Entities& entities, const Book& book, std::string& out) {
@@ -547,6 +589,17 @@ public:
   std::int64_t entity_count() const override { return static_cast<std::int64_t>(accounts_.size()); }
   void save(std::string& out) const override { save_both(accounts_, applied_, out); }
   result<void> load(std::string_view in) override { return load_both(accounts_, applied_, in, "account"); }
+  bool save_changes(std::string& out) const override {
+    save_both_changed(accounts_, applied_, out);
+    return true;
+  }
+  result<void> load_changes(std::string_view in) override {
+    return load_both_changed(accounts_, applied_, in, "account");
+  }
+  void snapshot_taken() override {
+    accounts_.mark_clean();
+    applied_.mark_clean();
+  }
 
   std::optional<std::string> describe(std::string_view key) const override {
     const auto* a = accounts_.find(std::string{key});
@@ -692,6 +745,15 @@ public:
   std::int64_t entity_count() const override { return static_cast<std::int64_t>(clients_.size()); }
   void save(std::string& out) const override { save_both(clients_, sagas_, out); }
   result<void> load(std::string_view in) override { return load_both(clients_, sagas_, in, "client"); }
+  bool save_changes(std::string& out) const override {
+    save_both_changed(clients_, sagas_, out);
+    return true;
+  }
+  result<void> load_changes(std::string_view in) override { return load_both_changed(clients_, sagas_, in, "client"); }
+  void snapshot_taken() override {
+    clients_.mark_clean();
+    sagas_.mark_clean();
+  }
 
   std::optional<std::string> describe(std::string_view key) const override {
     const auto* c = clients_.find(std::string{key});

@@ -105,6 +105,22 @@ public:
   /// Serialises all entity state (snapshot) / loads it back (restore).
   virtual void save(std::string& out) const = 0;
   virtual result<void> load(std::string_view in) = 0;
+
+  /// Incremental snapshots. save_changes() serialises only the entities changed
+  /// since the last snapshot (false: this logic cannot, and a full one is
+  /// written); load_changes() applies such a delta over loaded state without
+  /// counting it as change; snapshot_taken() forgets the changes once a
+  /// snapshot holding them is stored. Without them every snapshot is full,
+  /// which costs time proportional to all state, not to what changed.
+  virtual bool save_changes(std::string& out) const {
+    (void)out;
+    return false;
+  }
+  virtual result<void> load_changes(std::string_view in) {
+    (void)in;
+    return make_error(errc::internal, "this stage has no incremental snapshots");
+  }
+  virtual void snapshot_taken() {}
   /// A JSON view of one entity, for queries; nullopt when unknown.
   virtual std::optional<std::string> describe(std::string_view key) const = 0;
 };

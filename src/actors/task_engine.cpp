@@ -244,6 +244,7 @@ result<void> task_engine::decode_engine_state(std::string_view in) {
 result<void> task_engine::restore() {
   const auto started = wall_.now_ms();
   restored_ = false;
+  deltas_since_full_ = -1;
   logic_ = spec_.make_logic();
   applied_.reset();
   timers_.reset();
@@ -263,10 +264,11 @@ result<void> task_engine::restore() {
   if (!changelog_end) return with_context(std::move(changelog_end).err(), "restore " + name_);
 
   if (snapshots_ != nullptr) {
-    auto loaded = snapshots_->load_latest(name_);
+    auto loaded = snapshots_->load_chain(name_);
     if (!loaded) return with_context(std::move(loaded).err(), "restore " + name_);
     if (*loaded) {
-      auto& [meta, state] = **loaded;
+      const auto& chain = **loaded;
+      const auto& meta = chain.meta;
       // A snapshot ahead of the log (the log was restored from an older copy)
       // describes a future that did not happen: ignore it and replay.
       bool consistent = meta.changelog_next <= changelog_end->end.value();
@@ -274,16 +276,31 @@ result<void> task_engine::restore() {
         for (std::size_t i = 0; i < spec_.inputs.size(); ++i)
           if (spec_.inputs[i] == topic && offset > positions_[i].value()) consistent = false;
       if (consistent) {
-        byte_reader r{state};
-        auto magic = r.str();
-        auto engine_state = r.str();
-        auto logic_state = r.str();
-        if (!r.ok() || magic != snapshot_magic)
-          return make_error(errc::corrupt, "{}: snapshot is damaged", name_);
-        KEEL_TRY(decode_engine_state(engine_state));
+        // Each item: magic, engine state (whole every time), logic state
+        // (whole in the full snapshot, changes in the deltas).
+        auto open = [this](std::string_view item, std::string_view& engine_state,
+                           std::string_view& logic_state) -> result<void> {
+          byte_reader r{item};
+          auto magic = r.str();
+          engine_state = r.str();
+          logic_state = r.str();
+          if (!r.ok() || !r.done() || magic != snapshot_magic)
+            return make_error(errc::corrupt, "{}: snapshot is damaged", name_);
+          return ok();
+        };
+        std::string_view engine_state, logic_state;
+        KEEL_TRY(open(chain.full, engine_state, logic_state));
         if (auto l = logic_->load(logic_state); !l) return with_context(std::move(l).err(), "restore " + name_);
+        for (const auto& delta : chain.deltas) {
+          KEEL_TRY(open(delta, engine_state, logic_state));
+          if (auto l = logic_->load_changes(logic_state); !l)
+            return with_context(std::move(l).err(), "restore " + name_);
+        }
+        KEEL_TRY(decode_engine_state(engine_state));  // the newest
+        logic_->snapshot_taken();  // what is loaded is saved; replay marks what is not
         changelog_next_ = meta.changelog_next;
         last_snapshot_ms_ = meta.created_ms;
+        deltas_since_full_ = static_cast<std::int64_t>(chain.deltas.size());
       } else {
         log(log_level::warn, "runtime", "{}: snapshot is ahead of the log; replaying the changelog",
             name_);
@@ -514,7 +531,12 @@ result<void> task_engine::snapshot() {
   if (snapshots_ == nullptr) return ok();
   std::string engine_state, logic_state, state;
   encode_engine_state(engine_state);
-  logic_->save(logic_state);
+  bool delta = deltas_since_full_ >= 0 && deltas_since_full_ < options_.snapshot_deltas_max &&
+               logic_->save_changes(logic_state);
+  if (!delta) {
+    logic_state.clear();
+    logic_->save(logic_state);
+  }
   byte_writer w{state};
   w.str(snapshot_magic);
   w.str(engine_state);
@@ -526,7 +548,10 @@ result<void> task_engine::snapshot() {
     meta.positions.emplace_back(spec_.inputs[i], positions_[i].value());
   meta.entity_count = logic_->entity_count();
   meta.created_ms = wall_.now_ms();
+  meta.delta = delta;
   KEEL_TRY(snapshots_->save(meta, state));
+  logic_->snapshot_taken();
+  deltas_since_full_ = delta ? deltas_since_full_ + 1 : 0;
   events_since_snapshot_ = 0;
   last_snapshot_ms_ = meta.created_ms;
   return ok();

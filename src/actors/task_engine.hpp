@@ -19,9 +19,13 @@ struct task_options {
   /// Input records per step (per input topic).
   std::size_t batch_max = 5000;
   /// Snapshot after this many processed records...
-  std::int64_t snapshot_every_events = 200'000;
+  std::int64_t snapshot_every_events = 50'000;
   /// ...or this much wall time with any records processed; 0 disables both.
   std::int64_t snapshot_every_ms = 60'000;
+  /// Snapshots between two full ones that hold only what changed (deltas), for
+  /// stages that support them; 0 makes every snapshot full. A delta costs time
+  /// proportional to the entities changed, a full one to all of them.
+  std::int64_t snapshot_deltas_max = 16;
 };
 
 /// What one step did.
@@ -116,6 +120,7 @@ private:
   std::int64_t duplicates_total_ = 0;
   std::int64_t events_since_snapshot_ = 0;
   std::int64_t last_snapshot_ms_ = 0;
+  std::int64_t deltas_since_full_ = -1;  // -1: no full snapshot to build on
   std::int64_t restore_ms_ = 0;
 };
 

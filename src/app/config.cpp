@@ -168,11 +168,14 @@ result<config> load_config_file(const std::string& path, config cfg) {
     if (auto r = t.get("batch_max", cfg.runtime.batch_max); !r) return in_file(r.err());
     if (auto r = t.get("snapshot_every_events", cfg.runtime.snapshot_every_events); !r) return in_file(r.err());
     if (auto r = t.get("snapshot_every_ms", cfg.runtime.snapshot_every_ms); !r) return in_file(r.err());
+    if (auto r = t.get("snapshot_deltas_max", cfg.runtime.snapshot_deltas_max); !r) return in_file(r.err());
     if (auto r = t.get("idle_poll_ms", cfg.runtime.idle_poll_ms); !r) return in_file(r.err());
     if (auto r = t.get_list("stages", cfg.runtime.stages); !r) return in_file(r.err());
     if (auto r = t.finish(); !r) return in_file(r.err());
     if (cfg.runtime.batch_max < 1 || cfg.runtime.batch_max > 100'000)
       return in_file(make_error(errc::invalid_argument, "runtime.batch_max must be 1 to 100000"));
+    if (cfg.runtime.snapshot_deltas_max < 0)
+      return in_file(make_error(errc::invalid_argument, "runtime.snapshot_deltas_max must be 0 or more"));
     if (cfg.runtime.idle_poll_ms < 1)
       return in_file(make_error(errc::invalid_argument, "runtime.idle_poll_ms must be at least 1"));
   }

@@ -44,8 +44,9 @@ struct config {
     /// Stages to run; known: "counter".
     std::vector<std::string> stages = {"counter", "ledger"};
     std::size_t batch_max = 5000;
-    std::int64_t snapshot_every_events = 200'000;
+    std::int64_t snapshot_every_events = 50'000;
     std::int64_t snapshot_every_ms = 60'000;
+    std::int64_t snapshot_deltas_max = 16;
     std::int64_t idle_poll_ms = 20;
   } runtime;
 

@@ -400,6 +400,7 @@ int run_serve(const std::vector<std::string>& args) {
   runtime::runtime_options rt_options;
   rt_options.task.batch_max = cfg->runtime.batch_max;
   rt_options.task.snapshot_every_events = cfg->runtime.snapshot_every_events;
+  rt_options.task.snapshot_deltas_max = cfg->runtime.snapshot_deltas_max;
   rt_options.task.snapshot_every_ms = cfg->runtime.snapshot_every_ms;
   rt_options.idle_poll = std::chrono::milliseconds(cfg->runtime.idle_poll_ms);
   rt_options.default_partitions = cfg->log.default_partitions;

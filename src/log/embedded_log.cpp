@@ -177,6 +177,11 @@ int embedded_log::on_wal_commit(void* self, sqlite3*, const char*, int pages) {
 
 void embedded_log::checkpoint_loop() {
   auto db = sqlite::connection::open(options_.path, sqlite::open_mode::read_write);
+  // A connection learns that the file is in WAL mode on its first read; until
+  // then a checkpoint does nothing.
+  if (db) {
+    if (auto first = db->query_int("SELECT count(*) FROM sqlite_master"); !first) db = std::move(first).err();
+  }
   if (!db) {
     log(log_level::warn, "log", "{}: no checkpointer ({}); the WAL is checkpointed by commits", options_.path,
         db.err());

@@ -47,9 +47,19 @@ result<std::unique_ptr<snapshot_store>> snapshot_store::open(const std::string& 
     "  changelog_next INTEGER NOT NULL, positions TEXT NOT NULL, entity_count INTEGER NOT NULL, "
     "  created_ms INTEGER NOT NULL, bytes INTEGER NOT NULL);"
     "CREATE INDEX IF NOT EXISTS snapshots_by_task ON snapshots(task, id);"
+    "CREATE TABLE IF NOT EXISTS snapshot_format(version INTEGER NOT NULL);"
     "CREATE TABLE IF NOT EXISTS snapshot_chunks(snapshot_id INTEGER NOT NULL, seq INTEGER NOT NULL, "
     "  data BLOB NOT NULL, PRIMARY KEY(snapshot_id, seq));",
     snapshot_application_id)));
+  // Version 2 adds deltas: base_id is the full snapshot a delta builds on.
+  auto version = db->query_int("SELECT coalesce(max(version), 1) FROM snapshot_format");
+  if (!version) return std::move(version).err();
+  if (*version < 2) {
+    KEEL_TRY(db->exec("BEGIN; ALTER TABLE snapshots ADD COLUMN base_id INTEGER; "
+                      "DELETE FROM snapshot_format; INSERT INTO snapshot_format VALUES (2); COMMIT"));
+  } else if (*version > 2) {
+    return make_error(errc::foreign_format, "{} holds snapshots of a newer keel (format {})", path, *version);
+  }
   return std::unique_ptr<snapshot_store>{new snapshot_store(std::move(*db), keep)};
 }
 
@@ -57,9 +67,22 @@ result<void> snapshot_store::save(const snapshot_meta& meta, std::string_view st
   std::lock_guard lock{mutex_};
   auto txn = sqlite::transaction::begin(db_);
   if (!txn) return with_context(std::move(txn).err(), "save snapshot of " + meta.task);
+  std::int64_t base_id = 0;
+  if (meta.delta) {
+    auto base = db_.prepare("SELECT max(id) FROM snapshots WHERE task=?1 AND base_id IS NULL");
+    if (!base) return std::move(base).err();
+    base->bind(1, meta.task);
+    auto row = base->step();
+    if (!row) return std::move(row).err();
+    if (!*row || base->column_is_null(0))
+      return make_error(errc::not_found, "no full snapshot of {} for a delta to build on", meta.task);
+    base_id = base->column_int(0);
+  }
   auto insert = db_.prepare("INSERT INTO snapshots(task, changelog_next, positions, entity_count, "
-                            "created_ms, bytes) VALUES (?1, ?2, ?3, ?4, ?5, ?6)");
+                            "created_ms, bytes, base_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)");
   if (!insert) return std::move(insert).err();
+  if (meta.delta) insert->bind(7, base_id);
+  else insert->bind_null(7);
   insert->bind(1, meta.task);
   insert->bind(2, meta.changelog_next);
   insert->bind(3, encode_positions(meta.positions));
@@ -79,9 +102,12 @@ result<void> snapshot_store::save(const snapshot_meta& meta, std::string_view st
     if (auto r = chunk->step(); !r) return with_context(std::move(r).err(), "save snapshot of " + meta.task);
     chunk->reset();
   }
+  // Keep the newest `keep` full snapshots, and the deltas of the newest.
   auto prune = db_.prepare(
-    "DELETE FROM snapshots WHERE task=?1 AND id NOT IN "
-    "(SELECT id FROM snapshots WHERE task=?1 ORDER BY id DESC LIMIT ?2)");
+    "DELETE FROM snapshots WHERE task=?1 AND ("
+    " (base_id IS NULL AND id NOT IN (SELECT id FROM snapshots WHERE task=?1 AND base_id IS NULL "
+    "   ORDER BY id DESC LIMIT ?2)) OR"
+    " (base_id IS NOT NULL AND base_id <> (SELECT max(id) FROM snapshots WHERE task=?1 AND base_id IS NULL)))");
   if (!prune) return std::move(prune).err();
   prune->bind(1, meta.task);
   prune->bind(2, std::int64_t{keep_});
@@ -91,32 +117,15 @@ result<void> snapshot_store::save(const snapshot_meta& meta, std::string_view st
 }
 
 result<std::optional<snapshot_meta>> snapshot_store::latest(std::string_view task) {
-  auto loaded = load_latest(task);
+  auto loaded = load_chain(task);
   if (!loaded) return std::move(loaded).err();
   if (!*loaded) return std::optional<snapshot_meta>{};
-  return std::optional<snapshot_meta>{std::move((*loaded)->first)};
+  return std::optional<snapshot_meta>{std::move((*loaded)->meta)};
 }
 
-result<std::optional<std::pair<snapshot_meta, std::string>>>
-snapshot_store::load_latest(std::string_view task) {
-  std::lock_guard lock{mutex_};
-  auto head = db_.prepare("SELECT id, changelog_next, positions, entity_count, created_ms, bytes "
-                          "FROM snapshots WHERE task=?1 ORDER BY id DESC LIMIT 1");
-  if (!head) return std::move(head).err();
-  head->bind(1, task);
-  auto row = head->step();
-  if (!row) return with_context(std::move(row).err(), fmt::format("load snapshot of {}", task));
-  if (!*row) return std::optional<std::pair<snapshot_meta, std::string>>{};
-  snapshot_meta meta;
-  const auto id = head->column_int(0);
-  meta.task = std::string{task};
-  meta.changelog_next = head->column_int(1);
-  meta.positions = decode_positions(head->column_view(2));
-  meta.entity_count = head->column_int(3);
-  meta.created_ms = head->column_int(4);
-  meta.bytes = head->column_int(5);
+result<std::string> snapshot_store::load_state(std::int64_t id, std::int64_t bytes, std::string_view task) {
   std::string state;
-  state.reserve(static_cast<std::size_t>(meta.bytes));
+  state.reserve(static_cast<std::size_t>(std::max<std::int64_t>(bytes, 0)));
   auto chunks = db_.prepare("SELECT data FROM snapshot_chunks WHERE snapshot_id=?1 ORDER BY seq");
   if (!chunks) return std::move(chunks).err();
   chunks->bind(1, id);
@@ -126,10 +135,46 @@ snapshot_store::load_latest(std::string_view task) {
     if (!*next) break;
     state += chunks->column_view(0);
   }
-  if (static_cast<std::int64_t>(state.size()) != meta.bytes)
-    return make_error(errc::corrupt, "snapshot {} of {} has {} of {} bytes", id, task, state.size(),
-                      meta.bytes);
-  return std::optional<std::pair<snapshot_meta, std::string>>{std::pair{std::move(meta), std::move(state)}};
+  if (static_cast<std::int64_t>(state.size()) != bytes)
+    return make_error(errc::corrupt, "snapshot {} of {} has {} of {} bytes", id, task, state.size(), bytes);
+  return state;
+}
+
+result<std::optional<snapshot_chain>> snapshot_store::load_chain(std::string_view task) {
+  std::lock_guard lock{mutex_};
+  // The newest full snapshot, then the deltas built on it, in order.
+  auto rows = db_.prepare(
+    "SELECT id, changelog_next, positions, entity_count, created_ms, bytes, base_id FROM snapshots "
+    "WHERE task=?1 AND (id = (SELECT max(id) FROM snapshots WHERE task=?1 AND base_id IS NULL) OR "
+    "  base_id = (SELECT max(id) FROM snapshots WHERE task=?1 AND base_id IS NULL)) ORDER BY id");
+  if (!rows) return std::move(rows).err();
+  rows->bind(1, task);
+  std::optional<snapshot_chain> chain;
+  for (;;) {
+    auto row = rows->step();
+    if (!row) return with_context(std::move(row).err(), fmt::format("load snapshot of {}", task));
+    if (!*row) break;
+    snapshot_meta meta;
+    const auto id = rows->column_int(0);
+    meta.task = std::string{task};
+    meta.changelog_next = rows->column_int(1);
+    meta.positions = decode_positions(rows->column_view(2));
+    meta.entity_count = rows->column_int(3);
+    meta.created_ms = rows->column_int(4);
+    meta.bytes = rows->column_int(5);
+    meta.delta = !rows->column_is_null(6);
+    auto state = load_state(id, meta.bytes, task);
+    if (!state) return std::move(state).err();
+    if (!chain) {
+      if (meta.delta) return make_error(errc::corrupt, "snapshots of {} start with a delta", task);
+      chain.emplace();
+      chain->full = std::move(*state);
+    } else {
+      chain->deltas.push_back(std::move(*state));
+    }
+    chain->meta = std::move(meta);
+  }
+  return chain;
 }
 
 } // namespace keel

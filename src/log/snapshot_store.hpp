@@ -21,27 +21,40 @@ struct snapshot_meta {
   std::int64_t entity_count = 0;
   std::int64_t created_ms = 0;
   std::int64_t bytes = 0;
+  /// A delta holds only what changed since the snapshot before it; restoring
+  /// it needs the newest full snapshot and every delta after that one.
+  bool delta = false;
+};
+
+/// What restore loads: the newest full snapshot and the deltas stored after
+/// it, oldest first. `meta` describes the newest of them.
+struct snapshot_chain {
+  snapshot_meta meta;
+  std::string full;
+  std::vector<std::string> deltas;
 };
 
 /// Snapshots of task state in their own SQLite file, beside the log. A snapshot
 /// is a cache: losing it costs a longer replay, never correctness, so it is
-/// written with synchronous=NORMAL whatever the log uses. The newest
-/// `keep` snapshots of each task are kept.
+/// written with synchronous=NORMAL whatever the log uses. The newest `keep`
+/// full snapshots of each task are kept, with the deltas after the newest.
 class snapshot_store {
 public:
   static result<std::unique_ptr<snapshot_store>> open(const std::string& path, int keep = 2);
 
-  /// Stores a snapshot (state in chunks) and drops the oldest beyond `keep`.
+  /// Stores a snapshot (state in chunks) and drops what is no longer needed. A
+  /// delta needs a full snapshot of the task before it (errc::not_found).
   result<void> save(const snapshot_meta& meta, std::string_view state);
 
-  /// The newest snapshot of a task, if any.
+  /// The newest snapshot (full or delta) of a task, if any.
   result<std::optional<snapshot_meta>> latest(std::string_view task);
 
-  /// Loads the state of the newest snapshot of a task.
-  result<std::optional<std::pair<snapshot_meta, std::string>>> load_latest(std::string_view task);
+  /// Loads the newest full snapshot of a task and the deltas after it.
+  result<std::optional<snapshot_chain>> load_chain(std::string_view task);
 
 private:
   explicit snapshot_store(sqlite::connection db, int keep) : db_(std::move(db)), keep_(keep) {}
+  result<std::string> load_state(std::int64_t id, std::int64_t bytes, std::string_view task);
   std::mutex mutex_;
   sqlite::connection db_;  // GUARDED_BY(mutex_)
   int keep_;

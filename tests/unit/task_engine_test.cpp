@@ -235,6 +235,63 @@ SCENARIO("restore is the snapshot plus the changelog after it") {
   }
 }
 
+SCENARIO("incremental snapshots: deltas hold only what changed, and a chain restores what a replay does") {
+  fixture f;
+  // 200 keys, then rounds that touch only a few of them.
+  for (int i = 0; i < 200; ++i) f.produce("k" + std::to_string(i), R"({"amount": 1})");
+  auto engine = f.engine({.batch_max = 1000, .snapshot_deltas_max = 2});
+  while (engine->step()->committed) {
+  }
+  REQUIRE(engine->snapshot());  // full
+  auto full = f.snapshots->latest("counter/0");
+  REQUIRE(full);
+  REQUIRE(*full);
+  CHECK_FALSE((*full)->delta);
+  for (int round = 0; round < 3; ++round) {
+    for (int i = 0; i < 5; ++i) f.produce("k" + std::to_string(i * 7 + round), R"({"amount": 2})");
+    while (engine->step()->committed) {
+    }
+    REQUIRE(engine->snapshot());
+    auto latest = f.snapshots->latest("counter/0");
+    REQUIRE(latest);
+    if (round < 2) {
+      CHECK((*latest)->delta);  // two deltas...
+      CHECK((*latest)->bytes * 10 < (*full)->bytes);
+    } else {
+      CHECK_FALSE((*latest)->delta);  // ...then a full one again
+    }
+  }
+  // A delta, then changes that no snapshot holds yet.
+  f.produce("k199", R"({"amount": 40})");
+  while (engine->step()->committed) {
+  }
+  REQUIRE(engine->snapshot());
+  f.produce("k0", R"({"amount": 100})");
+  while (engine->step()->committed) {
+  }
+
+  auto chain = f.snapshots->load_chain("counter/0");
+  REQUIRE(chain);
+  REQUIRE(*chain);
+  CHECK((*chain)->deltas.size() == 1);
+  auto restored = f.engine();
+  task_engine replayed{f.spec, partition_id{0}, *f.log, nullptr, f.wall};
+  REQUIRE(replayed.restore());
+  for (int k = 0; k < 200; ++k) {
+    const auto key = "k" + std::to_string(k);
+    CHECK(restored->logic().describe(key) == engine->logic().describe(key));
+    CHECK(replayed.logic().describe(key) == engine->logic().describe(key));
+  }
+  CHECK(restored->logic().describe("k0") == R"({"count":103})");
+  // The restored task goes on with deltas: what it replayed is in the next one.
+  REQUIRE(restored->snapshot());
+  auto after = f.snapshots->latest("counter/0");
+  REQUIRE(after);
+  CHECK((*after)->delta);
+  auto again = f.engine();
+  CHECK(again->logic().describe("k0") == R"({"count":103})");
+}
+
 namespace {
 
 /// A stage for timer tests: an input "stream:<due>" or "wall:<due>" schedules a
