@@ -1,0 +1,251 @@
+#pragma once
+
+#include "base/result.hpp"
+
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <optional>
+#include <set>
+#include <string>
+#include <variant>
+#include <vector>
+
+/// The merge-queue supervisor: one queue per repository and target branch,
+/// as a pure decider (command -> events) and evolver (event -> state).
+///
+/// The pipeline is speculative: the k-th ready item is built on the target
+/// plus every ready item ahead of it, up to `window` builds at once. An item
+/// merges when it is at the head and its build passed with exactly the
+/// speculation the queue now expects; it is ejected when at the head its
+/// build failed (or conflicted, or timed out, or kept erroring). Whenever what
+/// lies ahead of an item changes, its build is cancelled and requested anew.
+///
+/// Speculations are named against a *root*: the target commit when the queue
+/// last had no build in flight, plus the pull requests merged since. A build
+/// of (root, [#1, #2]) is then still valid after #1 merged, because the
+/// worker builds merge commits deterministically: the commit it made for #1
+/// in that build is the one the target now points at.
+namespace keel::mq {
+
+using pr_number = std::int64_t;
+
+/// A pull request head: which commit of which pull request.
+struct head {
+  pr_number number = 0;
+  std::string sha;
+  friend bool operator==(const head&, const head&) = default;
+};
+
+struct pull_request {
+  pr_number number = 0;
+  std::string title;
+  std::string author;
+  std::string head_sha;
+  std::vector<std::string> changed_paths;
+  std::vector<pr_number> depends_on;
+  std::set<std::string> labels;
+  bool approved = false;
+  bool closed = false;
+  bool merged = false;
+};
+
+enum class build_status : std::uint8_t { passed = 1, failed = 2, conflict = 3, error = 4, timed_out = 5 };
+std::string_view to_string(build_status s) noexcept;
+
+/// A build the queue asked a worker for.
+struct build {
+  std::string id;
+  std::string root_sha;         // the queue's root when requested
+  std::vector<head> heads;      // merged onto the root in this order (the root's own merges first)
+  pr_number item = 0;           // the item it tests: the last head
+  std::int32_t attempt = 1;
+  std::int64_t requested_at_ms = 0;
+  std::int64_t timeout_ms = 0;
+  friend bool operator==(const build&, const build&) = default;
+};
+
+/// The last result of an item's build, kept until the item reaches the head.
+struct result_of_build {
+  std::string build_id;
+  build_status status = build_status::passed;
+  std::string commit_sha;
+  std::string reason;
+  std::vector<head> heads;      // the speculation it tested
+  std::string root_sha;
+};
+
+struct queue_item {
+  pr_number number = 0;
+  std::int32_t priority = 0;
+  std::int64_t seq = 0;          // arrival order among equal priorities
+  std::int64_t enqueued_at_ms = 0;
+  std::string build_id;          // the live build testing it, if any
+  std::int32_t errors = 0;       // infrastructure failures so far (for retries)
+  std::optional<result_of_build> result;
+};
+
+/// A merge or an ejection, for the history the dashboard shows.
+struct outcome {
+  pr_number number = 0;
+  bool merged = false;
+  std::string commit_sha;        // merged: the target's new commit
+  std::string reason;            // ejected: why
+  std::string build_id;
+  std::int64_t enqueued_at_ms = 0;
+  std::int64_t at_ms = 0;
+};
+
+struct queue {
+  std::string repository;
+  std::string branch;
+  std::string target_sha;
+  std::string root_sha;          // see the namespace comment
+  std::vector<head> root_heads;  // merged since the root, in order
+  bool paused = false;
+  std::string pause_reason;
+  std::map<pr_number, pull_request> prs;
+  std::vector<queue_item> items;  // in queue order: priority (higher first), then seq
+  std::map<std::string, build> builds;  // in flight
+  std::int64_t next_seq = 0;
+  std::int64_t next_build = 0;
+  std::deque<outcome> history;   // newest last, at most history_max
+  std::int64_t merged_total = 0;
+  std::int64_t ejected_total = 0;
+
+  static constexpr std::size_t history_max = 200;
+
+  const queue_item* find_item(pr_number n) const;
+};
+
+struct rules {
+  /// Builds in flight at most: the depth of speculation.
+  std::int32_t window = 3;
+  /// Infrastructure errors of one item retried before they count as failure.
+  std::int32_t infra_retries = 2;
+  /// A build gets this long; the worker enforces it, the queue reports it.
+  std::int64_t build_timeout_ms = 30 * 60 * 1000;
+};
+
+// -- commands ---------------------------------------------------------------------
+
+struct pr_opened {
+  pull_request pr;  // number, title, author, head_sha, paths, depends_on
+};
+struct pr_synchronized {
+  pr_number number = 0;
+  std::string head_sha;
+  std::vector<std::string> changed_paths;
+};
+struct pr_approved {
+  pr_number number = 0;
+};
+struct pr_closed {
+  pr_number number = 0;
+  bool merged_elsewhere = false;
+};
+struct pr_labeled {
+  pr_number number = 0;
+  std::string label;
+  bool added = true;
+};
+struct enqueue {
+  pr_number number = 0;
+  std::int32_t priority = 0;
+};
+struct dequeue {
+  pr_number number = 0;
+  std::string reason;
+};
+struct set_priority {
+  pr_number number = 0;
+  std::int32_t priority = 0;
+};
+struct pause_queue {
+  std::string reason;
+};
+struct resume_queue {};
+struct build_finished {
+  std::string build_id;
+  build_status status = build_status::passed;
+  std::string commit_sha;
+  std::string reason;            // failure reason or log excerpt
+  pr_number conflicting = 0;     // with conflict: the pull request that does not merge
+};
+/// The target branch moved by other means (a push): everything is rebuilt.
+struct target_moved {
+  std::string sha;
+};
+
+using command = std::variant<pr_opened, pr_synchronized, pr_approved, pr_closed, pr_labeled, enqueue, dequeue,
+                             set_priority, pause_queue, resume_queue, build_finished, target_moved>;
+
+// -- events -------------------------------------------------------------------------
+
+struct pr_recorded {
+  pull_request pr;  // the pull request as it now is
+};
+struct item_enqueued {
+  pr_number number = 0;
+  std::int32_t priority = 0;
+  std::int64_t seq = 0;
+  std::int64_t at_ms = 0;
+};
+struct item_dequeued {
+  pr_number number = 0;
+  std::string reason;
+};
+struct priority_changed {
+  pr_number number = 0;
+  std::int32_t priority = 0;
+};
+struct queue_paused {
+  std::string reason;
+};
+struct queue_resumed {};
+struct build_requested {
+  build b;
+};
+struct build_cancelled {
+  std::string build_id;
+  std::string reason;
+};
+struct build_recorded {
+  pr_number item = 0;
+  result_of_build result;
+  bool infra_error = false;  // counted against the item's retries
+};
+struct merged {
+  pr_number number = 0;
+  std::string commit_sha;
+  std::string build_id;
+  std::int64_t at_ms = 0;
+};
+struct ejected {
+  pr_number number = 0;
+  std::string reason;
+  std::string build_id;
+  std::int64_t at_ms = 0;
+};
+struct target_reset {
+  std::string sha;
+};
+
+using event = std::variant<pr_recorded, item_enqueued, item_dequeued, priority_changed, queue_paused, queue_resumed,
+                           build_requested, build_cancelled, build_recorded, merged, ejected, target_reset>;
+
+/// Decides a command at time `now_ms`: the events that record it, then what
+/// the pipeline does about it (builds cancelled and requested, merges,
+/// ejections). errc::invalid_argument / errc::not_found / errc::conflict for
+/// commands that cannot apply (unknown pull request, already queued, ...):
+/// nothing changes.
+result<std::vector<event>> decide(const queue& q, const command& c, const rules& r, std::int64_t now_ms);
+
+/// Applies one event.
+void evolve(queue& q, const event& e);
+
+/// Items in queue order that may be built now: approved, open, and with every
+/// declared dependency merged or ahead of them.
+std::vector<pr_number> ready_items(const queue& q);
+
+} // namespace keel::mq

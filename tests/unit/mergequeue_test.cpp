@@ -1,0 +1,391 @@
+#include "state/mergequeue.hpp"
+
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <random>
+
+using namespace keel;
+using namespace keel::mq;
+
+namespace {
+
+struct fixture {
+  queue q;
+  rules r;
+  std::int64_t now = 1'000'000;
+
+  fixture() {
+    q.repository = "acme/app";
+    q.branch = "main";
+    q.target_sha = q.root_sha = "t0";
+  }
+
+  std::vector<event> apply(const command& c) {
+    auto events = decide(q, c, r, now);
+    REQUIRE_MESSAGE(events, (events ? "" : events.err().message));
+    for (const auto& e : *events) evolve(q, e);
+    return std::move(*events);
+  }
+
+  void open(pr_number n, std::vector<pr_number> depends_on = {}) {
+    pull_request pr;
+    pr.number = n;
+    pr.title = "change " + std::to_string(n);
+    pr.head_sha = "h" + std::to_string(n);
+    pr.depends_on = std::move(depends_on);
+    apply(pr_opened{pr});
+    apply(pr_approved{n});
+  }
+
+  std::vector<build> requested(const std::vector<event>& events) const {
+    std::vector<build> out;
+    for (const auto& e : events)
+      if (const auto* b = std::get_if<build_requested>(&e)) out.push_back(b->b);
+    return out;
+  }
+
+  const build& build_of(pr_number n) const {
+    const auto* item = q.find_item(n);
+    REQUIRE(item != nullptr);
+    REQUIRE_FALSE(item->build_id.empty());
+    return q.builds.at(item->build_id);
+  }
+
+  std::vector<event> finish(pr_number n, build_status status, std::string commit = {}) {
+    const auto id = build_of(n).id;
+    if (status == build_status::passed && commit.empty()) commit = "c-" + id;
+    return apply(build_finished{id, status, commit, status == build_status::passed ? "" : "tests failed", 0});
+  }
+};
+
+std::vector<pr_number> numbers(const std::vector<head>& heads) {
+  std::vector<pr_number> out;
+  for (const auto& h : heads) out.push_back(h.number);
+  return out;
+}
+
+template <class E>
+std::vector<E> all_of(const std::vector<event>& events) {
+  std::vector<E> out;
+  for (const auto& e : events)
+    if (const auto* x = std::get_if<E>(&e)) out.push_back(*x);
+  return out;
+}
+
+} // namespace
+
+SCENARIO("merge queue: one pull request is built, then merged to exactly the tested commit") {
+  fixture f;
+  f.open(1);
+  WHEN("it is enqueued") {
+    auto events = f.apply(enqueue{1, 0});
+    THEN("one build of the target plus it is requested") {
+      auto builds = f.requested(events);
+      REQUIRE(builds.size() == 1);
+      CHECK(builds[0].root_sha == "t0");
+      CHECK(builds[0].heads == std::vector<head>{{1, "h1"}});
+      CHECK(builds[0].id == "acme/app/main/0");
+    }
+    AND_WHEN("the build passes") {
+      auto done = f.finish(1, build_status::passed, "c1");
+      THEN("the target advances to that commit and the item leaves the queue") {
+        REQUIRE(all_of<merged>(done).size() == 1);
+        CHECK(f.q.target_sha == "c1");
+        CHECK(f.q.items.empty());
+        CHECK(f.q.prs.at(1).merged);
+        CHECK(f.q.history.back().merged);
+        CHECK(f.q.builds.empty());
+        CHECK(f.q.root_sha == "c1");  // nothing in flight: the root moves up
+      }
+    }
+    AND_WHEN("the same pull request is enqueued again") {
+      THEN("nothing happens") { CHECK(f.apply(enqueue{1, 0}).empty()); }
+    }
+  }
+}
+
+SCENARIO("merge queue: speculative builds, ejection of a failing item, rebuild of those behind it") {
+  fixture f;
+  for (pr_number n : {1, 2, 3}) f.open(n);
+  for (pr_number n : {1, 2, 3}) f.apply(enqueue{n, 0});
+  REQUIRE(f.q.builds.size() == 3);
+  CHECK(numbers(f.build_of(1).heads) == std::vector<pr_number>{1});
+  CHECK(numbers(f.build_of(2).heads) == std::vector<pr_number>{1, 2});
+  CHECK(numbers(f.build_of(3).heads) == std::vector<pr_number>{1, 2, 3});
+
+  WHEN("the middle one fails before the head finishes") {
+    const auto old3 = f.build_of(3).id;
+    auto events = f.finish(2, build_status::failed);
+    THEN("it waits for the head, and the item behind it is rebuilt without it") {
+      CHECK(all_of<ejected>(events).empty());
+      REQUIRE(all_of<build_cancelled>(events).size() == 1);
+      CHECK(all_of<build_cancelled>(events)[0].build_id == old3);
+      CHECK(numbers(f.build_of(3).heads) == std::vector<pr_number>{1, 3});
+    }
+    AND_WHEN("the head passes") {
+      auto merged_events = f.finish(1, build_status::passed, "c1");
+      THEN("the head merges and the failed item, now at the head with the same tree, is ejected") {
+        REQUIRE(all_of<merged>(merged_events).size() == 1);
+        REQUIRE(all_of<ejected>(merged_events).size() == 1);
+        CHECK(all_of<ejected>(merged_events)[0].number == 2);
+        CHECK(all_of<ejected>(merged_events)[0].reason.find("failed") != std::string::npos);
+        CHECK(f.q.target_sha == "c1");
+      }
+      AND_WHEN("the last one passes") {
+        auto last = f.finish(3, build_status::passed, "c13");
+        THEN("it merges to its own tested commit") {
+          REQUIRE(all_of<merged>(last).size() == 1);
+          CHECK(f.q.target_sha == "c13");
+          CHECK(f.q.items.empty());
+          CHECK(f.q.merged_total == 2);
+          CHECK(f.q.ejected_total == 1);
+        }
+      }
+    }
+  }
+  WHEN("the head fails") {
+    auto events = f.finish(1, build_status::failed);
+    THEN("it is ejected at once and both behind it are rebuilt without it") {
+      REQUIRE(all_of<ejected>(events).size() == 1);
+      CHECK(all_of<build_cancelled>(events).size() == 2);
+      CHECK(numbers(f.build_of(2).heads) == std::vector<pr_number>{2});
+      CHECK(numbers(f.build_of(3).heads) == std::vector<pr_number>{2, 3});
+      CHECK(f.q.target_sha == "t0");
+    }
+  }
+  WHEN("items behind pass first") {
+    f.finish(3, build_status::passed, "c123");
+    f.finish(2, build_status::passed, "c12");
+    CHECK(f.q.target_sha == "t0");
+    AND_WHEN("the head passes") {
+      auto events = f.finish(1, build_status::passed, "c1");
+      THEN("all three merge in order, the target ending at the last tested commit") {
+        auto m = all_of<merged>(events);
+        REQUIRE(m.size() == 3);
+        CHECK(m[0].number == 1);
+        CHECK(m[1].number == 2);
+        CHECK(m[2].number == 3);
+        CHECK(f.q.target_sha == "c123");
+      }
+    }
+  }
+}
+
+SCENARIO("merge queue: the window bounds the builds in flight") {
+  fixture f;
+  f.r.window = 2;
+  for (pr_number n : {1, 2, 3, 4}) {
+    f.open(n);
+    f.apply(enqueue{n, 0});
+  }
+  CHECK(f.q.builds.size() == 2);
+  auto events = f.finish(1, build_status::passed, "c1");
+  THEN("a merge lets the next item in") {
+    CHECK(f.q.builds.size() == 2);
+    REQUIRE(f.requested(events).size() == 1);
+    CHECK(numbers(f.requested(events)[0].heads) == std::vector<pr_number>{1, 2, 3});
+  }
+}
+
+SCENARIO("merge queue: infrastructure errors are retried, then count as failure") {
+  fixture f;
+  f.r.infra_retries = 2;
+  f.open(1);
+  f.apply(enqueue{1, 0});
+  for (int attempt = 1; attempt <= 2; ++attempt) {
+    auto events = f.finish(1, build_status::error);
+    REQUIRE(f.requested(events).size() == 1);
+    CHECK(f.requested(events)[0].attempt == attempt + 1);
+  }
+  auto last = f.finish(1, build_status::error);
+  REQUIRE(all_of<ejected>(last).size() == 1);
+  CHECK(all_of<ejected>(last)[0].reason.find("infrastructure failed 3 times") != std::string::npos);
+}
+
+SCENARIO("merge queue: a pull request updated while queued is re-tested; stale results change nothing") {
+  fixture f;
+  f.open(1);
+  f.open(2);
+  f.apply(enqueue{1, 0});
+  f.apply(enqueue{2, 0});
+  const auto old1 = f.build_of(1).id;
+  auto events = f.apply(pr_synchronized{1, "h1b", {}});
+  CHECK(all_of<build_cancelled>(events).size() == 2);  // its own build and the one behind it
+  CHECK(f.build_of(1).heads == std::vector<head>{{1, "h1b"}});
+  CHECK(f.build_of(2).heads == std::vector<head>{{1, "h1b"}, {2, "h2"}});
+  // The worker of the cancelled build reports late.
+  CHECK(f.apply(build_finished{old1, build_status::passed, "stale", "", 0}).empty());
+  CHECK(f.q.target_sha == "t0");
+}
+
+SCENARIO("merge queue: declared dependencies hold an item back until what it needs is ahead or merged") {
+  fixture f;
+  f.open(2, {3});
+  f.open(3);
+  f.apply(enqueue{2, 0});
+  CHECK(f.q.builds.empty());
+  f.apply(enqueue{3, 0});
+  THEN("only the dependency builds; the dependent follows once it merged") {
+    REQUIRE(f.q.builds.size() == 1);
+    CHECK(numbers(f.build_of(3).heads) == std::vector<pr_number>{3});
+    f.finish(3, build_status::passed, "c3");
+    REQUIRE(f.q.builds.size() == 1);
+    CHECK(numbers(f.build_of(2).heads) == std::vector<pr_number>{2});
+    CHECK(f.q.root_sha == "c3");
+  }
+  WHEN("the dependent gets a higher priority") {
+    f.apply(set_priority{2, 10});
+    THEN("it still waits for its dependency") {
+      REQUIRE(f.q.builds.size() == 1);
+      CHECK(f.q.find_item(3)->build_id.empty() == false);
+    }
+  }
+}
+
+SCENARIO("merge queue: priority reorders the pipeline; pause stops builds and merges until resumed") {
+  fixture f;
+  f.open(1);
+  f.open(2);
+  f.apply(enqueue{1, 0});
+  f.apply(enqueue{2, 0});
+  f.apply(set_priority{2, 5});
+  CHECK(f.q.items.front().number == 2);
+  CHECK(numbers(f.build_of(2).heads) == std::vector<pr_number>{2});
+  CHECK(numbers(f.build_of(1).heads) == std::vector<pr_number>{2, 1});
+
+  f.apply(pause_queue{"release freeze"});
+  CHECK(f.q.paused);
+  auto events = f.finish(2, build_status::passed, "c2");
+  CHECK(all_of<merged>(events).empty());
+  CHECK(f.q.target_sha == "t0");
+  f.open(3);
+  CHECK(f.requested(f.apply(enqueue{3, 0})).empty());
+  auto resumed = f.apply(resume_queue{});
+  CHECK(all_of<merged>(resumed).size() == 1);
+  CHECK(f.q.target_sha == "c2");
+  CHECK(f.q.find_item(3)->build_id.empty() == false);
+}
+
+SCENARIO("merge queue: the target moving under the queue rebuilds everything on it") {
+  fixture f;
+  f.open(1);
+  f.apply(enqueue{1, 0});
+  auto events = f.apply(target_moved{"t1"});
+  CHECK(all_of<build_cancelled>(events).size() == 1);
+  CHECK(f.build_of(1).root_sha == "t1");
+  CHECK(f.q.target_sha == "t1");
+}
+
+TEST_CASE("merge queue: commands that cannot apply are refused with the reason") {
+  fixture f;
+  CHECK(decide(f.q, enqueue{9, 0}, f.r, f.now).err().code == errc::not_found);
+  f.open(1);
+  f.apply(pr_closed{1, false});
+  CHECK(decide(f.q, enqueue{1, 0}, f.r, f.now).err().code == errc::conflict);
+  CHECK(decide(f.q, dequeue{1, ""}, f.r, f.now).err().code == errc::not_found);
+  pull_request bad;
+  bad.number = 0;
+  bad.head_sha = "x";
+  CHECK(decide(f.q, pr_opened{bad}, f.r, f.now).err().code == errc::invalid_argument);
+  f.open(2);
+  f.apply(enqueue{2, 0});
+  CHECK(decide(f.q, build_finished{f.build_of(2).id, build_status::passed, "", "", 0}, f.r, f.now).err().code ==
+        errc::invalid_argument);
+}
+
+// A seeded simulation: random pull requests (some bad), commands, and workers
+// that finish builds in random order. The invariant: the target only ever
+// points at a commit a build produced and passed, from exactly the root and
+// heads the queue had merged plus the merging item; no bad pull request is
+// ever merged; every good one that stays queued merges.
+TEST_CASE("merge queue: the target only ever holds tested trees (seeded simulation)") {
+  for (std::uint64_t seed = 1; seed <= 30; ++seed) {
+    CAPTURE(seed);
+    std::mt19937_64 rng{seed};
+    fixture f;
+    f.r.window = 1 + static_cast<std::int32_t>(rng() % 4);
+    f.r.infra_retries = 1;
+    std::set<pr_number> bad;
+    std::map<std::string, build> seen;  // every build requested
+    // The tree of each commit, as the pull requests merged onto "t0" in it.
+    std::map<std::string, std::vector<pr_number>> tree{{"t0", {}}};
+    std::string target = "t0";
+    std::int64_t merges = 0, ejections = 0;
+    pr_number next_pr = 1;
+    auto record = [&](const std::vector<event>& events) {
+      for (const auto& e : events) {
+        if (const auto* b = std::get_if<build_requested>(&e)) seen[b->b.id] = b->b;
+        if (const auto* m = std::get_if<merged>(&e)) {
+          REQUIRE_FALSE(bad.contains(m->number));
+          const auto& b = seen.at(m->build_id);
+          CHECK(m->commit_sha == "c-" + b.id);
+          // The commit holds exactly the old target's tree plus this item.
+          auto expected = tree.at(target);
+          expected.push_back(m->number);
+          REQUIRE(tree.contains(m->commit_sha));
+          CHECK(tree.at(m->commit_sha) == expected);
+          target = m->commit_sha;
+          ++merges;
+        }
+        if (std::holds_alternative<ejected>(e)) ++ejections;
+      }
+    };
+    auto finish = [&](const build& b, build_status status) {
+      if (status == build_status::passed) {
+        // What the worker built: the root's tree plus the heads not in it.
+        auto t = tree.at(b.root_sha);
+        for (const auto& h : b.heads)
+          if (std::find(t.begin(), t.end(), h.number) == t.end()) t.push_back(h.number);
+        tree["c-" + b.id] = t;
+      }
+      record(f.apply(build_finished{b.id, status, status == build_status::passed ? "c-" + b.id : "", "", 0}));
+    };
+    for (int step = 0; step < 400; ++step) {
+      const auto roll = rng() % 10;
+      if (roll < 3 && next_pr < 40) {
+        const auto n = next_pr++;
+        if (rng() % 4 == 0) bad.insert(n);
+        pull_request pr;
+        pr.number = n;
+        pr.head_sha = "h" + std::to_string(n);
+        if (n > 2 && rng() % 6 == 0) pr.depends_on = {static_cast<pr_number>(1 + rng() % (n - 1))};
+        record(f.apply(pr_opened{pr}));
+        record(f.apply(pr_approved{n}));
+        record(f.apply(enqueue{n, static_cast<std::int32_t>(rng() % 3)}));
+      } else if (roll < 8 && !f.q.builds.empty()) {
+        auto it = f.q.builds.begin();
+        std::advance(it, static_cast<long>(rng() % f.q.builds.size()));
+        const auto b = it->second;
+        bool has_bad = false;
+        for (const auto& h : b.heads) has_bad = has_bad || bad.contains(h.number);
+        const bool flaky = rng() % 10 == 0;
+        finish(b, flaky ? build_status::error : has_bad ? build_status::failed : build_status::passed);
+      } else if (roll == 8 && !f.q.items.empty()) {
+        const auto& item = f.q.items[rng() % f.q.items.size()];
+        record(f.apply(set_priority{item.number, static_cast<std::int32_t>(rng() % 3)}));
+      } else if (roll == 9 && !f.q.items.empty() && rng() % 4 == 0) {
+        const auto n = f.q.items[rng() % f.q.items.size()].number;
+        record(f.apply(dequeue{n, "changed my mind"}));
+      }
+    }
+    // Drain: finish everything without flakes.
+    for (int guard = 0; guard < 1000 && !f.q.builds.empty(); ++guard) {
+      const auto b = f.q.builds.begin()->second;
+      bool has_bad = false;
+      for (const auto& h : b.heads) has_bad = has_bad || bad.contains(h.number);
+      finish(b, has_bad ? build_status::failed : build_status::passed);
+    }
+    CHECK(f.q.builds.empty());
+    CHECK(f.q.target_sha == target);
+    CHECK(merges > 0);
+    CHECK(ejections > 0);
+    // What is left waits for a dependency that left the queue.
+    for (const auto& item : f.q.items) {
+      const auto& pr = f.q.prs.at(item.number);
+      CHECK_FALSE(pr.depends_on.empty());
+    }
+    for (const auto& [n, pr] : f.q.prs)
+      if (pr.merged) CHECK_FALSE(bad.contains(n));
+  }
+}
