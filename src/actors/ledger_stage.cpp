@@ -1,5 +1,6 @@
 #include "actors/ledger_stage.hpp"
 
+#include "actors/envelope.hpp"
 #include "actors/undo_map.hpp"
 #include "base/bytes.hpp"
 #include "base/json.hpp"
@@ -35,20 +36,6 @@ private:
 
 // -- decoding ------------------------------------------------------------------------
 
-/// An Envelope from its binary encoding or its protobuf JSON.
-result<keel::Envelope> decode_envelope(const std::string& value) {
-  keel::Envelope envelope;
-  if (!value.empty() && value.front() == '{') {
-    auto parsed = google::protobuf::util::JsonStringToMessage(value, &envelope);
-    if (!parsed.ok())
-      return make_error(errc::invalid_argument, "not an Envelope in JSON: {}", parsed.message().as_string());
-    return envelope;
-  }
-  if (!envelope.ParseFromString(value))
-    return make_error(errc::invalid_argument, "not an Envelope (neither protobuf nor JSON)");
-  return envelope;
-}
-
 bool valid_currency(const std::string& c) {
   return c.size() == 3 && std::all_of(c.begin(), c.end(), [](char x) { return x >= 'A' && x <= 'Z'; });
 }
@@ -80,19 +67,6 @@ pb::PostTransaction to_proto(const post_transaction& t) {
   p.set_booking_time_ms(t.booking_time_ms);
   p.set_reverses_transaction_id(t.reverses);
   return p;
-}
-
-/// Envelope fields common to every record a stage writes for one input.
-keel::Envelope envelope_for(const step_context& ctx, std::string_view topic, partition_id p,
-                            std::int64_t offset) {
-  keel::Envelope e;
-  e.set_event_id(ctx.next_event_id());
-  e.mutable_source()->set_topic(std::string{topic});
-  e.mutable_source()->set_partition(p.value());
-  e.mutable_source()->set_offset(offset);
-  e.set_event_time_ms(ctx.event_time_ms());
-  e.set_schema_version(1);
-  return e;
 }
 
 // -- account events <-> protobuf -----------------------------------------------------------

@@ -89,7 +89,7 @@ public:
   /// builds cancelled and requested.
   void settle() {
     for (;;) {
-      if (s_.paused) break;
+      if (s_.paused || s_.landing) break;  // one landing at a time
       const auto p = plan(s_);
       if (p.empty()) break;
       const auto& first = p.front();
@@ -97,7 +97,8 @@ public:
       if (!item->result || item->result->root_sha != s_.root_sha || item->result->heads != first.heads) break;
       const auto& r = *item->result;
       if (r.status == build_status::passed) {
-        add(merged{first.number, r.commit_sha, r.build_id, now_});
+        add(merge_started{first.number, r.commit_sha, r.build_id, s_.target_sha, now_});
+        break;
       } else if (terminal_failure(r)) {
         add(ejected{first.number, fmt::format("build {} {}{}{}", r.build_id, to_string(r.status),
                                                r.reason.empty() ? "" : ": ", r.reason),
@@ -124,7 +125,8 @@ public:
         add(build_cancelled{b.id, it == wanted.end() ? "no longer within the speculation window or not ready"
                                                      : "what is ahead of it changed"});
     }
-    if (s_.paused) return;
+    // Paused, or the target is not known yet (a new queue): nothing starts.
+    if (s_.paused || s_.target_sha.empty()) return;
     for (const auto& [n, entry] : wanted) {
       const auto* item = s_.find_item(n);
       if (!item->build_id.empty()) continue;
@@ -294,7 +296,12 @@ result<std::vector<event>> decide(const queue& q, const command& c, const rules&
     d.add(build_recorded{b.item, std::move(res), infra});
   } else if (const auto* t = std::get_if<target_moved>(&c)) {
     if (t->sha.empty()) return make_error(errc::invalid_argument, "target_moved needs a commit");
-    if (t->sha == s.target_sha) return std::vector<event>{};
+    if (s.landing && t->sha == s.landing->commit_sha) {
+      d.add(merged{s.landing->number, s.landing->commit_sha, s.landing->build_id, now_ms});
+      d.settle();
+      return d.take();
+    }
+    if (t->sha == s.target_sha && !s.landing) return std::vector<event>{};
     for (const auto& [id, b] : std::map<std::string, build>(s.builds))
       d.add(build_cancelled{id, "the target branch moved"});
     d.add(target_reset{t->sha});
@@ -349,7 +356,10 @@ void evolve(queue& q, const event& e) {
           item->result = ev.result;
           if (ev.infra_error) ++item->errors;
         }
+      } else if constexpr (std::is_same_v<T, merge_started>) {
+        q.landing = landing_state{ev.number, ev.commit_sha, ev.build_id, ev.previous_sha, ev.at_ms};
       } else if constexpr (std::is_same_v<T, merged>) {
+        q.landing.reset();
         const auto* item = q.find_item(ev.number);
         auto& pr = q.prs[ev.number];
         pr.merged = true;
@@ -369,6 +379,7 @@ void evolve(queue& q, const event& e) {
         q.target_sha = ev.sha;
         q.root_sha = ev.sha;
         q.root_heads.clear();
+        q.landing.reset();  // it did not happen: the item is built again on the new target
         for (auto& item : q.items) item.result.reset();
       }
     },

@@ -16,8 +16,10 @@
 ///
 /// The pipeline is speculative: the k-th ready item is built on the target
 /// plus every ready item ahead of it, up to `window` builds at once. An item
-/// merges when it is at the head and its build passed with exactly the
-/// speculation the queue now expects; it is ejected when at the head its
+/// lands when it is at the head and its build passed with exactly the
+/// speculation the queue now expects: the queue asks for the target to be
+/// advanced to that commit (merge_started) and counts it merged once a worker
+/// reports the branch there (target_moved); it is ejected when at the head its
 /// build failed (or conflicted, or timed out, or kept erroring). Whenever what
 /// lies ahead of an item changes, its build is cancelled and requested anew.
 ///
@@ -96,6 +98,16 @@ struct outcome {
   std::int64_t at_ms = 0;
 };
 
+/// A tested commit on its way to the target: the queue asked for the branch to
+/// be advanced to it and waits to hear where the branch is.
+struct landing_state {
+  pr_number number = 0;
+  std::string commit_sha;
+  std::string build_id;
+  std::string previous_sha;
+  std::int64_t started_at_ms = 0;
+};
+
 struct queue {
   std::string repository;
   std::string branch;
@@ -107,6 +119,7 @@ struct queue {
   std::map<pr_number, pull_request> prs;
   std::vector<queue_item> items;  // in queue order: priority (higher first), then seq
   std::map<std::string, build> builds;  // in flight
+  std::optional<landing_state> landing;  // one merge at a time
   std::int64_t next_seq = 0;
   std::int64_t next_build = 0;
   std::deque<outcome> history;   // newest last, at most history_max
@@ -172,7 +185,9 @@ struct build_finished {
   std::string reason;            // failure reason or log excerpt
   pr_number conflicting = 0;     // with conflict: the pull request that does not merge
 };
-/// The target branch moved by other means (a push): everything is rebuilt.
+/// Where the target branch is, as a worker saw it: the commit a landing asked
+/// for (the merge is done), or another one (a push, or an advance refused
+/// because the branch moved): then everything is rebuilt on it.
 struct target_moved {
   std::string sha;
 };
@@ -215,6 +230,13 @@ struct build_recorded {
   result_of_build result;
   bool infra_error = false;  // counted against the item's retries
 };
+struct merge_started {
+  pr_number number = 0;
+  std::string commit_sha;
+  std::string build_id;
+  std::string previous_sha;
+  std::int64_t at_ms = 0;
+};
 struct merged {
   pr_number number = 0;
   std::string commit_sha;
@@ -232,7 +254,8 @@ struct target_reset {
 };
 
 using event = std::variant<pr_recorded, item_enqueued, item_dequeued, priority_changed, queue_paused, queue_resumed,
-                           build_requested, build_cancelled, build_recorded, merged, ejected, target_reset>;
+                           build_requested, build_cancelled, build_recorded, merged, ejected, target_reset,
+                           merge_started>;
 
 /// Decides a command at time `now_ms`: the events that record it, then what
 /// the pipeline does about it (builds cancelled and requested, merges,

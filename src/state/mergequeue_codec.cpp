@@ -207,6 +207,13 @@ void put_event(byte_writer& w, const event& e) {
         put(w, ev.build_id);
         put(w, ev.at_ms);
       } else if constexpr (std::is_same_v<T, target_reset>) put(w, ev.sha);
+      else if constexpr (std::is_same_v<T, merge_started>) {
+        put(w, ev.number);
+        put(w, ev.commit_sha);
+        put(w, ev.build_id);
+        put(w, ev.previous_sha);
+        put(w, ev.at_ms);
+      }
     },
     e);
 }
@@ -261,6 +268,13 @@ void take_event(byte_reader& r, event& e) {
         take(r, ev.build_id);
         take(r, ev.at_ms);
       } else if constexpr (std::is_same_v<T, target_reset>) take(r, ev.sha);
+      else if constexpr (std::is_same_v<T, merge_started>) {
+        take(r, ev.number);
+        take(r, ev.commit_sha);
+        take(r, ev.build_id);
+        take(r, ev.previous_sha);
+        take(r, ev.at_ms);
+      }
     },
     e);
 }
@@ -299,6 +313,14 @@ void save(const queue& q, byte_writer& w) {
   put(w, q.items);
   w.var(q.builds.size());
   for (const auto& [id, b] : q.builds) put(w, b);
+  put(w, q.landing.has_value());
+  if (q.landing) {
+    put(w, q.landing->number);
+    put(w, q.landing->commit_sha);
+    put(w, q.landing->build_id);
+    put(w, q.landing->previous_sha);
+    put(w, q.landing->started_at_ms);
+  }
   put(w, q.next_seq);
   put(w, q.next_build);
   w.var(q.history.size());
@@ -327,6 +349,16 @@ result<void> load(queue& q, byte_reader& r) {
     build b;
     take(r, b);
     out.builds[b.id] = std::move(b);
+  }
+  bool landing = false;
+  take(r, landing);
+  if (landing) {
+    auto& l = out.landing.emplace();
+    take(r, l.number);
+    take(r, l.commit_sha);
+    take(r, l.build_id);
+    take(r, l.previous_sha);
+    take(r, l.started_at_ms);
   }
   take(r, out.next_seq);
   take(r, out.next_build);

@@ -22,11 +22,22 @@ struct fixture {
     q.target_sha = q.root_sha = "t0";
   }
 
+  /// When set, a landing is confirmed at once, as a worker that advanced the
+  /// branch would (and its events are returned with the command's).
+  bool auto_land = true;
+
   std::vector<event> apply(const command& c) {
     auto events = decide(q, c, r, now);
     REQUIRE_MESSAGE(events, (events ? "" : events.err().message));
     for (const auto& e : *events) evolve(q, e);
-    return std::move(*events);
+    auto out = std::move(*events);
+    while (auto_land && q.landing) {
+      auto confirmed = decide(q, target_moved{q.landing->commit_sha}, r, now);
+      REQUIRE(confirmed);
+      for (const auto& e : *confirmed) evolve(q, e);
+      out.insert(out.end(), confirmed->begin(), confirmed->end());
+    }
+    return out;
   }
 
   void open(pr_number n, std::vector<pr_number> depends_on = {}) {
@@ -266,6 +277,49 @@ SCENARIO("merge queue: priority reorders the pipeline; pause stops builds and me
   CHECK(all_of<merged>(resumed).size() == 1);
   CHECK(f.q.target_sha == "c2");
   CHECK(f.q.find_item(3)->build_id.empty() == false);
+}
+
+SCENARIO("merge queue: a landing waits for the branch to be advanced; a refused advance rebuilds on the new tip") {
+  fixture f;
+  f.auto_land = false;
+  f.open(1);
+  f.open(2);
+  f.apply(enqueue{1, 0});
+  f.apply(enqueue{2, 0});
+  auto events = f.finish(1, build_status::passed, "c1");
+  REQUIRE(all_of<merge_started>(events).size() == 1);
+  CHECK(all_of<merge_started>(events)[0].previous_sha == "t0");
+  CHECK(all_of<merged>(events).empty());
+  CHECK(f.q.target_sha == "t0");
+  REQUIRE(f.q.landing);
+  WHEN("a worker reports the branch at the landed commit") {
+    auto done = f.apply(target_moved{"c1"});
+    THEN("the item is merged") {
+      REQUIRE(all_of<merged>(done).size() == 1);
+      CHECK(f.q.target_sha == "c1");
+      CHECK_FALSE(f.q.landing);
+    }
+  }
+  WHEN("the branch moved elsewhere before the advance") {
+    auto moved = f.apply(target_moved{"t-pushed"});
+    THEN("nothing merged; both items are rebuilt on the new tip") {
+      CHECK(all_of<merged>(moved).empty());
+      CHECK_FALSE(f.q.landing);
+      CHECK(f.q.items.size() == 2);
+      CHECK(f.build_of(1).root_sha == "t-pushed");
+      CHECK(numbers(f.build_of(2).heads) == std::vector<pr_number>{1, 2});
+    }
+  }
+}
+
+SCENARIO("merge queue: a new queue starts building once it knows where its target is") {
+  fixture f;
+  f.q.target_sha = f.q.root_sha = "";
+  f.open(1);
+  CHECK(f.requested(f.apply(enqueue{1, 0})).empty());
+  auto events = f.apply(target_moved{"t0"});
+  REQUIRE(f.requested(events).size() == 1);
+  CHECK(f.build_of(1).root_sha == "t0");
 }
 
 SCENARIO("merge queue: the target moving under the queue rebuilds everything on it") {

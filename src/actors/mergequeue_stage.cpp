@@ -1,0 +1,591 @@
+#include "actors/mergequeue_stage.hpp"
+
+#include "actors/envelope.hpp"
+#include "actors/undo_map.hpp"
+#include "base/bytes.hpp"
+#include "base/json.hpp"
+#include "git/repository.hpp"
+#include "state/mergequeue_codec.hpp"
+
+#include <filesystem>
+
+namespace keel::runtime {
+namespace {
+
+namespace topics = mq_topics;
+namespace pb = keel::mergequeue;
+
+constexpr std::size_t log_tail_bytes = 4096;
+
+pb::BuildStatus to_proto(mq::build_status s) {
+  switch (s) {
+    case mq::build_status::passed: return pb::BUILD_STATUS_PASSED;
+    case mq::build_status::failed: return pb::BUILD_STATUS_FAILED;
+    case mq::build_status::conflict: return pb::BUILD_STATUS_CONFLICT;
+    case mq::build_status::error: return pb::BUILD_STATUS_ERROR;
+    case mq::build_status::timed_out: return pb::BUILD_STATUS_TIMED_OUT;
+  }
+  return pb::BUILD_STATUS_UNSPECIFIED;
+}
+
+result<mq::build_status> from_proto(pb::BuildStatus s) {
+  switch (s) {
+    case pb::BUILD_STATUS_PASSED: return mq::build_status::passed;
+    case pb::BUILD_STATUS_FAILED: return mq::build_status::failed;
+    case pb::BUILD_STATUS_CONFLICT: return mq::build_status::conflict;
+    case pb::BUILD_STATUS_ERROR: return mq::build_status::error;
+    case pb::BUILD_STATUS_TIMED_OUT: return mq::build_status::timed_out;
+    default: return make_error(errc::invalid_argument, "build_finished needs a status");
+  }
+}
+
+// -- the supervisor ----------------------------------------------------------------------
+
+/// All queues of one repository (the entity), and which queue each pull
+/// request belongs to (its base branch).
+struct repo_state {
+  std::map<std::string, mq::queue> queues;
+  std::map<mq::pr_number, std::string> pr_branch;
+};
+
+mq::queue& queue_of(repo_state& r, const std::string& repository, const std::string& branch) {
+  auto [it, inserted] = r.queues.try_emplace(branch);
+  if (inserted) {
+    it->second.repository = repository;
+    it->second.branch = branch;
+  }
+  return it->second;
+}
+
+void apply_event(repo_state& r, const std::string& repository, const std::string& branch, const mq::event& e) {
+  if (const auto* p = std::get_if<mq::pr_recorded>(&e)) r.pr_branch[p->pr.number] = branch;
+  mq::evolve(queue_of(r, repository, branch), e);
+}
+
+// Changelog values: the branch, then the encoded event.
+std::string changelog_value(const std::string& branch, const mq::event& e) {
+  std::string out;
+  byte_writer w{out};
+  w.str(branch);
+  w.raw(mq::encode(e));
+  return out;
+}
+
+std::string item_state(const mq::queue& q, const mq::queue_item& item, const std::vector<mq::pr_number>& ready) {
+  if (!item.build_id.empty()) return "building";
+  if (item.result) {
+    if (item.result->status == mq::build_status::passed) return "passed";
+    if (item.result->status != mq::build_status::error) return "failed";
+  }
+  if (std::find(ready.begin(), ready.end(), item.number) == ready.end()) {
+    const auto& pr = q.prs.at(item.number);
+    return pr.approved ? "blocked" : "awaiting-approval";
+  }
+  return q.paused ? "paused" : "waiting";
+}
+
+std::string describe_queue(const mq::queue& q, std::int64_t now_ms) {
+  const auto ready = mq::ready_items(q);
+  std::string items;
+  std::int64_t position = 0;
+  for (const auto& item : q.items) {
+    const auto& pr = q.prs.at(item.number);
+    std::string build = "null";
+    if (!item.build_id.empty()) {
+      const auto& b = q.builds.at(item.build_id);
+      std::string heads;
+      for (const auto& h : b.heads) heads += fmt::format("{}{}", heads.empty() ? "" : ",", h.number);
+      build = fmt::format(R"({{"build_id":{},"attempt":{},"requested_at_ms":{},"elapsed_ms":{},"timeout_ms":{},"heads":[{}]}})",
+                          json_quote(b.id), b.attempt, b.requested_at_ms, std::max<std::int64_t>(0, now_ms - b.requested_at_ms),
+                          b.timeout_ms, heads);
+    }
+    items += fmt::format(
+      R"({}{{"number":{},"title":{},"author":{},"head_sha":{},"position":{},"priority":{},"state":"{}","enqueued_at_ms":{},"build":{},"last_result":{}}})",
+      items.empty() ? "" : ",", item.number, json_quote(pr.title), json_quote(pr.author), json_quote(pr.head_sha),
+      position++, item.priority, item_state(q, item, ready), item.enqueued_at_ms, build,
+      item.result ? fmt::format(R"({{"build_id":{},"status":"{}","reason":{}}})", json_quote(item.result->build_id),
+                                mq::to_string(item.result->status), json_quote(item.result->reason))
+                  : std::string{"null"});
+  }
+  std::string history;
+  for (auto it = q.history.rbegin(); it != q.history.rend(); ++it)
+    history += fmt::format(R"({}{{"number":{},"outcome":"{}","commit_sha":{},"reason":{},"build_id":{},"enqueued_at_ms":{},"at_ms":{}}})",
+                           history.empty() ? "" : ",", it->number, it->merged ? "merged" : "ejected",
+                           json_quote(it->commit_sha), json_quote(it->reason), json_quote(it->build_id),
+                           it->enqueued_at_ms, it->at_ms);
+  return fmt::format(
+    R"({{"branch":{},"target_sha":{},"paused":{},"pause_reason":{},"items":[{}],"builds_in_flight":{},"merged_total":{},"ejected_total":{},"history":[{}]}})",
+    json_quote(q.branch), json_quote(q.target_sha), q.paused ? "true" : "false", json_quote(q.pause_reason), items,
+    q.builds.size(), q.merged_total, q.ejected_total, history);
+}
+
+class supervisor_logic final : public stage_logic {
+public:
+  explicit supervisor_logic(mq::rules rules) : rules_(rules) {}
+
+  result<void> process(const input_record& in, step_context& ctx) override {
+    const auto& data = in.record.data;
+    if (!data.key || data.key->empty()) return make_error(errc::invalid_argument, "a merge-queue record needs the repository as key");
+    if (!data.value) return make_error(errc::invalid_argument, "a merge-queue record needs a value");
+    auto envelope = decode_envelope(*data.value);
+    if (!envelope) return envelope.err();
+    const auto& repo = *data.key;
+    const auto* current = repos_.find(repo);
+    const repo_state empty;
+    const repo_state& r = current != nullptr ? *current : empty;
+
+    std::string branch;
+    auto branch_of = [&](mq::pr_number n) -> result<std::string> {
+      auto it = r.pr_branch.find(n);
+      if (it == r.pr_branch.end()) return make_error(errc::not_found, "pull request #{} of {} was never opened", n, repo);
+      return it->second;
+    };
+    auto check_repo = [&](const std::string& named) -> result<void> {
+      if (named != repo) return make_error(errc::invalid_argument, "a record about {} keyed as {}", named, repo);
+      return ok();
+    };
+    // Pull-request events find their queue through the pull request; queue
+    // commands and worker reports name it.
+    auto by_pr = [&](const std::string& named, mq::pr_number n) -> result<void> {
+      KEEL_TRY(check_repo(named));
+      auto b = branch_of(n);
+      if (!b) return b.err();
+      branch = *b;
+      return ok();
+    };
+    auto by_queue = [&](const std::string& named, const std::string& named_branch) -> result<void> {
+      KEEL_TRY(check_repo(named));
+      branch = named_branch;
+      return ok();
+    };
+    mq::command cmd;
+    switch (envelope->body_case()) {
+      case keel::Envelope::kPullRequestOpened: {
+        const auto& m = envelope->pull_request_opened();
+        KEEL_TRY(check_repo(m.repository()));
+        if (m.base_branch().empty()) return make_error(errc::invalid_argument, "pull_request_opened needs base_branch");
+        branch = m.base_branch();
+        mq::pull_request pr;
+        pr.number = m.number();
+        pr.title = m.title();
+        pr.author = m.author();
+        pr.head_sha = m.head_sha();
+        pr.changed_paths.assign(m.changed_paths().begin(), m.changed_paths().end());
+        pr.depends_on.assign(m.depends_on().begin(), m.depends_on().end());
+        cmd = mq::pr_opened{std::move(pr)};
+        break;
+      }
+      case keel::Envelope::kPullRequestSynchronized: {
+        const auto& m = envelope->pull_request_synchronized();
+        KEEL_TRY(by_pr(m.repository(), m.number()));
+        cmd = mq::pr_synchronized{m.number(), m.head_sha(), {m.changed_paths().begin(), m.changed_paths().end()}};
+        break;
+      }
+      case keel::Envelope::kPullRequestApproved: {
+        const auto& m = envelope->pull_request_approved();
+        KEEL_TRY(by_pr(m.repository(), m.number()));
+        cmd = mq::pr_approved{m.number()};
+        break;
+      }
+      case keel::Envelope::kPullRequestClosed: {
+        const auto& m = envelope->pull_request_closed();
+        KEEL_TRY(by_pr(m.repository(), m.number()));
+        cmd = mq::pr_closed{m.number(), m.merged_elsewhere()};
+        break;
+      }
+      case keel::Envelope::kPullRequestLabeled: {
+        const auto& m = envelope->pull_request_labeled();
+        KEEL_TRY(by_pr(m.repository(), m.number()));
+        cmd = mq::pr_labeled{m.number(), m.label(), m.added()};
+        break;
+      }
+      case keel::Envelope::kEnqueue: {
+        const auto& m = envelope->enqueue();
+        KEEL_TRY(by_queue(m.repository(), m.branch()));
+        cmd = mq::enqueue{m.number(), m.priority()};
+        break;
+      }
+      case keel::Envelope::kDequeue: {
+        const auto& m = envelope->dequeue();
+        KEEL_TRY(by_queue(m.repository(), m.branch()));
+        cmd = mq::dequeue{m.number(), m.reason()};
+        break;
+      }
+      case keel::Envelope::kSetPriority: {
+        const auto& m = envelope->set_priority();
+        KEEL_TRY(by_queue(m.repository(), m.branch()));
+        cmd = mq::set_priority{m.number(), m.priority()};
+        break;
+      }
+      case keel::Envelope::kPauseQueue: {
+        const auto& m = envelope->pause_queue();
+        KEEL_TRY(by_queue(m.repository(), m.branch()));
+        cmd = mq::pause_queue{m.reason()};
+        break;
+      }
+      case keel::Envelope::kResumeQueue: {
+        const auto& m = envelope->resume_queue();
+        KEEL_TRY(by_queue(m.repository(), m.branch()));
+        cmd = mq::resume_queue{};
+        break;
+      }
+      case keel::Envelope::kBuildFinished: {
+        const auto& m = envelope->build_finished();
+        KEEL_TRY(by_queue(m.repository(), m.branch()));
+        auto status = from_proto(m.status());
+        if (!status) return status.err();
+        cmd = mq::build_finished{m.build_id(), *status, m.commit_sha(), m.log_tail(), m.conflicting_number()};
+        break;
+      }
+      case keel::Envelope::kTargetMoved: {
+        const auto& m = envelope->target_moved();
+        KEEL_TRY(by_queue(m.repository(), m.branch()));
+        cmd = mq::target_moved{m.sha()};
+        break;
+      }
+      default:
+        return make_error(errc::invalid_argument, "{} and {} take pull-request events, queue commands and build results",
+                          topics::commands, topics::build_results);
+    }
+    if (branch.empty()) return make_error(errc::invalid_argument, "a merge-queue command needs its branch");
+
+    const auto existing = r.queues.find(branch);
+    mq::queue fresh;
+    fresh.repository = repo;
+    fresh.branch = branch;
+    const mq::queue& q = existing != r.queues.end() ? existing->second : fresh;
+    auto decided = mq::decide(q, cmd, rules_, ctx.event_time_ms());
+    if (!decided) return decided.err();
+    if (existing == r.queues.end()) {
+      // A new queue asks the workers where its target branch is.
+      auto out = envelope_for(ctx, in.topic, in.partition, in.record.offset.value());
+      auto* t = out.mutable_target_requested();
+      t->set_repository(repo);
+      t->set_branch(branch);
+      ctx.emit(std::string{topics::build_requests}, repo, out.SerializeAsString());
+    }
+    auto& state = repos_.touch(repo);
+    for (const auto& e : *decided) {
+      const auto previous_target = queue_of(state, repo, branch).target_sha;
+      apply_event(state, repo, branch, e);
+      ctx.record(repo, changelog_value(branch, e));
+      emit(ctx, in, repo, branch, previous_target, e);
+    }
+    return ok();
+  }
+
+  result<void> apply(std::string_view key, std::string_view event) override {
+    byte_reader r{event};
+    std::string branch{r.str()};
+    if (!r.ok()) return make_error(errc::corrupt, "merge-queue changelog record of {} is damaged", key);
+    auto e = mq::decode_event(r.remaining());
+    if (!e) return with_context(std::move(e).err(), fmt::format("changelog of {}", key));
+    std::string repo{key};
+    apply_event(repos_.touch(repo), repo, branch, *e);
+    return ok();
+  }
+
+  void begin_batch() override { repos_.begin(); }
+  void commit_batch() override { repos_.commit(); }
+  void rollback_batch() override { repos_.rollback(); }
+  std::int64_t entity_count() const override { return static_cast<std::int64_t>(repos_.size()); }
+
+  void save(std::string& out) const override {
+    byte_writer w{out};
+    w.u64(repos_.size());
+    for (const auto& [repo, state] : repos_.items()) save_repo(w, repo, state);
+  }
+  result<void> load(std::string_view in) override {
+    byte_reader r{in};
+    decltype(repos_)::map_type loaded;
+    for (auto n = r.u64(); r.ok() && n > 0; --n) {
+      std::string repo{r.str()};
+      KEEL_TRY(load_repo(r, loaded[repo]));
+    }
+    if (!r.ok() || !r.done()) return make_error(errc::corrupt, "damaged merge-queue snapshot");
+    repos_.reset(std::move(loaded));
+    return ok();
+  }
+  bool save_changes(std::string& out) const override {
+    byte_writer w{out};
+    w.u64(repos_.changes());
+    repos_.for_changes([&w](const std::string& repo, const repo_state* state) {
+      w.u64(state != nullptr ? 1 : 0);
+      if (state != nullptr) save_repo(w, repo, *state);
+      else w.str(repo);
+    });
+    return true;
+  }
+  result<void> load_changes(std::string_view in) override {
+    byte_reader r{in};
+    for (auto n = r.u64(); r.ok() && n > 0; --n) {
+      const bool present = r.u64() != 0;
+      std::string repo{r.str()};
+      if (!present) {
+        repos_.load_entry(repo, std::nullopt);
+        continue;
+      }
+      repo_state state;
+      KEEL_TRY(load_repo(r, state));
+      repos_.load_entry(repo, std::move(state));
+    }
+    if (!r.ok() || !r.done()) return make_error(errc::corrupt, "damaged merge-queue snapshot delta");
+    return ok();
+  }
+  void snapshot_taken() override { repos_.mark_clean(); }
+
+  std::optional<std::string> describe(std::string_view key) const override {
+    const auto* state = repos_.find(std::string{key});
+    if (state == nullptr) return std::nullopt;
+    std::string queues;
+    const auto now = std::chrono::duration_cast<std::chrono::milliseconds>(
+                       std::chrono::system_clock::now().time_since_epoch()).count();
+    for (const auto& [branch, q] : state->queues)
+      queues += (queues.empty() ? "" : ",") + describe_queue(q, now);
+    return fmt::format(R"({{"repository":{},"queues":[{}]}})", json_quote(key), queues);
+  }
+
+private:
+  static void save_repo(byte_writer& w, const std::string& repo, const repo_state& state) {
+    w.str(repo);
+    w.u64(state.queues.size());
+    for (const auto& [branch, q] : state.queues) {
+      w.str(branch);
+      mq::save(q, w);
+    }
+  }
+  static result<void> load_repo(byte_reader& r, repo_state& state) {
+    for (auto n = r.u64(); r.ok() && n > 0; --n) {
+      std::string branch{r.str()};
+      auto& q = state.queues[branch];
+      KEEL_TRY(mq::load(q, r));
+      for (const auto& [number, pr] : q.prs) state.pr_branch[number] = branch;
+    }
+    if (!r.ok()) return make_error(errc::corrupt, "damaged merge-queue state");
+    return ok();
+  }
+
+  void emit(step_context& ctx, const input_record& in, const std::string& repo, const std::string& branch,
+            const std::string& previous_target, const mq::event& e) {
+    auto out = [&] { return envelope_for(ctx, in.topic, in.partition, in.record.offset.value()); };
+    if (const auto* b = std::get_if<mq::build_requested>(&e)) {
+      auto env = out();
+      auto* m = env.mutable_build_requested();
+      m->set_build_id(b->b.id);
+      m->set_repository(repo);
+      m->set_branch(branch);
+      m->set_base_sha(b->b.root_sha);
+      for (const auto& h : b->b.heads) {
+        auto* head = m->add_heads();
+        head->set_number(h.number);
+        head->set_head_sha(h.sha);
+      }
+      m->set_attempt(b->b.attempt);
+      m->set_timeout_ms(b->b.timeout_ms);
+      ctx.emit(std::string{topics::build_requests}, repo, env.SerializeAsString());
+    } else if (const auto* c = std::get_if<mq::build_cancelled>(&e)) {
+      auto env = out();
+      auto* m = env.mutable_build_cancelled();
+      m->set_build_id(c->build_id);
+      m->set_reason(c->reason);
+      m->set_repository(repo);
+      m->set_branch(branch);
+      ctx.emit(std::string{topics::build_requests}, repo, env.SerializeAsString());
+    } else if (const auto* m = std::get_if<mq::merge_started>(&e)) {
+      // The workers advance the branch and report where it is.
+      auto env = out();
+      auto* x = env.mutable_merged();
+      x->set_repository(repo);
+      x->set_branch(branch);
+      x->set_number(m->number);
+      x->set_commit_sha(m->commit_sha);
+      x->set_build_id(m->build_id);
+      x->set_merged_at_ms(m->at_ms);
+      x->set_previous_sha(m->previous_sha);
+      ctx.emit(std::string{topics::build_requests}, repo, env.SerializeAsString());
+    } else if (const auto* m = std::get_if<mq::merged>(&e)) {
+      auto env = out();
+      auto* x = env.mutable_merged();
+      x->set_repository(repo);
+      x->set_branch(branch);
+      x->set_number(m->number);
+      x->set_commit_sha(m->commit_sha);
+      x->set_build_id(m->build_id);
+      x->set_merged_at_ms(m->at_ms);
+      x->set_previous_sha(previous_target);
+      ctx.emit(std::string{topics::outcomes}, repo, env.SerializeAsString());
+    } else if (const auto* j = std::get_if<mq::ejected>(&e)) {
+      auto env = out();
+      auto* x = env.mutable_ejected();
+      x->set_repository(repo);
+      x->set_branch(branch);
+      x->set_number(j->number);
+      x->set_reason(j->reason);
+      x->set_build_id(j->build_id);
+      x->set_ejected_at_ms(j->at_ms);
+      ctx.emit(std::string{topics::outcomes}, repo, env.SerializeAsString());
+    }
+  }
+
+  mq::rules rules_;
+  undo_map<std::string, repo_state> repos_;
+};
+
+// -- the worker -------------------------------------------------------------------------
+
+std::string safe_name(std::string_view id) {
+  std::string out;
+  for (char c : id) out.push_back((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ? c : '_');
+  return out;
+}
+
+std::string tail_of(const std::string& s) {
+  return s.size() <= log_tail_bytes ? s : s.substr(s.size() - log_tail_bytes);
+}
+
+class worker_logic final : public stateless_logic {
+public:
+  explicit worker_logic(const mq_options& o) : options_(o) {}
+
+  result<void> process(const input_record& in, step_context& ctx) override {
+    const auto& data = in.record.data;
+    if (!data.value) return make_error(errc::invalid_argument, "a build request needs a value");
+    auto envelope = decode_envelope(*data.value);
+    if (!envelope) return envelope.err();
+    switch (envelope->body_case()) {
+      case keel::Envelope::kBuildRequested: return build(in, ctx, envelope->build_requested());
+      case keel::Envelope::kMerged: return advance(in, ctx, envelope->merged());
+      case keel::Envelope::kTargetRequested: {
+        const auto& m = envelope->target_requested();
+        auto repo = open(m.repository());
+        if (!repo) return repo.err();
+        auto sha = repo->resolve("refs/heads/" + m.branch());
+        if (!sha) return sha.err();
+        report_target(in, ctx, m.repository(), m.branch(), *sha, "");
+        return ok();
+      }
+      case keel::Envelope::kBuildCancelled:
+        // A build runs to its end or its timeout inside one step; the queue
+        // ignores what a cancelled build reports.
+        return ok();
+      default:
+        return make_error(errc::invalid_argument, "{} takes build requests, merges and target requests",
+                          topics::build_requests);
+    }
+  }
+
+private:
+  result<git::repository> open(const std::string& name) const {
+    auto it = options_.repositories.find(name);
+    if (it == options_.repositories.end())
+      return make_error(errc::not_found, "no repository {} is configured ([mergequeue.repositories])", name);
+    return git::repository::open(it->second.path);
+  }
+
+  result<void> build(const input_record& in, step_context& ctx, const pb::BuildRequested& m) {
+    pb::BuildFinished result;
+    result.set_build_id(m.build_id());
+    result.set_repository(m.repository());
+    result.set_branch(m.branch());
+    result.set_worker(options_.worker_name);
+    const auto started = ctx.wall_time_ms();
+    auto finish = [&](pb::BuildStatus status, std::string log) {
+      result.set_status(status);
+      result.set_log_tail(tail_of(log));
+      result.set_finished_at_ms(ctx.wall_time_ms());
+      if (result.duration_ms() == 0) result.set_duration_ms(result.finished_at_ms() - started);
+      auto env = envelope_for(ctx, in.topic, in.partition, in.record.offset.value());
+      *env.mutable_build_finished() = result;
+      ctx.emit(std::string{topics::build_results}, m.repository(), env.SerializeAsString());
+    };
+    auto repo = open(m.repository());
+    if (!repo) {
+      finish(pb::BUILD_STATUS_ERROR, repo.err().message);
+      return ok();
+    }
+    std::vector<git::merge_head> heads;
+    for (const auto& h : m.heads()) heads.push_back({h.number(), h.head_sha()});
+    const auto scratch = options_.scratch_dir + "/" + safe_name(m.build_id());
+    auto merged = repo->merge(m.base_sha(), heads, scratch);
+    if (!merged) {
+      (void)repo->remove_worktree(scratch);
+      finish(pb::BUILD_STATUS_ERROR, merged.err().message);
+      return ok();
+    }
+    if (const auto* conflict = std::get_if<git::merge_conflict>(&*merged)) {
+      (void)repo->remove_worktree(scratch);
+      result.set_conflicting_number(conflict->number);
+      finish(pb::BUILD_STATUS_CONFLICT, conflict->detail);
+      return ok();
+    }
+    const auto& made = std::get<git::speculative_commit>(*merged);
+    result.set_commit_sha(made.commit_sha);
+    result.set_tree_sha(made.tree_sha);
+    const auto& command = options_.repositories.at(m.repository()).build_command;
+    const auto timeout = std::chrono::milliseconds{m.timeout_ms() > 0 ? m.timeout_ms() : 30 * 60 * 1000};
+    auto ran = repo->build(scratch, command, timeout,
+                           {"KEEL_BUILD_ID=" + m.build_id(), "KEEL_REPOSITORY=" + m.repository(),
+                            "KEEL_BRANCH=" + m.branch(), "KEEL_COMMIT=" + made.commit_sha});
+    (void)repo->remove_worktree(scratch);
+    if (!ran) {
+      finish(pb::BUILD_STATUS_ERROR, ran.err().message);
+      return ok();
+    }
+    result.set_duration_ms(ran->outcome.duration_ms);
+    if (ran->outcome.timed_out)
+      finish(pb::BUILD_STATUS_TIMED_OUT, fmt::format("{}\n[keel] {}", ran->outcome.output, ran->outcome.describe()));
+    else
+      finish(ran->passed ? pb::BUILD_STATUS_PASSED : pb::BUILD_STATUS_FAILED,
+             fmt::format("{}\n[keel] {}", ran->outcome.output, ran->outcome.describe()));
+    return ok();
+  }
+
+  result<void> advance(const input_record& in, step_context& ctx, const pb::Merged& m) {
+    auto repo = open(m.repository());
+    if (!repo) return repo.err();
+    auto moved = repo->advance(m.branch(), m.previous_sha(), m.commit_sha());
+    if (moved) {
+      report_target(in, ctx, m.repository(), m.branch(), m.commit_sha(), "");
+      return ok();
+    }
+    if (moved.err().code != errc::conflict) return moved.err();
+    // The branch moved under the queue: tell it where the branch is now.
+    auto now = repo->resolve("refs/heads/" + m.branch());
+    if (!now) return now.err();
+    report_target(in, ctx, m.repository(), m.branch(), *now, moved.err().message);
+    return ok();
+  }
+
+  void report_target(const input_record& in, step_context& ctx, const std::string& repository, const std::string& branch,
+                     const std::string& sha, const std::string& reason) {
+    auto env = envelope_for(ctx, in.topic, in.partition, in.record.offset.value());
+    auto* t = env.mutable_target_moved();
+    t->set_repository(repository);
+    t->set_branch(branch);
+    t->set_sha(sha);
+    t->set_reason(reason);
+    ctx.emit(std::string{topics::build_results}, repository, env.SerializeAsString());
+  }
+
+  const mq_options& options_;
+};
+
+} // namespace
+
+std::vector<stage_spec> mergequeue_stages(const mq_options& options) {
+  auto shared = std::make_shared<mq_options>(options);
+  auto out_topic = [&](std::string_view name) { return topic_spec{.name = std::string{name}, .partitions = options.partitions}; };
+  stage_spec supervisor;
+  supervisor.name = "mergequeue";
+  supervisor.inputs = {std::string{topics::commands}, std::string{topics::build_results}};
+  supervisor.outputs = {out_topic(topics::build_requests), out_topic(topics::outcomes)};
+  supervisor.make_logic = [shared] { return std::make_unique<supervisor_logic>(shared->rules); };
+  stage_spec worker;
+  worker.name = "mq-worker";
+  worker.inputs = {std::string{topics::build_requests}};
+  worker.outputs = {out_topic(topics::build_results)};
+  worker.make_logic = [shared] { return std::make_unique<worker_logic>(*shared); };
+  return {std::move(supervisor), std::move(worker)};
+}
+
+} // namespace keel::runtime

@@ -1,0 +1,202 @@
+#include "actors/clock.hpp"
+#include "actors/mergequeue_stage.hpp"
+#include "actors/runtime.hpp"
+#include "actors/task_engine.hpp"
+#include "git/repository.hpp"
+#include "keel/envelope.pb.h"
+#include "log/embedded_log.hpp"
+
+#include "support/temp_dir.hpp"
+
+#include <doctest/doctest.h>
+
+#include <filesystem>
+
+using namespace keel;
+using namespace keel::runtime;
+using namespace std::chrono_literals;
+
+namespace {
+
+std::string sh(const std::string& dir, const std::string& script) {
+  git::run_options o;
+  o.cwd = dir;
+  o.env = git::scrubbed_env(dir, {"GIT_AUTHOR_NAME=t", "GIT_AUTHOR_EMAIL=t@example.invalid", "GIT_COMMITTER_NAME=t",
+                                  "GIT_COMMITTER_EMAIL=t@example.invalid"});
+  o.timeout = 60s;
+  auto r = git::run({"/bin/sh", "-ec", script}, o);
+  REQUIRE(r);
+  REQUIRE_MESSAGE(r->ok(), script << ": " << r->output);
+  auto out = r->output;
+  while (!out.empty() && out.back() == '\n') out.pop_back();
+  return out;
+}
+
+/// The whole workflow on one partition, stepped by hand: the supervisor and
+/// the worker over a real SQLite log and a real git repository.
+struct flow {
+  test::temp_dir dir;
+  std::string repo_path = dir.file("app");
+  std::unique_ptr<embedded_log> log;
+  manual_clock wall{1'700'000'000'000};
+  std::vector<stage_spec> stages;
+  std::vector<std::unique_ptr<task_engine>> engines;
+  std::int64_t offset_seq = 0;
+
+  explicit flow(const std::string& build_command) {
+    std::filesystem::create_directories(repo_path);
+    // main has a file per pull request to touch, and a test script the build runs.
+    sh(repo_path, "git init -q -b main . && printf 'x\\n' > one.txt && printf 'x\\n' > two.txt && "
+                  "printf 'x\\n' > three.txt && git add . && git commit -qm base");
+    mq_options o;
+    o.partitions = 1;
+    o.rules.window = 3;
+    o.repositories["acme/app"] = {repo_path, build_command};
+    o.scratch_dir = dir.file("scratch");
+    stages = mergequeue_stages(o);
+    log = std::move(*embedded_log::open({.path = dir.file("log.db"), .sync = sqlite::sync_mode::off}));
+    REQUIRE(prepare_topics(*log, stages, 1));
+    for (const auto& s : stages) {
+      engines.push_back(std::make_unique<task_engine>(s, partition_id{0}, *log, nullptr, wall));
+      REQUIRE(engines.back()->restore());
+    }
+  }
+
+  std::string branch_commit(const std::string& branch, const std::string& file, const std::string& content) {
+    return sh(repo_path, fmt::format("git checkout -qb {0} main && printf '{2}\\n' > {1} && git commit -qam {0} && "
+                                     "git rev-parse HEAD && git checkout -q main",
+                                     branch, file, content));
+  }
+
+  void send(keel::Envelope e) {
+    e.set_event_id(fmt::format("cmd-{}", offset_seq++));
+    e.set_event_time_ms(wall.now_ms());
+    commit_batch b;
+    b.records.push_back({std::string{mq_topics::commands}, std::nullopt,
+                         {std::string{"acme/app"}, e.SerializeAsString(), wall.now_ms(), {}}});
+    REQUIRE(log->commit(b));
+  }
+
+  void open_and_enqueue(std::int64_t number, const std::string& sha) {
+    keel::Envelope opened;
+    auto* o = opened.mutable_pull_request_opened();
+    o->set_repository("acme/app");
+    o->set_number(number);
+    o->set_title(fmt::format("change {}", number));
+    o->set_head_sha(sha);
+    o->set_base_branch("main");
+    send(opened);
+    keel::Envelope approved;
+    approved.mutable_pull_request_approved()->set_repository("acme/app");
+    approved.mutable_pull_request_approved()->set_number(number);
+    send(approved);
+    keel::Envelope enq;
+    enq.mutable_enqueue()->set_repository("acme/app");
+    enq.mutable_enqueue()->set_branch("main");
+    enq.mutable_enqueue()->set_number(number);
+    send(enq);
+  }
+
+  /// Steps every task until none has anything to do.
+  void settle() {
+    for (int round = 0; round < 200; ++round) {
+      bool any = false;
+      for (auto& e : engines) {
+        auto r = e->step();
+        REQUIRE_MESSAGE(r, (r ? "" : r.err().message));
+        any = any || r->committed;
+      }
+      wall.advance(10);
+      if (!any) return;
+    }
+    FAIL("the workflow did not settle");
+  }
+
+  std::vector<keel::Envelope> read(std::string_view topic) {
+    auto records = log->read(topic, partition_id{0}, log_offset{0}, {.max_records = 100000});
+    REQUIRE(records);
+    std::vector<keel::Envelope> out;
+    for (const auto& r : *records) {
+      keel::Envelope e;
+      REQUIRE(e.ParseFromString(*r.data.value));
+      out.push_back(std::move(e));
+    }
+    return out;
+  }
+
+  std::string file_on_main(const std::string& file) { return sh(repo_path, "git show main:" + file); }
+};
+
+} // namespace
+
+TEST_CASE("merge queue end to end: speculative builds in git, the bad pull request ejected, main advanced to tested commits") {
+  // The build fails when three.txt says "broken".
+  flow f{"! grep -q broken three.txt"};
+  const auto base = sh(f.repo_path, "git rev-parse main");
+  const auto pr1 = f.branch_commit("pr1", "one.txt", "one");
+  const auto pr2 = f.branch_commit("pr2", "three.txt", "broken");
+  const auto pr3 = f.branch_commit("pr3", "two.txt", "two");
+  f.open_and_enqueue(1, pr1);
+  f.open_and_enqueue(2, pr2);
+  f.open_and_enqueue(3, pr3);
+  f.settle();
+
+  auto outcomes = f.read(mq_topics::outcomes);
+  std::vector<std::int64_t> merged, ejected;
+  for (const auto& e : outcomes) {
+    if (e.has_merged()) merged.push_back(e.merged().number());
+    if (e.has_ejected()) ejected.push_back(e.ejected().number());
+  }
+  CHECK(merged == std::vector<std::int64_t>{1, 3});
+  CHECK(ejected == std::vector<std::int64_t>{2});
+  // The branch holds #1 and #3, not #2, and is a merge commit the queue built.
+  CHECK(f.file_on_main("one.txt") == "one");
+  CHECK(f.file_on_main("two.txt") == "two");
+  CHECK(f.file_on_main("three.txt") == "x");
+  const auto tip = sh(f.repo_path, "git rev-parse main");
+  CHECK(tip != base);
+  CHECK(sh(f.repo_path, "git log -1 --format=%s main") == fmt::format("Merge #3 ({})", pr3));
+  // Every commit main went through was the commit of a build that passed.
+  std::set<std::string> passed;
+  for (const auto& e : f.read(mq_topics::build_results))
+    if (e.has_build_finished() && e.build_finished().status() == keel::mergequeue::BUILD_STATUS_PASSED)
+      passed.insert(e.build_finished().commit_sha());
+  for (const auto& e : outcomes)
+    if (e.has_merged()) CHECK(passed.contains(e.merged().commit_sha()));
+  CHECK(passed.contains(tip));
+
+  // The supervisor's view for the dashboard.
+  auto view = f.engines[0]->logic().describe("acme/app");
+  REQUIRE(view);
+  CHECK(view->find(R"("merged_total":2)") != std::string::npos);
+  CHECK(view->find(R"("ejected_total":1)") != std::string::npos);
+  CHECK(view->find(R"("outcome":"ejected")") != std::string::npos);
+}
+
+TEST_CASE("merge queue end to end: a conflict ejects the conflicting pull request; a moved target is followed") {
+  flow f{"true"};
+  const auto pr1 = f.branch_commit("pr1", "one.txt", "mine");
+  const auto pr2 = f.branch_commit("pr2", "one.txt", "theirs");
+  f.open_and_enqueue(1, pr1);
+  f.settle();
+  CHECK(f.file_on_main("one.txt") == "mine");
+  f.open_and_enqueue(2, pr2);
+  f.settle();
+  auto outcomes = f.read(mq_topics::outcomes);
+  REQUIRE(outcomes.back().has_ejected());
+  CHECK(outcomes.back().ejected().number() == 2);
+  CHECK(outcomes.back().ejected().reason().find("conflict") != std::string::npos);
+
+  // Someone pushes to main behind the queue's back; the next merge notices
+  // when it cannot fast-forward, and the queue rebuilds on the new tip.
+  sh(f.repo_path, "printf 'pushed\\n' > two.txt && git commit -qam pushed");
+  const auto pr3 = f.branch_commit("pr3", "three.txt", "three");
+  f.open_and_enqueue(3, pr3);
+  f.settle();
+  CHECK(f.file_on_main("two.txt") == "pushed");
+  CHECK(f.file_on_main("three.txt") == "three");
+  bool moved = false;
+  for (const auto& e : f.read(mq_topics::build_results))
+    if (e.has_target_moved() && !e.target_moved().reason().empty()) moved = true;
+  CHECK(moved);
+}
