@@ -64,6 +64,9 @@ public:
     return ok();
   }
 
+  /// Marks a key as known that the caller reads by other means.
+  void allow(std::string_view key) { used_.insert(std::string{key}); }
+
   result<void> finish() {
     if (table_ == nullptr) return ok();
     for (const auto& [key, node] : *table_) {
@@ -113,7 +116,7 @@ result<config> load_config_file(const std::string& path, config cfg) {
   }
   auto in_file = [&path](error e) { return with_context(std::move(e), path); };
 
-  std::set<std::string> sections{"server", "http", "log", "runtime", "ledger"};
+  std::set<std::string> sections{"server", "http", "log", "runtime", "ledger", "mergequeue"};
   for (const auto& [key, node] : root)
     if (!sections.contains(std::string{key.str()}) || !node.is_table())
       return in_file(make_error(errc::invalid_argument, "unknown section or setting '{}' (line {})",
@@ -188,6 +191,44 @@ result<config> load_config_file(const std::string& path, config cfg) {
       return in_file(make_error(errc::invalid_argument, "ledger.horizon_days must be 1 to 366"));
     if (cfg.ledger.saga_timeout_ms < 1)
       return in_file(make_error(errc::invalid_argument, "ledger.saga_timeout_ms must be positive"));
+  }
+  {
+    const auto* section = root["mergequeue"].as_table();
+    table_reader t{section, "mergequeue."};
+    if (auto r = t.get("window", cfg.mergequeue.window); !r) return in_file(r.err());
+    if (auto r = t.get("infra_retries", cfg.mergequeue.infra_retries); !r) return in_file(r.err());
+    if (auto r = t.get("build_timeout_ms", cfg.mergequeue.build_timeout_ms); !r) return in_file(r.err());
+    if (auto r = t.get("scratch_dir", cfg.mergequeue.scratch_dir); !r) return in_file(r.err());
+    t.allow("repositories");
+    if (auto r = t.finish(); !r) return in_file(r.err());
+    if (cfg.mergequeue.window < 1 || cfg.mergequeue.window > 64)
+      return in_file(make_error(errc::invalid_argument, "mergequeue.window must be 1 to 64"));
+    if (cfg.mergequeue.infra_retries < 0)
+      return in_file(make_error(errc::invalid_argument, "mergequeue.infra_retries must be 0 or more"));
+    if (cfg.mergequeue.build_timeout_ms < 1)
+      return in_file(make_error(errc::invalid_argument, "mergequeue.build_timeout_ms must be positive"));
+    if (section != nullptr) {
+      if (const auto* node = section->get("repositories"); node != nullptr) {
+        const auto* repos = node->as_table();
+        if (repos == nullptr)
+          return in_file(make_error(errc::invalid_argument,
+                                    "mergequeue.repositories must be a table of repositories by name"));
+        for (const auto& [name, value] : *repos) {
+          const std::string repo{name.str()};
+          const auto prefix = fmt::format("mergequeue.repositories.\"{}\".", repo);
+          if (repo.find('/') == std::string::npos || repo.front() == '/' || repo.back() == '/')
+            return in_file(make_error(errc::invalid_argument, "mergequeue.repositories: '{}' must be OWNER/NAME", repo));
+          table_reader rt{value.as_table(), prefix};
+          config::mergequeue_section::repository r;
+          if (auto e = rt.get("path", r.path); !e) return in_file(e.err());
+          if (auto e = rt.get("build", r.build); !e) return in_file(e.err());
+          if (auto e = rt.finish(); !e) return in_file(e.err());
+          if (r.path.empty() || r.build.empty())
+            return in_file(make_error(errc::invalid_argument, "{}path and {}build are required", prefix, prefix));
+          cfg.mergequeue.repositories[repo] = std::move(r);
+        }
+      }
+    }
   }
   cfg.source = path;
   return cfg;

@@ -42,7 +42,7 @@ struct config {
 
   struct runtime_section {
     /// Stages to run; known: "counter".
-    std::vector<std::string> stages = {"counter", "ledger"};
+    std::vector<std::string> stages = {"counter", "ledger", "mergequeue"};
     std::size_t batch_max = 5000;
     std::int64_t snapshot_every_events = 50'000;
     std::int64_t snapshot_every_ms = 60'000;
@@ -54,6 +54,20 @@ struct config {
     std::int32_t horizon_days = 30;
     std::int64_t saga_timeout_ms = 60'000;
   } ledger;
+
+  struct mergequeue_section {
+    std::int32_t window = 3;
+    std::int32_t infra_retries = 2;
+    std::int64_t build_timeout_ms = 30 * 60 * 1000;
+    /// Where workers make scratch work trees; empty: DATA_DIR/worktrees.
+    std::string scratch_dir;
+    struct repository {
+      std::string path;
+      std::string build;
+    };
+    /// By repository name ("owner/name").
+    std::map<std::string, repository> repositories;
+  } mergequeue;
 
   /// Where each value came from, for `keel config` and error messages.
   std::string source = "defaults";

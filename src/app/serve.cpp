@@ -3,6 +3,7 @@
 #include "base/logging.hpp"
 #include "http/server.hpp"
 #include "actors/counter_stage.hpp"
+#include "actors/mergequeue_stage.hpp"
 #include "actors/ledger_stage.hpp"
 #include "actors/runtime.hpp"
 #include "log/data_dir.hpp"
@@ -77,8 +78,19 @@ result<std::vector<runtime::stage_spec>> make_stages(const config& cfg) {
       options.horizon_days = cfg.ledger.horizon_days;
       options.saga_timeout_ms = cfg.ledger.saga_timeout_ms;
       for (auto& stage : runtime::ledger_stages(options)) stages.push_back(std::move(stage));
+    } else if (name == "mergequeue") {
+      runtime::mq_options options;
+      options.partitions = cfg.log.default_partitions;
+      options.rules.window = cfg.mergequeue.window;
+      options.rules.infra_retries = cfg.mergequeue.infra_retries;
+      options.rules.build_timeout_ms = cfg.mergequeue.build_timeout_ms;
+      options.scratch_dir = cfg.mergequeue.scratch_dir.empty() ? cfg.server.data_dir + "/worktrees"
+                                                               : cfg.mergequeue.scratch_dir;
+      for (const auto& [repo, r] : cfg.mergequeue.repositories) options.repositories[repo] = {r.path, r.build};
+      for (auto& stage : runtime::mergequeue_stages(options)) stages.push_back(std::move(stage));
     } else {
-      return make_error(errc::invalid_argument, "runtime.stages: unknown stage '{}' (known: counter, ledger)", name);
+      return make_error(errc::invalid_argument,
+                        "runtime.stages: unknown stage '{}' (known: counter, ledger, mergequeue)", name);
     }
   }
   return stages;
@@ -145,6 +157,16 @@ http::response accept_command(embedded_log& log, const http::request& req, const
     case keel::Envelope::kOpenAccount: message = envelope.mutable_open_account(); break;
     case keel::Envelope::kPostTransaction: message = envelope.mutable_post_transaction(); break;
     case keel::Envelope::kSetLimit: message = envelope.mutable_set_limit(); break;
+    case keel::Envelope::kEnqueue: message = envelope.mutable_enqueue(); break;
+    case keel::Envelope::kDequeue: message = envelope.mutable_dequeue(); break;
+    case keel::Envelope::kSetPriority: message = envelope.mutable_set_priority(); break;
+    case keel::Envelope::kPauseQueue: message = envelope.mutable_pause_queue(); break;
+    case keel::Envelope::kResumeQueue: message = envelope.mutable_resume_queue(); break;
+    case keel::Envelope::kPullRequestOpened: message = envelope.mutable_pull_request_opened(); break;
+    case keel::Envelope::kPullRequestSynchronized: message = envelope.mutable_pull_request_synchronized(); break;
+    case keel::Envelope::kPullRequestApproved: message = envelope.mutable_pull_request_approved(); break;
+    case keel::Envelope::kPullRequestClosed: message = envelope.mutable_pull_request_closed(); break;
+    case keel::Envelope::kPullRequestLabeled: message = envelope.mutable_pull_request_labeled(); break;
     default: return http::error_response(make_error(errc::internal, "no such command"));
   }
   auto parsed = google::protobuf::util::JsonStringToMessage(req.body(), message);
@@ -156,9 +178,23 @@ http::response accept_command(embedded_log& log, const http::request& req, const
   if (envelope.has_open_account()) key = envelope.open_account().account_id(), id = key;
   if (envelope.has_post_transaction()) key = envelope.post_transaction().account_id(), id = envelope.post_transaction().transaction_id();
   if (envelope.has_set_limit()) key = envelope.set_limit().client_id(), id = envelope.set_limit().request_id();
+  // Merge-queue commands and pull-request events: keyed by repository.
+  const auto* reflection = message->GetReflection();
+  const auto* descriptor = message->GetDescriptor();
+  if (const auto* repo = descriptor->FindFieldByName("repository")) {
+    key = reflection->GetString(*message, repo);
+    if (const auto* rid = descriptor->FindFieldByName("request_id")) id = reflection->GetString(*message, rid);
+  }
   if (key.empty())
     return http::error_response(http::bhttp::status::bad_request, "invalid_argument",
-                                "the command needs its account_id (or client_id for limits)");
+                                "the command needs its account_id (client_id for limits, repository for queues)");
+  if (descriptor->FindFieldByName("branch") != nullptr &&
+      reflection->GetString(*message, descriptor->FindFieldByName("branch")).empty())
+    return http::error_response(http::bhttp::status::bad_request, "invalid_argument", "the command needs its branch");
+  if (descriptor->FindFieldByName("number") != nullptr &&
+      reflection->GetInt64(*message, descriptor->FindFieldByName("number")) <= 0)
+    return http::error_response(http::bhttp::status::bad_request, "invalid_argument",
+                                "the command needs a positive pull request number");
   if (envelope.has_post_transaction() && id.empty())
     return http::error_response(http::bhttp::status::bad_request, "invalid_argument",
                                 "a transaction needs a transaction_id: it is its idempotency key");
@@ -258,7 +294,20 @@ http::router make_routes(embedded_log& log, const std::atomic<bool>& ready,
   // the stages decide them like any other command (duplicates by id change nothing).
   for (const auto& route : {command_route{"/api/v1/accounts", "ledger.transactions", keel::Envelope::kOpenAccount},
                             command_route{"/api/v1/transactions", "ledger.transactions", keel::Envelope::kPostTransaction},
-                            command_route{"/api/v1/limits", "ledger.limits", keel::Envelope::kSetLimit}}) {
+                            command_route{"/api/v1/limits", "ledger.limits", keel::Envelope::kSetLimit},
+                            command_route{"/api/v1/queues/enqueue", "mq.commands", keel::Envelope::kEnqueue},
+                            command_route{"/api/v1/queues/dequeue", "mq.commands", keel::Envelope::kDequeue},
+                            command_route{"/api/v1/queues/priority", "mq.commands", keel::Envelope::kSetPriority},
+                            command_route{"/api/v1/queues/pause", "mq.commands", keel::Envelope::kPauseQueue},
+                            command_route{"/api/v1/queues/resume", "mq.commands", keel::Envelope::kResumeQueue},
+                            command_route{"/api/v1/pull-requests/opened", "mq.commands", keel::Envelope::kPullRequestOpened},
+                            command_route{"/api/v1/pull-requests/synchronized", "mq.commands",
+                                          keel::Envelope::kPullRequestSynchronized},
+                            command_route{"/api/v1/pull-requests/approved", "mq.commands",
+                                          keel::Envelope::kPullRequestApproved},
+                            command_route{"/api/v1/pull-requests/closed", "mq.commands", keel::Envelope::kPullRequestClosed},
+                            command_route{"/api/v1/pull-requests/labeled", "mq.commands",
+                                          keel::Envelope::kPullRequestLabeled}}) {
     routes.add(http::bhttp::verb::post, route.path,
                [&log, route, token = cfg.http.token](const http::request& req, const http::route_params&) {
                  if (auto denied = check_token(req, token)) return std::move(*denied);
@@ -322,6 +371,23 @@ http::router make_routes(embedded_log& log, const std::atomic<bool>& ready,
                  return res;
                });
   }
+  // A repository's queues: repository names have an owner and a name.
+  routes.add(http::bhttp::verb::get, "/api/v1/queues/{owner}/{name}",
+             [&rt, read_token](const http::request& req, const http::route_params& p) {
+               if (auto denied = check_token(req, read_token)) return std::move(*denied);
+               const auto repo = p.at("owner") + "/" + p.at("name");
+               auto found = rt.query("mergequeue", repo);
+               if (!found) return http::error_response(found.err());
+               if (!*found)
+                 return http::error_response(http::bhttp::status::not_found, "not_found",
+                                             fmt::format("no queue of repository {}", repo));
+               http::response res{http::bhttp::status::ok, 11};
+               res.set(http::bhttp::field::content_type, "application/json");
+               res.body() = std::move(**found);
+               res.body() += '\n';
+               res.prepare_payload();
+               return res;
+             });
   routes.add(http::bhttp::verb::get, "/api/v1/runtime",
              [&rt, read_token](
                const http::request& req, const http::route_params&) {

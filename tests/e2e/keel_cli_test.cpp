@@ -5,6 +5,7 @@
 #include "support/temp_dir.hpp"
 
 #include <boost/json.hpp>
+#include <fmt/format.h>
 #include <doctest/doctest.h>
 
 #include <csignal>
@@ -165,13 +166,14 @@ TEST_CASE("keel serve answers /livez and /readyz, refuses a second daemon, and s
   for (auto expected : {"counter.increments", "counter.changes", "counter.changelog", "counter.dead-letter",
                         "ledger.transactions", "ledger.limits", "ledger.client-balances",
                         "ledger.transaction-events", "ledger.limit-breaches", "ledger.sagas",
-                        "accounts.changelog", "clients.changelog"})
+                        "accounts.changelog", "clients.changelog", "mq.commands", "mq.build-requests",
+                        "mq.build-results", "mq.outcomes", "mergequeue.changelog"})
     CHECK_MESSAGE(names.contains(expected), expected);
   auto runtime = d.get("/api/v1/runtime");
   REQUIRE(runtime);
   auto rt = boost::json::parse(runtime->body);
   CHECK(rt.as_object()["ready"].as_bool());
-  CHECK(rt.as_object()["tasks"].as_array().size() == 3 * 4);  // counter, accounts, clients
+  CHECK(rt.as_object()["tasks"].as_array().size() == 5 * 4);  // counter, accounts, clients, mergequeue, mq-worker
   // Prometheus metrics: per task and per route, no per-entity labels.
   auto metrics = d.get("/metrics");
   REQUIRE(metrics);
@@ -319,4 +321,60 @@ TEST_CASE("keel serve refuses a data directory holding a foreign file as its log
   CHECK(r.code == 1);
   CHECK(r.err.find("is not a keel log") != std::string::npos);
   CHECK(test::read_file(dir.file("data/log.db")) == "not a database");
+}
+
+TEST_CASE("the merge queue over REST: pull requests in, a real repository's main advanced to the tested merge") {
+  test::temp_dir dir;
+  const auto repo = dir.file("app");
+  std::filesystem::create_directories(repo);
+  auto git = [&](const std::string& script) {
+    auto r = test::run({"/bin/sh", "-ec", "cd '" + repo + "' && " + script});
+    REQUIRE_MESSAGE(r.code == 0, script << ": " << r.err);
+    auto out = r.out;
+    while (!out.empty() && out.back() == '\n') out.pop_back();
+    return out;
+  };
+  git("git init -q -b main . && git -c user.name=t -c user.email=t@x commit -q --allow-empty -m base");
+  const auto head = git("git checkout -qb pr7 main && echo hi > hello.txt && git add hello.txt && "
+                        "git -c user.name=t -c user.email=t@x commit -qm hello && git rev-parse HEAD && git checkout -q main");
+  test::write_file(dir.file("keel.toml"), fmt::format(R"([http]
+token = "s3cret"
+[runtime]
+stages = ["mergequeue"]
+idle_poll_ms = 5
+[mergequeue.repositories."acme/app"]
+path = "{}"
+build = "test -f hello.txt"
+)", repo));
+  auto d = test::daemon::start(dir.file("data"), {"--config", dir.file("keel.toml")});
+  REQUIRE(test::eventually([&] { auto r = d.get("/readyz"); return r && r->status == 200; }));
+  auto post = [&](const std::string& path, const std::string& body) {
+    auto r = test::http_request("POST", d.host, d.port, path, body,
+                                {{"Content-Type", "application/json"}, {"Authorization", "Bearer s3cret"}});
+    REQUIRE(r);
+    return *r;
+  };
+  CHECK(post("/api/v1/pull-requests/opened",
+             fmt::format(R"({{"repository":"acme/app","number":7,"title":"Say hello","head_sha":"{}","base_branch":"main"}})", head))
+          .status == 202);
+  CHECK(post("/api/v1/pull-requests/approved", R"({"repository":"acme/app","number":7})").status == 202);
+  CHECK(post("/api/v1/queues/enqueue", R"({"repository":"acme/app","branch":"main","number":7})").status == 202);
+  // Bad commands are refused before anything is written.
+  CHECK(post("/api/v1/queues/enqueue", R"({"repository":"acme/app","number":7})").status == 400);
+  CHECK(post("/api/v1/queues/enqueue", R"({"branch":"main","number":7})").status == 400);
+  CHECK(post("/api/v1/queues/enqueue", R"({"repository":"acme/app","branch":"main","number":-1})").status == 400);
+
+  REQUIRE(test::eventually([&] {
+    auto r = d.get("/api/v1/queues/acme/app");
+    return r && r->status == 200 && r->body.find(R"("merged_total":1)") != std::string::npos;
+  }, 30s));
+  CHECK(git("git show main:hello.txt") == "hi");
+  CHECK(git("git log -1 --format=%s main").find("Merge #7") == 0);
+  auto view = d.get("/api/v1/queues/acme/app");
+  REQUIRE(view);
+  auto json = boost::json::parse(view->body).as_object();
+  const auto& queue = json.at("state").at("queues").as_array().at(0).as_object();
+  CHECK(queue.at("target_sha").as_string() == git("git rev-parse main"));
+  CHECK(queue.at("history").as_array().at(0).as_object().at("outcome").as_string() == "merged");
+  CHECK(d.get("/api/v1/queues/acme/nothing")->status == 404);
 }
