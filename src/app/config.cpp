@@ -199,6 +199,7 @@ result<config> load_config_file(const std::string& path, config cfg) {
     if (auto r = t.get("infra_retries", cfg.mergequeue.infra_retries); !r) return in_file(r.err());
     if (auto r = t.get("build_timeout_ms", cfg.mergequeue.build_timeout_ms); !r) return in_file(r.err());
     if (auto r = t.get("scratch_dir", cfg.mergequeue.scratch_dir); !r) return in_file(r.err());
+    if (auto r = t.get("webhook_secret", cfg.mergequeue.webhook_secret); !r) return in_file(r.err());
     t.allow("repositories");
     if (auto r = t.finish(); !r) return in_file(r.err());
     if (cfg.mergequeue.window < 1 || cfg.mergequeue.window > 64)
@@ -245,6 +246,7 @@ result<void> apply_environment(config& cfg) {
     cfg.http.listen = v;
   }
   if (auto v = env("KEEL_HTTP_TOKEN")) cfg.http.token = v;
+  if (auto v = env("KEEL_WEBHOOK_SECRET")) cfg.mergequeue.webhook_secret = v;
   if (auto v = env("KEEL_LOG_LEVEL")) KEEL_TRY(parse_level(v, cfg.server.level));
   if (auto v = env("KEEL_LOG_FORMAT")) KEEL_TRY(parse_format(v, cfg.server.format));
   if (auto v = env("KEEL_SYNCHRONOUS")) {

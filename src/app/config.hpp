@@ -61,6 +61,9 @@ struct config {
     std::int64_t build_timeout_ms = 30 * 60 * 1000;
     /// Where workers make scratch work trees; empty: DATA_DIR/worktrees.
     std::string scratch_dir;
+    /// The secret GitHub-style webhooks are signed with (X-Hub-Signature-256);
+    /// empty: the webhook endpoint refuses every delivery.
+    std::string webhook_secret;
     struct repository {
       std::string path;
       std::string build;

@@ -4,6 +4,7 @@
 #include "http/server.hpp"
 #include "actors/counter_stage.hpp"
 #include "actors/mergequeue_stage.hpp"
+#include "app/webhook.hpp"
 #include "actors/ledger_stage.hpp"
 #include "actors/runtime.hpp"
 #include "log/data_dir.hpp"
@@ -371,6 +372,37 @@ http::router make_routes(embedded_log& log, const std::atomic<bool>& ready,
                  return res;
                });
   }
+  // GitHub-style webhooks: signed with the shared secret, translated into
+  // merge-queue records, all of a delivery committed at once or none.
+  routes.add(http::bhttp::verb::post, "/api/v1/webhooks/github",
+             [&log, secret = cfg.mergequeue.webhook_secret](const http::request& req, const http::route_params&) {
+               if (secret.empty())
+                 return http::error_response(http::bhttp::status::forbidden, "forbidden",
+                                             "webhooks need mergequeue.webhook_secret (or KEEL_WEBHOOK_SECRET)");
+               if (auto verified = app::verify_github_signature(secret, req.body(),
+                                                                 std::string_view{req["X-Hub-Signature-256"]});
+                   !verified)
+                 return http::error_response(verified.err());
+               const std::string_view event{req["X-GitHub-Event"]};
+               if (event.empty())
+                 return http::error_response(http::bhttp::status::bad_request, "invalid_argument",
+                                             "the webhook needs an X-GitHub-Event header");
+               auto records = app::translate_github(event, req.body());
+               if (!records) return http::error_response(records.err());
+               const auto now = now_ms();
+               commit_batch batch;
+               boost::json::array ids;
+               for (auto& r : *records) {
+                 r.envelope.set_event_time_ms(now);
+                 ids.push_back(boost::json::string{r.envelope.event_id()});
+                 batch.records.push_back({r.topic, std::nullopt,
+                                          record{r.key, r.envelope.SerializeAsString(), now,
+                                                 {{"keel-event-id", r.envelope.event_id()}}}});
+               }
+               if (!batch.records.empty())
+                 if (auto receipt = log.commit(batch); !receipt) return http::error_response(receipt.err());
+               return http::json_response(http::bhttp::status::accepted, {{"event", event}, {"ids", std::move(ids)}});
+             });
   // A repository's queues: repository names have an owner and a name.
   routes.add(http::bhttp::verb::get, "/api/v1/queues/{owner}/{name}",
              [&rt, read_token](const http::request& req, const http::route_params& p) {

@@ -1,5 +1,6 @@
 // The keel binary as a user runs it: subcommands, exit codes, the daemon.
 
+#include "app/webhook.hpp"
 #include "support/daemon.hpp"
 #include "support/process.hpp"
 #include "support/temp_dir.hpp"
@@ -342,6 +343,8 @@ token = "s3cret"
 [runtime]
 stages = ["mergequeue"]
 idle_poll_ms = 5
+[mergequeue]
+webhook_secret = "hook-secret"
 [mergequeue.repositories."acme/app"]
 path = "{}"
 build = "test -f hello.txt"
@@ -354,9 +357,35 @@ build = "test -f hello.txt"
     REQUIRE(r);
     return *r;
   };
-  CHECK(post("/api/v1/pull-requests/opened",
-             fmt::format(R"({{"repository":"acme/app","number":7,"title":"Say hello","head_sha":"{}","base_branch":"main"}})", head))
-          .status == 202);
+  // The pull request arrives as a signed GitHub webhook; forged or unsigned
+  // deliveries are refused and write nothing.
+  const auto payload = fmt::format(
+    R"({{"action":"opened","pull_request":{{"number":7,"title":"Say hello","body":"","user":{{"login":"ada"}},"head":{{"sha":"{}"}},"base":{{"ref":"main"}}}},"repository":{{"full_name":"acme/app"}}}})",
+    head);
+  auto hook = [&](const std::string& body, const std::string& signature) {
+    std::map<std::string, std::string> headers{{"Content-Type", "application/json"}, {"X-GitHub-Event", "pull_request"}};
+    if (!signature.empty()) headers["X-Hub-Signature-256"] = signature;
+    auto r = test::http_request("POST", d.host, d.port, "/api/v1/webhooks/github", body, headers);
+    REQUIRE(r);
+    return *r;
+  };
+  auto commands_end = [&] {
+    auto topics = boost::json::parse(d.get("/api/v1/topics")->body).as_object().at("topics").as_array();
+    std::int64_t total = 0;
+    for (const auto& t : topics)
+      if (t.as_object().at("name").as_string() == "mq.commands")
+        for (const auto& p : t.as_object().at("partitions").as_array())
+          total += p.as_object().at("end_offset").as_int64();
+    return total;
+  };
+  const auto before = commands_end();
+  CHECK(hook(payload, "").status == 401);
+  CHECK(hook(payload, app::github_signature("wrong-secret", payload)).status == 403);
+  CHECK(hook(payload + " ", app::github_signature("hook-secret", payload)).status == 403);
+  CHECK(hook("{broken", app::github_signature("hook-secret", "{broken")).status == 400);
+  CHECK(commands_end() == before);
+  CHECK(hook(payload, app::github_signature("hook-secret", payload)).status == 202);
+  CHECK(commands_end() == before + 1);
   CHECK(post("/api/v1/pull-requests/approved", R"({"repository":"acme/app","number":7})").status == 202);
   CHECK(post("/api/v1/queues/enqueue", R"({"repository":"acme/app","branch":"main","number":7})").status == 202);
   // Bad commands are refused before anything is written.
