@@ -17,17 +17,6 @@ namespace pb = keel::mergequeue;
 
 constexpr std::size_t log_tail_bytes = 4096;
 
-pb::BuildStatus to_proto(mq::build_status s) {
-  switch (s) {
-    case mq::build_status::passed: return pb::BUILD_STATUS_PASSED;
-    case mq::build_status::failed: return pb::BUILD_STATUS_FAILED;
-    case mq::build_status::conflict: return pb::BUILD_STATUS_CONFLICT;
-    case mq::build_status::error: return pb::BUILD_STATUS_ERROR;
-    case mq::build_status::timed_out: return pb::BUILD_STATUS_TIMED_OUT;
-  }
-  return pb::BUILD_STATUS_UNSPECIFIED;
-}
-
 result<mq::build_status> from_proto(pb::BuildStatus s) {
   switch (s) {
     case pb::BUILD_STATUS_PASSED: return mq::build_status::passed;
@@ -113,10 +102,12 @@ std::string describe_queue(const mq::queue& q, std::int64_t now_ms) {
                            history.empty() ? "" : ",", it->number, it->merged ? "merged" : "ejected",
                            json_quote(it->commit_sha), json_quote(it->reason), json_quote(it->build_id),
                            it->enqueued_at_ms, it->at_ms);
+  const auto f = mq::figures(q, now_ms);
   return fmt::format(
-    R"({{"branch":{},"target_sha":{},"paused":{},"pause_reason":{},"items":[{}],"builds_in_flight":{},"merged_total":{},"ejected_total":{},"history":[{}]}})",
+    R"({{"branch":{},"target_sha":{},"paused":{},"pause_reason":{},"items":[{}],"builds_in_flight":{},"merged_total":{},"ejected_total":{},"figures":{{"merges_per_hour":{:.2f},"time_to_merge_p50_ms":{},"time_to_merge_p95_ms":{},"build_minutes":{:.2f},"wasted_build_minutes":{:.2f}}},"history":[{}]}})",
     json_quote(q.branch), json_quote(q.target_sha), q.paused ? "true" : "false", json_quote(q.pause_reason), items,
-    q.builds.size(), q.merged_total, q.ejected_total, history);
+    q.builds.size(), q.merged_total, q.ejected_total, f.merges_per_hour, f.time_to_merge_p50_ms, f.time_to_merge_p95_ms,
+    f.build_minutes, f.wasted_build_minutes, history);
 }
 
 class supervisor_logic final : public stage_logic {

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cmath>
 
 namespace keel::mq {
 namespace {
@@ -122,8 +123,10 @@ public:
       auto it = wanted.find(item.number);
       const bool current = it != wanted.end() && b.root_sha == s_.root_sha && b.heads == it->second->heads;
       if (!current)
-        add(build_cancelled{b.id, it == wanted.end() ? "no longer within the speculation window or not ready"
-                                                     : "what is ahead of it changed"});
+        add(build_cancelled{b.id,
+                            it == wanted.end() ? "no longer within the speculation window or not ready"
+                                               : "what is ahead of it changed",
+                            now_});
     }
     // Paused, or the target is not known yet (a new queue): nothing starts.
     if (s_.paused || s_.target_sha.empty()) return;
@@ -174,6 +177,32 @@ const queue_item* queue::find_item(pr_number n) const {
   return nullptr;
 }
 
+queue_figures figures(const queue& q, std::int64_t now_ms) {
+  queue_figures f;
+  std::vector<std::int64_t> times;
+  std::int64_t first = now_ms;
+  std::int64_t merges = 0;
+  for (const auto& o : q.history) {
+    first = std::min(first, o.at_ms);
+    if (!o.merged) continue;
+    ++merges;
+    times.push_back(std::max<std::int64_t>(0, o.at_ms - o.enqueued_at_ms));
+  }
+  const double hours = std::max(1.0, static_cast<double>(now_ms - first) / 3'600'000.0);
+  f.merges_per_hour = static_cast<double>(merges) / hours;
+  std::sort(times.begin(), times.end());
+  auto pct = [&times](double p) {  // nearest rank
+    if (times.empty()) return std::int64_t{0};
+    const auto rank = static_cast<std::size_t>(std::ceil(p * static_cast<double>(times.size())));
+    return times[std::clamp<std::size_t>(rank, 1, times.size()) - 1];
+  };
+  f.time_to_merge_p50_ms = pct(0.50);
+  f.time_to_merge_p95_ms = pct(0.95);
+  f.build_minutes = static_cast<double>(q.build_ms_total) / 60'000.0;
+  f.wasted_build_minutes = static_cast<double>(q.build_ms_wasted) / 60'000.0;
+  return f;
+}
+
 std::vector<pr_number> ready_items(const queue& q) {
   std::vector<pr_number> out;
   std::set<pr_number> ahead;
@@ -203,7 +232,7 @@ result<std::vector<event>> decide(const queue& q, const command& c, const rules&
   };
   auto cancel_build_of = [&](pr_number n, std::string_view why) {
     if (const auto* item = s.find_item(n); item != nullptr && !item->build_id.empty())
-      d.add(build_cancelled{item->build_id, std::string{why}});
+      d.add(build_cancelled{item->build_id, std::string{why}, now_ms});
   };
 
   if (const auto* o = std::get_if<pr_opened>(&c)) {
@@ -280,7 +309,8 @@ result<std::vector<event>> decide(const queue& q, const command& c, const rules&
     const auto& b = it->second;
     if (f->status == build_status::passed && f->commit_sha.empty())
       return make_error(errc::invalid_argument, "build {} passed without naming its commit", f->build_id);
-    result_of_build res{b.id, f->status, f->commit_sha, f->reason, b.heads, b.root_sha};
+    result_of_build res{b.id, f->status, f->commit_sha, f->reason, b.heads, b.root_sha,
+                        std::max<std::int64_t>(0, now_ms - b.requested_at_ms)};
     if (f->status == build_status::conflict && f->conflicting != 0 && f->conflicting != b.item)
       res.reason = fmt::format("#{} does not merge{}{}", f->conflicting, f->reason.empty() ? "" : ": ", f->reason);
     const bool infra = f->status == build_status::error;
@@ -293,7 +323,7 @@ result<std::vector<event>> decide(const queue& q, const command& c, const rules&
         res.reason = fmt::format("infrastructure failed {} times, last: {}", errors, f->reason);
       }
     }
-    d.add(build_recorded{b.item, std::move(res), infra});
+    d.add(build_recorded{b.item, std::move(res), infra, now_ms});
   } else if (const auto* t = std::get_if<target_moved>(&c)) {
     if (t->sha.empty()) return make_error(errc::invalid_argument, "target_moved needs a commit");
     if (s.landing && t->sha == s.landing->commit_sha) {
@@ -303,7 +333,7 @@ result<std::vector<event>> decide(const queue& q, const command& c, const rules&
     }
     if (t->sha == s.target_sha && !s.landing) return std::vector<event>{};
     for (const auto& [id, b] : std::map<std::string, build>(s.builds))
-      d.add(build_cancelled{id, "the target branch moved"});
+      d.add(build_cancelled{id, "the target branch moved", now_ms});
     d.add(target_reset{t->sha});
   }
   d.settle();
@@ -341,15 +371,24 @@ void evolve(queue& q, const event& e) {
         q.builds[ev.b.id] = ev.b;
         if (auto* item = find_mutable(q, ev.b.item)) {
           item->build_id = ev.b.id;
+          // A passed result thrown away: its build time merged nothing.
+          if (item->result && item->result->status == build_status::passed) q.build_ms_wasted += item->result->duration_ms;
           item->result.reset();
         }
         ++q.next_build;
       } else if constexpr (std::is_same_v<T, build_cancelled>) {
+        if (auto b = q.builds.find(ev.build_id); b != q.builds.end()) {
+          const auto spent = std::max<std::int64_t>(0, ev.at_ms - b->second.requested_at_ms);
+          q.build_ms_total += spent;
+          q.build_ms_wasted += spent;
+        }
         q.builds.erase(ev.build_id);
         for (auto& item : q.items)
           if (item.build_id == ev.build_id) item.build_id.clear();
         normalise_root(q);
       } else if constexpr (std::is_same_v<T, build_recorded>) {
+        q.build_ms_total += ev.result.duration_ms;
+        if (ev.result.status != build_status::passed) q.build_ms_wasted += ev.result.duration_ms;
         q.builds.erase(ev.result.build_id);
         if (auto* item = find_mutable(q, ev.item)) {
           if (item->build_id == ev.result.build_id) item->build_id.clear();

@@ -75,6 +75,7 @@ struct result_of_build {
   std::string reason;
   std::vector<head> heads;      // the speculation it tested
   std::string root_sha;
+  std::int64_t duration_ms = 0; // from request to result
 };
 
 struct queue_item {
@@ -125,6 +126,11 @@ struct queue {
   std::deque<outcome> history;   // newest last, at most history_max
   std::int64_t merged_total = 0;
   std::int64_t ejected_total = 0;
+  /// Build time spent, and the part of it that merged nothing: cancelled
+  /// builds, failures, and passed results thrown away because what was ahead
+  /// changed.
+  std::int64_t build_ms_total = 0;
+  std::int64_t build_ms_wasted = 0;
 
   static constexpr std::size_t history_max = 200;
 
@@ -224,11 +230,13 @@ struct build_requested {
 struct build_cancelled {
   std::string build_id;
   std::string reason;
+  std::int64_t at_ms = 0;
 };
 struct build_recorded {
   pr_number item = 0;
   result_of_build result;
   bool infra_error = false;  // counted against the item's retries
+  std::int64_t at_ms = 0;
 };
 struct merge_started {
   pr_number number = 0;
@@ -266,6 +274,16 @@ result<std::vector<event>> decide(const queue& q, const command& c, const rules&
 
 /// Applies one event.
 void evolve(queue& q, const event& e);
+
+/// Figures of a queue for people: from its history and build counters.
+struct queue_figures {
+  double merges_per_hour = 0;     // over the history's time span (at least an hour)
+  std::int64_t time_to_merge_p50_ms = 0;
+  std::int64_t time_to_merge_p95_ms = 0;
+  double build_minutes = 0;
+  double wasted_build_minutes = 0;
+};
+queue_figures figures(const queue& q, std::int64_t now_ms);
 
 /// Items in queue order that may be built now: approved, open, and with every
 /// declared dependency merged or ahead of them.

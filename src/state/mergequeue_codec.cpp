@@ -104,6 +104,7 @@ void put(byte_writer& w, const result_of_build& x) {
   put(w, x.reason);
   put(w, x.heads);
   put(w, x.root_sha);
+  put(w, x.duration_ms);
 }
 void take(byte_reader& r, result_of_build& x) {
   take(r, x.build_id);
@@ -112,6 +113,7 @@ void take(byte_reader& r, result_of_build& x) {
   take(r, x.reason);
   take(r, x.heads);
   take(r, x.root_sha);
+  take(r, x.duration_ms);
 }
 
 void put(byte_writer& w, const queue_item& i) {
@@ -327,6 +329,8 @@ void save(const queue& q, byte_writer& w) {
   for (const auto& o : q.history) put(w, o);
   put(w, q.merged_total);
   put(w, q.ejected_total);
+  put(w, q.build_ms_total);
+  put(w, q.build_ms_wasted);
 }
 
 result<void> load(queue& q, byte_reader& r) {
@@ -365,6 +369,8 @@ result<void> load(queue& q, byte_reader& r) {
   for (auto n = count(r); r.ok() && n > 0; --n) take(r, out.history.emplace_back());
   take(r, out.merged_total);
   take(r, out.ejected_total);
+  take(r, out.build_ms_total);
+  take(r, out.build_ms_wasted);
   if (!r.ok()) return make_error(errc::corrupt, "merge-queue snapshot is damaged");
   q = std::move(out);
   return ok();

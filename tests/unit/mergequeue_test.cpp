@@ -332,6 +332,26 @@ SCENARIO("merge queue: the target moving under the queue rebuilds everything on 
   CHECK(f.q.target_sha == "t1");
 }
 
+SCENARIO("merge queue figures: merges per hour, time to merge, wasted build minutes") {
+  fixture f;
+  for (pr_number n : {1, 2, 3}) {
+    f.open(n);
+    f.apply(enqueue{n, 0});
+  }
+  f.now += 10 * 60'000;                 // builds take ten minutes
+  f.finish(2, build_status::failed);    // 10 wasted minutes; #3 rebuilt without it (its 10 minutes wasted)
+  f.now += 20 * 60'000;
+  f.finish(1, build_status::passed, "c1");  // merged after 30 minutes; #2 ejected
+  f.now += 10 * 60'000;
+  f.finish(3, build_status::passed, "c3");  // merged after 40 minutes
+  const auto fig = figures(f.q, f.now);
+  CHECK(fig.time_to_merge_p50_ms == 30 * 60'000);
+  CHECK(fig.time_to_merge_p95_ms == 40 * 60'000);
+  CHECK(fig.merges_per_hour == doctest::Approx(2.0));  // less than an hour of history counts as one
+  CHECK(fig.wasted_build_minutes == doctest::Approx(20.0));
+  CHECK(fig.build_minutes == doctest::Approx(10 + 10 + 30 + 30));
+}
+
 TEST_CASE("merge queue: commands that cannot apply are refused with the reason") {
   fixture f;
   CHECK(decide(f.q, enqueue{9, 0}, f.r, f.now).err().code == errc::not_found);
