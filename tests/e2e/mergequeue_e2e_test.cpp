@@ -1,0 +1,157 @@
+// The merge queue as users run it: the daemon, a real git repository, twenty
+// pull requests of which some fail their build and some conflict, and a
+// SIGKILL in the middle.
+
+#include "support/daemon.hpp"
+#include "support/http_client.hpp"
+#include "support/process.hpp"
+#include "support/temp_dir.hpp"
+
+#include <boost/json.hpp>
+#include <doctest/doctest.h>
+#include <fmt/format.h>
+
+#include <filesystem>
+#include <map>
+#include <optional>
+#include <random>
+#include <set>
+
+using namespace keel;
+using namespace std::chrono_literals;
+
+namespace {
+
+struct repo {
+  std::string path;
+
+  std::string git(const std::string& script) const {
+    auto r = test::run({"/bin/sh", "-ec", "cd '" + path + "' && " + script});
+    REQUIRE_MESSAGE(r.code == 0, script << ": " << r.err);
+    auto out = r.out;
+    while (!out.empty() && out.back() == '\n') out.pop_back();
+    return out;
+  }
+};
+
+} // namespace
+
+TEST_CASE("merge queue e2e: twenty pull requests, failures and conflicts ejected, main holds exactly the good ones") {
+  test::temp_dir dir;
+  repo r{dir.file("app")};
+  std::filesystem::create_directories(r.path);
+  const std::string id = "-c user.name=t -c user.email=t@x";
+  r.git("git init -q -b main . && for i in $(seq 1 20); do echo base > f$i.txt; done && git add . && git " + id +
+        " commit -qm base");
+  const auto base = r.git("git rev-parse main");
+
+  // PR n changes f<n>.txt. Some write the marker the build refuses; some
+  // change a file an earlier pull request changes too, and conflict with it.
+  const std::set<int> failing{4, 9, 15};
+  const std::map<int, int> conflicting{{12, 3}, {18, 7}};  // pr -> the pr whose file it also changes
+  std::map<int, std::string> heads;
+  for (int n = 1; n <= 20; ++n) {
+    const int file = conflicting.contains(n) ? conflicting.at(n) : n;
+    const std::string content = failing.contains(n) ? "broken" : fmt::format("pr{}", n);
+    heads[n] = r.git(fmt::format("git checkout -qb pr{0} main && echo {1} > f{2}.txt && git {3} commit -qam 'pr {0}' && "
+                                 "git rev-parse HEAD && git checkout -q main",
+                                 n, content, file, id));
+  }
+
+  test::write_file(dir.file("keel.toml"), fmt::format(R"([http]
+token = "t0ken"
+[runtime]
+stages = ["mergequeue"]
+idle_poll_ms = 5
+[mergequeue]
+window = 4
+[mergequeue.repositories."acme/app"]
+path = "{}"
+build = "! grep -q broken *.txt"
+)", r.path));
+  const auto data = dir.file("data");
+  auto start = [&] {
+    auto d = test::daemon::start(data, {"--config", dir.file("keel.toml")});
+    REQUIRE(test::eventually([&] { auto x = d.get("/readyz"); return x && x->status == 200; }, 30s));
+    return d;
+  };
+  std::optional<test::daemon> d;
+  d.emplace(start());
+  auto post = [&](const std::string& path, const std::string& body) {
+    auto x = test::http_request("POST", d->host, d->port, path, body,
+                                {{"Content-Type", "application/json"}, {"Authorization", "Bearer t0ken"}});
+    REQUIRE(x);
+    REQUIRE_MESSAGE(x->status == 202, x->body);
+  };
+  auto submit = [&](int n) {
+    post("/api/v1/pull-requests/opened",
+         fmt::format(R"({{"repository":"acme/app","number":{},"title":"pr {}","head_sha":"{}","base_branch":"main"}})", n,
+                     n, heads[n]));
+    post("/api/v1/pull-requests/approved", fmt::format(R"({{"repository":"acme/app","number":{}}})", n));
+    post("/api/v1/queues/enqueue", fmt::format(R"({{"repository":"acme/app","branch":"main","number":{}}})", n));
+  };
+  for (int n = 1; n <= 10; ++n) submit(n);
+  // A crash while builds are in flight; the daemon comes back and goes on.
+  REQUIRE(test::eventually([&] {
+    auto v = d->get("/api/v1/queues/acme/app");
+    return v && v->status == 200 && v->body.find(R"("merged_total":0)") == std::string::npos;
+  }, 60s));
+  std::mt19937_64 rng{42};
+  d->kill_at_random_moment(rng);
+  d.reset();
+  d.emplace(start());
+  for (int n = 11; n <= 20; ++n) submit(n);
+
+  boost::json::object queue;
+  REQUIRE(test::eventually([&] {
+    auto v = d->get("/api/v1/queues/acme/app");
+    if (!v || v->status != 200) return false;
+    queue = boost::json::parse(v->body).as_object().at("state").at("queues").as_array().at(0).as_object();
+    return queue.at("items").as_array().empty();
+  }, 120s, 50ms));
+
+  // Outcomes: the good pull requests merged, the others ejected with a reason.
+  std::set<int> merged, ejected;
+  std::set<std::string> tested_commits;
+  for (const auto& h : queue.at("history").as_array()) {
+    const auto& o = h.as_object();
+    const int n = static_cast<int>(o.at("number").as_int64());
+    if (o.at("outcome").as_string() == "merged") {
+      merged.insert(n);
+      tested_commits.insert(std::string{o.at("commit_sha").as_string()});
+    } else {
+      ejected.insert(n);
+      CHECK_FALSE(o.at("reason").as_string().empty());
+    }
+  }
+  std::set<int> expected_ejected{4, 9, 15, 12, 18};
+  std::set<int> expected_merged;
+  for (int n = 1; n <= 20; ++n)
+    if (!expected_ejected.contains(n)) expected_merged.insert(n);
+  CHECK(merged == expected_merged);
+  CHECK(ejected == expected_ejected);
+
+  // main's history: one merge commit per good pull request, each a commit a
+  // build tested, each tree exactly the pull requests merged so far.
+  const auto chain = r.git("git rev-list --first-parent --reverse " + base + "..main");
+  std::vector<std::string> commits;
+  for (std::size_t at = 0; at < chain.size();) {
+    auto nl = chain.find('\n', at);
+    commits.push_back(chain.substr(at, nl == std::string::npos ? std::string::npos : nl - at));
+    at = nl == std::string::npos ? chain.size() : nl + 1;
+  }
+  CHECK(commits.size() == expected_merged.size());
+  std::set<int> so_far;
+  for (const auto& c : commits) {
+    CHECK_MESSAGE(tested_commits.contains(c), "main went through an untested commit " << c);
+    const auto subject = r.git("git log -1 --format=%s " + c);
+    REQUIRE(subject.rfind("Merge #", 0) == 0);
+    const int n = std::stoi(subject.substr(7));
+    so_far.insert(n);
+    for (int f = 1; f <= 20; ++f) {
+      const auto content = r.git(fmt::format("git show {}:f{}.txt", c, f));
+      CHECK_MESSAGE(content == (so_far.contains(f) ? fmt::format("pr{}", f) : "base"), "f" << f << " at " << c);
+    }
+  }
+  CHECK(so_far == expected_merged);
+}
