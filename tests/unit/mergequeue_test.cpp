@@ -4,6 +4,8 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <fmt/format.h>
+
 #include <random>
 
 using namespace keel;
@@ -369,11 +371,13 @@ TEST_CASE("merge queue: commands that cannot apply are refused with the reason")
         errc::invalid_argument);
 }
 
-// A seeded simulation: random pull requests (some bad), commands, and workers
-// that finish builds in random order. The invariant: the target only ever
-// points at a commit a build produced and passed, from exactly the root and
-// heads the queue had merged plus the merging item; no bad pull request is
-// ever merged; every good one that stays queued merges.
+// A seeded simulation: random pull requests (some bad), commands, pull
+// requests updated mid-build, workers that finish builds in random order and
+// report some twice, and crashes (the queue rebuilt from its encoded events).
+// The invariants: the target only ever points at a commit a build produced
+// and passed, holding exactly the old target's tree plus the merging pull
+// request; no bad pull request is ever merged; every enqueued pull request
+// ends merged, ejected with a reason, or still queued.
 TEST_CASE("merge queue: the target only ever holds tested trees (seeded simulation)") {
   for (std::uint64_t seed = 1; seed <= 30; ++seed) {
     CAPTURE(seed);
@@ -386,10 +390,14 @@ TEST_CASE("merge queue: the target only ever holds tested trees (seeded simulati
     // The tree of each commit, as the pull requests merged onto "t0" in it.
     std::map<std::string, std::vector<pr_number>> tree{{"t0", {}}};
     std::string target = "t0";
-    std::int64_t merges = 0, ejections = 0;
+    std::int64_t merges = 0, ejections = 0, crashes = 0, redeliveries = 0;
     pr_number next_pr = 1;
+    std::vector<std::string> journal;  // every event, encoded, as the changelog holds them
+    std::vector<build_finished> delivered;
+    std::set<pr_number> dequeued;
     auto record = [&](const std::vector<event>& events) {
       for (const auto& e : events) {
+        journal.push_back(encode(e));
         if (const auto* b = std::get_if<build_requested>(&e)) seen[b->b.id] = b->b;
         if (const auto* m = std::get_if<merged>(&e)) {
           REQUIRE_FALSE(bad.contains(m->number));
@@ -414,10 +422,32 @@ TEST_CASE("merge queue: the target only ever holds tested trees (seeded simulati
           if (std::find(t.begin(), t.end(), h.number) == t.end()) t.push_back(h.number);
         tree["c-" + b.id] = t;
       }
-      record(f.apply(build_finished{b.id, status, status == build_status::passed ? "c-" + b.id : "", "", 0}));
+      build_finished done{b.id, status, status == build_status::passed ? "c-" + b.id : "", "", 0};
+      delivered.push_back(done);
+      record(f.apply(done));
+    };
+    auto crash = [&] {
+      // The queue as a restart rebuilds it: every event decoded and applied.
+      queue rebuilt;
+      rebuilt.repository = f.q.repository;
+      rebuilt.branch = f.q.branch;
+      rebuilt.target_sha = rebuilt.root_sha = "t0";
+      for (const auto& bytes : journal) {
+        auto e = decode_event(bytes);
+        REQUIRE(e);
+        evolve(rebuilt, *e);
+      }
+      std::string a, b;
+      byte_writer wa{a}, wb{b};
+      save(f.q, wa);
+      save(rebuilt, wb);
+      REQUIRE(a == b);
+      f.q = std::move(rebuilt);
+      ++crashes;
     };
     for (int step = 0; step < 400; ++step) {
-      const auto roll = rng() % 10;
+      if (step % 50 == 49) crash();
+      const auto roll = rng() % 12;
       if (roll < 3 && next_pr < 40) {
         const auto n = next_pr++;
         if (rng() % 4 == 0) bad.insert(n);
@@ -442,6 +472,16 @@ TEST_CASE("merge queue: the target only ever holds tested trees (seeded simulati
       } else if (roll == 9 && !f.q.items.empty() && rng() % 4 == 0) {
         const auto n = f.q.items[rng() % f.q.items.size()].number;
         record(f.apply(dequeue{n, "changed my mind"}));
+        dequeued.insert(n);
+      } else if (roll == 10 && !delivered.empty()) {
+        // A worker reports a finished build again: nothing changes.
+        const auto again = delivered[rng() % delivered.size()];
+        CHECK(f.apply(again).empty());
+        ++redeliveries;
+      } else if (roll == 11 && !f.q.items.empty()) {
+        // A pull request gets a new head while it is queued or building.
+        const auto n = f.q.items[rng() % f.q.items.size()].number;
+        record(f.apply(pr_synchronized{n, fmt::format("h{}-{}", n, step), {}}));
       }
     }
     // Drain: finish everything without flakes.
@@ -455,6 +495,22 @@ TEST_CASE("merge queue: the target only ever holds tested trees (seeded simulati
     CHECK(f.q.target_sha == target);
     CHECK(merges > 0);
     CHECK(ejections > 0);
+    CHECK(crashes > 0);
+    CHECK(redeliveries > 0);
+    crash();  // and the end state survives a restart too
+    // Every pull request that was enqueued and not dequeued: merged, ejected
+    // with a reason, or still queued.
+    std::map<pr_number, const outcome*> outcomes;
+    for (const auto& o : f.q.history) outcomes[o.number] = &o;
+    for (pr_number n = 1; n < next_pr; ++n) {
+      if (dequeued.contains(n)) continue;
+      CAPTURE(n);
+      const bool queued = f.q.find_item(n) != nullptr;
+      const auto it = outcomes.find(n);
+      const bool ended = it != outcomes.end() && (it->second->merged || !it->second->reason.empty());
+      CHECK((queued || ended));
+      CHECK(f.q.prs.at(n).merged == (it != outcomes.end() && it->second->merged));
+    }
     // What is left waits for a dependency that left the queue.
     for (const auto& item : f.q.items) {
       const auto& pr = f.q.prs.at(item.number);
