@@ -245,7 +245,9 @@ public:
     fresh.repository = repo;
     fresh.branch = branch;
     const mq::queue& q = existing != r.queues.end() ? existing->second : fresh;
-    auto decided = mq::decide(q, cmd, rules_, ctx.event_time_ms());
+    // Queue times (enqueued, built, merged) are wall-clock times: event time
+    // is inherited along the chain of records and would not move.
+    auto decided = mq::decide(q, cmd, rules_, ctx.wall_time_ms());
     if (!decided) return decided.err();
     if (existing == r.queues.end()) {
       // A new queue asks the workers where its target branch is.
