@@ -34,6 +34,7 @@ int run_topics(const std::vector<std::string>& args);
 int run_produce(const std::vector<std::string>& args);
 int run_tail(const std::vector<std::string>& args);
 int run_gen(const std::vector<std::string>& args);
+int run_sim(const std::vector<std::string>& args);
 
 /// Parses args for `spec`; prints help (returns exit_ok) or a one-line usage
 /// error (returns exit_usage) and yields nullopt when the command should stop.

@@ -16,6 +16,7 @@ commands:
   produce    append JSON lines from stdin to a topic
   tail       print records of a topic as JSON lines
   gen        generate a workload (keel gen ledger)
+  sim        simulate a merge queue policy (keel sim mergequeue)
   version    print the version
 
 Run 'keel COMMAND --help' for the flags of a command.
@@ -36,6 +37,7 @@ int main(int argc, char** argv) {
   if (command == "produce") return run_produce(args);
   if (command == "tail") return run_tail(args);
   if (command == "gen") return run_gen(args);
+  if (command == "sim") return run_sim(args);
   if (command == "version" || command == "--version") {
     std::printf("keel %s\n", KEEL_VERSION);
     return exit_ok;

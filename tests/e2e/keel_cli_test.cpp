@@ -47,6 +47,13 @@ TEST_CASE("every subcommand has --help; bad command lines fail with one line and
   }
   CHECK(run_keel({"topics", "create", "--help"}).code == 0);
   CHECK(run_keel({"topics", "list", "--help"}).code == 0);
+  CHECK(run_keel({"sim", "mergequeue", "--help"}).code == 0);
+  CHECK(run_keel({"sim"}).code == 2);
+  CHECK(run_keel({"sim", "mergequeue", "--p-fail", "1.5"}).code == 2);
+  // A short simulation runs and vouches for its invariant.
+  auto sim = run_keel({"sim", "mergequeue", "--hours", "4", "--arrivals", "4", "--window", "4"});
+  CHECK(sim.code == 0);
+  CHECK(sim.out.find("untested trees landed: 0") != std::string::npos);
 
   auto bad_flag = run_keel({"serve", "--bogus"});
   CHECK(bad_flag.code == 2);

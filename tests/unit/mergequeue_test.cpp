@@ -594,3 +594,33 @@ TEST_CASE("merge queue codec: every event and a whole queue round-trip; damage i
   CHECK_FALSE(decode_event(""));
   CHECK_FALSE(decode_event(std::string(1, '\x07') + "x"));
 }
+
+#include "state/mergequeue_sim.hpp"
+
+TEST_CASE("merge queue simulator: never lands an untested tree; serial throughput matches (1-p)/T") {
+  sim_options o;
+  o.hours = 200;
+  o.arrivals_per_hour = 2.5;  // more than a serial queue can take (1.8/h): it is saturated
+  o.build_minutes = 30;
+  o.build_sigma = 0.1;
+  o.p_fail = 0.1;
+  o.flake = 0;
+  o.workers = 20;
+  o.queue_rules.window = 1;
+  const auto serial = simulate(o);
+  CHECK(serial.bad_merged == 0);
+  CHECK(serial.untested_landings == 0);
+  const double capacity = (1 - o.p_fail) / o.build_minutes * 60;  // merges per hour
+  CHECK(serial.merges_per_hour == doctest::Approx(capacity).epsilon(0.08));
+
+  o.queue_rules.window = 5;
+  o.flake = 0.05;
+  o.seed = 7;
+  o.hours = 100;
+  o.arrivals_per_hour = 8;
+  const auto speculative = simulate(o);
+  CHECK(speculative.bad_merged == 0);
+  CHECK(speculative.untested_landings == 0);
+  CHECK(speculative.merges_per_hour > 2 * serial.merges_per_hour);
+  CHECK(speculative.merged + speculative.ejected + speculative.still_queued == speculative.arrived);
+}
