@@ -28,6 +28,18 @@ result<mq::build_status> from_proto(pb::BuildStatus s) {
   }
 }
 
+// A Merged message: the landing the workers carry out, or the merge announced.
+void set_merged(pb::Merged& x, const std::string& repo, const std::string& branch, mq::pr_number number,
+                const std::string& commit, const std::string& build_id, std::int64_t at_ms, const std::string& previous) {
+  x.set_repository(repo);
+  x.set_branch(branch);
+  x.set_number(number);
+  x.set_commit_sha(commit);
+  x.set_build_id(build_id);
+  x.set_merged_at_ms(at_ms);
+  x.set_previous_sha(previous);
+}
+
 // -- the supervisor ----------------------------------------------------------------------
 
 /// All queues of one repository (the entity), and which queue each pull
@@ -387,25 +399,11 @@ private:
     } else if (const auto* m = std::get_if<mq::merge_started>(&e)) {
       // The workers advance the branch and report where it is.
       auto env = out();
-      auto* x = env.mutable_merged();
-      x->set_repository(repo);
-      x->set_branch(branch);
-      x->set_number(m->number);
-      x->set_commit_sha(m->commit_sha);
-      x->set_build_id(m->build_id);
-      x->set_merged_at_ms(m->at_ms);
-      x->set_previous_sha(m->previous_sha);
+      set_merged(*env.mutable_merged(), repo, branch, m->number, m->commit_sha, m->build_id, m->at_ms, m->previous_sha);
       ctx.emit(std::string{topics::build_requests}, repo, env.SerializeAsString());
     } else if (const auto* m = std::get_if<mq::merged>(&e)) {
       auto env = out();
-      auto* x = env.mutable_merged();
-      x->set_repository(repo);
-      x->set_branch(branch);
-      x->set_number(m->number);
-      x->set_commit_sha(m->commit_sha);
-      x->set_build_id(m->build_id);
-      x->set_merged_at_ms(m->at_ms);
-      x->set_previous_sha(previous_target);
+      set_merged(*env.mutable_merged(), repo, branch, m->number, m->commit_sha, m->build_id, m->at_ms, previous_target);
       ctx.emit(std::string{topics::outcomes}, repo, env.SerializeAsString());
     } else if (const auto* j = std::get_if<mq::ejected>(&e)) {
       auto env = out();

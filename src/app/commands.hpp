@@ -6,6 +6,7 @@
 
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace keel::app {
@@ -18,6 +19,10 @@ enum exit_code : int {
   /// The command line was wrong; nothing was done.
   exit_usage = 2,
 };
+
+/// Compares without an early exit, so the time taken does not tell how much
+/// of a guessed token or signature was right.
+bool constant_time_equal(std::string_view a, std::string_view b);
 
 /// Flags every command that touches a data directory accepts.
 std::vector<flag_spec> common_flags();

@@ -6,6 +6,13 @@
 
 namespace keel::app {
 
+bool constant_time_equal(std::string_view a, std::string_view b) {
+  unsigned char diff = a.size() == b.size() ? 0 : 1;
+  for (std::size_t i = 0; i < a.size(); ++i)
+    diff |= static_cast<unsigned char>(a[i] ^ (i < b.size() ? b[i] : 0));
+  return diff == 0;
+}
+
 std::vector<flag_spec> common_flags() {
   return {
     {"config", "FILE", "configuration file (default: $KEEL_CONFIG, else built-in defaults)"},

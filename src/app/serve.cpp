@@ -116,15 +116,6 @@ boost::json::object task_json(const runtime::task_status& t) {
           {"positions", std::move(positions)}};
 }
 
-/// Compares without an early exit, so the time taken does not tell how much
-/// of a guessed token was right.
-bool constant_time_equal(std::string_view a, std::string_view b) {
-  unsigned char diff = a.size() == b.size() ? 0 : 1;
-  for (std::size_t i = 0; i < a.size(); ++i)
-    diff |= static_cast<unsigned char>(a[i] ^ (i < b.size() ? b[i] : 0));
-  return diff == 0;
-}
-
 /// With a token configured, a request must carry "Authorization: Bearer <token>":
 /// 401 without it, 403 with a wrong one. Without a token the daemon only
 /// listens on loopback (serve refuses otherwise).
@@ -278,6 +269,21 @@ std::string metrics_text(embedded_log& log, const runtime::runtime& rt, const ht
   return out;
 }
 
+/// The state of one entity, answered by the task that owns its key; 404 with
+/// `missing` when it has none.
+http::response entity_response(const runtime::runtime& rt, const std::string& stage, const std::string& key,
+                               const std::string& missing) {
+  auto found = rt.query(stage, key);
+  if (!found) return http::error_response(found.err());
+  if (!*found) return http::error_response(http::bhttp::status::not_found, "not_found", missing);
+  http::response res{http::bhttp::status::ok, 11};
+  res.set(http::bhttp::field::content_type, "application/json");
+  res.body() = std::move(**found);
+  res.body() += '\n';
+  res.prepare_payload();
+  return res;
+}
+
 http::router make_routes(embedded_log& log, const std::atomic<bool>& ready,
                          const runtime::runtime& rt, const config& cfg, const http_counters& counters) {
   http::router routes;
@@ -359,17 +365,7 @@ http::router make_routes(embedded_log& log, const std::atomic<bool>& ready,
                 read_token](
                  const http::request& req, const http::route_params& p) {
                  if (auto denied = check_token(req, read_token)) return std::move(*denied);
-                 auto found = rt.query(stage, p.at("id"));
-                 if (!found) return http::error_response(found.err());
-                 if (!*found)
-                   return http::error_response(http::bhttp::status::not_found, "not_found",
-                                               fmt::format("no {} {}", what, p.at("id")));
-                 http::response res{http::bhttp::status::ok, 11};
-                 res.set(http::bhttp::field::content_type, "application/json");
-                 res.body() = std::move(**found);
-                 res.body() += '\n';
-                 res.prepare_payload();
-                 return res;
+                 return entity_response(rt, stage, p.at("id"), fmt::format("no {} {}", what, p.at("id")));
                });
   }
   // GitHub-style webhooks: signed with the shared secret, translated into
@@ -408,17 +404,7 @@ http::router make_routes(embedded_log& log, const std::atomic<bool>& ready,
              [&rt, read_token](const http::request& req, const http::route_params& p) {
                if (auto denied = check_token(req, read_token)) return std::move(*denied);
                const auto repo = p.at("owner") + "/" + p.at("name");
-               auto found = rt.query("mergequeue", repo);
-               if (!found) return http::error_response(found.err());
-               if (!*found)
-                 return http::error_response(http::bhttp::status::not_found, "not_found",
-                                             fmt::format("no queue of repository {}", repo));
-               http::response res{http::bhttp::status::ok, 11};
-               res.set(http::bhttp::field::content_type, "application/json");
-               res.body() = std::move(**found);
-               res.body() += '\n';
-               res.prepare_payload();
-               return res;
+               return entity_response(rt, "mergequeue", repo, fmt::format("no queue of repository {}", repo));
              });
   routes.add(http::bhttp::verb::get, "/api/v1/runtime",
              [&rt, read_token](

@@ -1,5 +1,7 @@
 #include "app/webhook.hpp"
 
+#include "app/commands.hpp"
+
 #include <boost/json.hpp>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
@@ -19,13 +21,6 @@ std::string hex(const unsigned char* data, std::size_t n) {
     out.push_back(digits[data[i] & 0xf]);
   }
   return out;
-}
-
-bool same(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) return false;
-  unsigned char diff = 0;
-  for (std::size_t i = 0; i < a.size(); ++i) diff |= static_cast<unsigned char>(a[i] ^ b[i]);
-  return diff == 0;
 }
 
 // Typed access to a payload, each failure naming the path.
@@ -94,7 +89,7 @@ result<void> verify_github_signature(std::string_view secret, std::string_view b
   if (header.empty()) return make_error(errc::unauthenticated, "the webhook needs an X-Hub-Signature-256 header");
   if (!header.starts_with("sha256=") || header.size() != 7 + 64)
     return make_error(errc::unauthenticated, "X-Hub-Signature-256 must be sha256=<64 hex digits>");
-  if (!same(header, github_signature(secret, body)))
+  if (!constant_time_equal(header, github_signature(secret, body)))
     return make_error(errc::forbidden, "the webhook signature does not match the payload");
   return ok();
 }
