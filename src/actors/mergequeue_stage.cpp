@@ -399,7 +399,8 @@ private:
     } else if (const auto* m = std::get_if<mq::merge_started>(&e)) {
       // The workers advance the branch and report where it is.
       auto env = out();
-      set_merged(*env.mutable_merged(), repo, branch, m->number, m->commit_sha, m->build_id, m->at_ms, m->previous_sha);
+      set_merged(*env.mutable_merged(), repo, branch, m->numbers.back(), m->commit_sha, m->build_id, m->at_ms,
+                 m->previous_sha);
       ctx.emit(std::string{topics::build_requests}, repo, env.SerializeAsString());
     } else if (const auto* m = std::get_if<mq::merged>(&e)) {
       auto env = out();

@@ -30,6 +30,14 @@ void remember(queue& q, outcome o) {
   while (q.history.size() > queue::history_max) q.history.pop_front();
 }
 
+/// The items a build tests: its last `batch` heads.
+std::vector<pr_number> members_of(const std::vector<head>& heads, std::int32_t batch) {
+  std::vector<pr_number> out;
+  const auto n = std::min(heads.size(), static_cast<std::size_t>(std::max(batch, 1)));
+  for (auto k = heads.size() - n; k < heads.size(); ++k) out.push_back(heads[k].number);
+  return out;
+}
+
 void remove_item(queue& q, pr_number n) {
   q.items.erase(std::remove_if(q.items.begin(), q.items.end(), [n](const queue_item& i) { return i.number == n; }),
                 q.items.end());
@@ -38,7 +46,8 @@ void remove_item(queue& q, pr_number n) {
 // With nothing in flight and no result waiting, the root can move up to the
 // target: speculations then name it directly.
 void normalise_root(queue& q) {
-  if (!q.builds.empty()) return;
+  for (const auto& [id, b] : q.builds)
+    if (!b.check) return;
   for (const auto& item : q.items)
     if (item.result) return;
   q.root_sha = q.target_sha;
@@ -49,30 +58,105 @@ void normalise_root(queue& q) {
 // reaches the head; the items behind it are built without it.
 bool pending_ejection(const queue& q, const queue_item& item, const std::vector<head>& expected) {
   return item.result && terminal_failure(*item.result) && item.result->root_sha == q.root_sha &&
-         item.result->heads == expected;
+         item.result->heads == expected && item.result->batch == 1;
 }
 
-/// The pipeline as it should be: for each ready item, the heads it is to be
-/// tested with (root heads, the ready items ahead that are not failing, then
-/// itself).
+std::int32_t cap_of(const queue_item& item, const rules& r) {
+  const auto cap = item.batch_cap > 0 ? std::min(item.batch_cap, r.batch_max) : r.batch_max;
+  return std::max(cap, 1);
+}
+
+/// The batch that starts at ready[i] as the item's live build (or else its
+/// last result) grouped it, if that build is exactly on `ahead`: its size, or
+/// 0. Keeping these groupings keeps builds in flight valid as items arrive.
+std::size_t kept_batch(const queue& q, const std::vector<pr_number>& ready, std::size_t i,
+                       const std::vector<head>& ahead) {
+  const auto* item = q.find_item(ready[i]);
+  const std::vector<head>* heads = nullptr;
+  const std::string* root = nullptr;
+  std::int32_t batch = 0;
+  if (!item->build_id.empty()) {
+    const auto& b = q.builds.at(item->build_id);
+    heads = &b.heads;
+    root = &b.root_sha;
+    batch = b.batch;
+  } else if (item->result) {
+    heads = &item->result->heads;
+    root = &item->result->root_sha;
+    batch = item->result->batch;
+  } else {
+    return 0;
+  }
+  if (*root != q.root_sha || heads->size() != ahead.size() + static_cast<std::size_t>(batch) || batch < 1 ||
+      i + static_cast<std::size_t>(batch) > ready.size() || !std::equal(ahead.begin(), ahead.end(), heads->begin()))
+    return 0;
+  for (std::size_t k = 0; k < static_cast<std::size_t>(batch); ++k) {
+    const auto& h = (*heads)[ahead.size() + k];
+    if (h.number != ready[i + k] || h.sha != q.prs.at(h.number).head_sha) return 0;
+  }
+  return static_cast<std::size_t>(batch);
+}
+
+/// The pipeline as it should be: the ready items in batches, each with the
+/// heads it is to be tested with (root heads, the batches ahead that are not
+/// failing, then its own members).
 struct planned {
-  pr_number number;
+  std::vector<pr_number> members;
   std::vector<head> heads;
-  bool failing;  // its result is a failure at exactly these heads
+  bool failing;  // a single item whose result is a failure at exactly these heads
 };
 
-std::vector<planned> plan(const queue& q) {
+std::vector<planned> plan(const queue& q, const rules& r) {
   std::vector<planned> out;
   std::vector<head> ahead = q.root_heads;
+  // With pre-checks, an item joins once its check passed (and its
+  // dependencies joined). The first item joins at once: with nothing ahead,
+  // its build in the pipeline is its check.
+  std::vector<pr_number> ready;
+  std::set<pr_number> joined;
   for (auto n : ready_items(q)) {
-    const auto* item = q.find_item(n);
-    std::vector<head> heads = ahead;
-    heads.push_back({n, q.prs.at(n).head_sha});
-    const bool failing = pending_ejection(q, *item, heads);
-    if (!failing) ahead.push_back(heads.back());
-    out.push_back({n, std::move(heads), failing});
+    if (r.precheck && !q.find_item(n)->checked && !(ready.empty() && q.root_heads.empty())) continue;
+    bool deps = true;
+    for (auto d : q.prs.at(n).depends_on) deps = deps && (q.prs.contains(d) && q.prs.at(d).merged || joined.contains(d));
+    if (!deps) continue;
+    joined.insert(n);
+    ready.push_back(n);
+  }
+  auto head_of = [&q](pr_number n) { return head{n, q.prs.at(n).head_sha}; };
+  for (std::size_t i = 0; i < ready.size();) {
+    auto m = kept_batch(q, ready, i, ahead);
+    if (m == 0) {
+      // A new batch: this item and the ones after it that have no grouping
+      // of their own here, as many as every member's cap allows.
+      m = 1;
+      auto cap = static_cast<std::size_t>(cap_of(*q.find_item(ready[i]), r));
+      auto extended = ahead;
+      extended.push_back(head_of(ready[i]));
+      while (i + m < ready.size() && m < cap) {
+        const auto next_cap = static_cast<std::size_t>(cap_of(*q.find_item(ready[i + m]), r));
+        if (next_cap <= m || kept_batch(q, ready, i + m, extended) > 0) break;
+        cap = std::min(cap, next_cap);
+        extended.push_back(head_of(ready[i + m]));
+        ++m;
+      }
+    }
+    planned p{{ready.begin() + static_cast<std::ptrdiff_t>(i), ready.begin() + static_cast<std::ptrdiff_t>(i + m)},
+              ahead, false};
+    for (auto n : p.members) p.heads.push_back(head_of(n));
+    p.failing = m == 1 && pending_ejection(q, *q.find_item(ready[i]), p.heads);
+    if (!p.failing) ahead = p.heads;
+    out.push_back(std::move(p));
+    i += m;
   }
   return out;
+}
+
+/// The result that tests an item at exactly `heads` on the queue's root: its
+/// last build's, or its pre-check's.
+const result_of_build* result_at(const queue& q, const queue_item& item, const std::vector<head>& heads) {
+  for (const auto* r : {item.result ? &*item.result : nullptr, item.check_result ? &*item.check_result : nullptr})
+    if (r != nullptr && r->root_sha == q.root_sha && r->heads == heads) return r;
+  return nullptr;
 }
 
 class decider {
@@ -89,39 +173,69 @@ public:
   /// at the head first (they change what everything behind expects), then
   /// builds cancelled and requested.
   void settle() {
+    // A pre-check that failed: the item fails on the target alone.
+    for (const auto& item : std::vector<queue_item>(s_.items)) {
+      if (s_.paused || !item.check_result || !terminal_failure(*item.check_result)) continue;
+      const auto& r = *item.check_result;
+      add(ejected{item.number, fmt::format("build {} {} on the target alone{}{}", r.build_id, to_string(r.status),
+                                           r.reason.empty() ? "" : ": ", r.reason),
+                  r.build_id, now_});
+    }
     for (;;) {
       if (s_.paused || s_.landing) break;  // one landing at a time
-      const auto p = plan(s_);
+      const auto p = plan(s_, rules_);
       if (p.empty()) break;
+      // A build that passed tested everything ahead of it too. The head lands
+      // on its own build when that passed; otherwise the deepest passed build
+      // of the healthy front of the queue lands, with every item up to it (one
+      // slow or flaky build at the head holds nothing up).
+      std::size_t front = 0;
+      while (front < p.size() && !p[front].failing) ++front;
+      const result_of_build* deepest = nullptr;
+      std::size_t depth = 0;
+      for (std::size_t k = 0; k < front; ++k) {
+        const auto* res = result_at(s_, *s_.find_item(p[k].members.front()), p[k].heads);
+        if (res != nullptr && res->status == build_status::passed) {
+          deepest = res;
+          depth = k + 1;
+          if (k == 0) break;  // the head passed: it lands on its own build, the next ones on theirs
+        }
+      }
+      if (deepest != nullptr) {
+        std::vector<pr_number> numbers;
+        for (std::size_t k = 0; k < depth; ++k) numbers.insert(numbers.end(), p[k].members.begin(), p[k].members.end());
+        add(merge_started{std::move(numbers), deepest->commit_sha, deepest->build_id, s_.target_sha, now_});
+        break;
+      }
       const auto& first = p.front();
-      const auto* item = s_.find_item(first.number);
+      const auto* item = s_.find_item(first.members.front());
       if (!item->result || item->result->root_sha != s_.root_sha || item->result->heads != first.heads) break;
       const auto& r = *item->result;
-      if (r.status == build_status::passed) {
-        add(merge_started{first.number, r.commit_sha, r.build_id, s_.target_sha, now_});
-        break;
-      } else if (terminal_failure(r)) {
-        add(ejected{first.number, fmt::format("build {} {}{}{}", r.build_id, to_string(r.status),
-                                               r.reason.empty() ? "" : ": ", r.reason),
+      if (terminal_failure(r) && first.members.size() == 1) {
+        add(ejected{first.members.front(), fmt::format("build {} {}{}{}", r.build_id, to_string(r.status),
+                                                       r.reason.empty() ? "" : ": ", r.reason),
                     r.build_id, now_});
       } else {
         break;
       }
     }
-    const auto p = plan(s_);
-    std::map<pr_number, const planned*> wanted;
-    std::int32_t slots = rules_.window;
+    const auto p = plan(s_, rules_);
+    std::map<pr_number, const planned*> wanted;  // every member of a batch in the window
+    std::vector<const planned*> in_window;
+    std::int32_t slots = window();
     for (const auto& entry : p) {
       if (entry.failing) continue;
       if (slots-- <= 0) break;
-      wanted[entry.number] = &entry;
+      in_window.push_back(&entry);
+      for (auto n : entry.members) wanted[n] = &entry;
     }
     // Cancel what no longer tests what is expected.
     for (const auto& item : std::vector<queue_item>(s_.items)) {
-      if (item.build_id.empty()) continue;
+      if (item.build_id.empty() || !s_.builds.contains(item.build_id)) continue;
       const auto& b = s_.builds.at(item.build_id);
       auto it = wanted.find(item.number);
-      const bool current = it != wanted.end() && b.root_sha == s_.root_sha && b.heads == it->second->heads;
+      const bool current = it != wanted.end() && b.root_sha == s_.root_sha && b.heads == it->second->heads &&
+                           static_cast<std::size_t>(b.batch) == it->second->members.size();
       if (!current)
         add(build_cancelled{b.id,
                             it == wanted.end() ? "no longer within the speculation window or not ready"
@@ -130,18 +244,54 @@ public:
     }
     // Paused, or the target is not known yet (a new queue): nothing starts.
     if (s_.paused || s_.target_sha.empty()) return;
-    for (const auto& [n, entry] : wanted) {
-      const auto* item = s_.find_item(n);
+    request_chain(in_window);
+    if (rules_.precheck) request_checks(p.empty() ? 0 : p.front().members.front());
+  }
+
+  void request_chain(const std::vector<const planned*>& in_window) {
+    for (const auto* entry : in_window) {
+      const auto* item = s_.find_item(entry->members.front());
       if (!item->build_id.empty()) continue;
-      const bool has_current_result = item->result && item->result->root_sha == s_.root_sha &&
-                                      item->result->heads == entry->heads &&
-                                      item->result->status != build_status::error;
+      const auto* res = result_at(s_, *item, entry->heads);
+      const bool has_current_result = res != nullptr && res->status != build_status::error;
+      if (!item->check_build_id.empty()) {  // its check in flight is this very build
+        const auto& check = s_.builds.at(item->check_build_id);
+        if (check.root_sha == s_.root_sha && check.heads == entry->heads) continue;
+      }
       if (has_current_result) continue;  // waiting for the head
+      std::int32_t errors = 0;
+      for (auto n : entry->members) errors = std::max(errors, s_.find_item(n)->errors);
       build b;
       b.id = fmt::format("{}/{}/{}", s_.repository, s_.branch, s_.next_build);
       b.root_sha = s_.root_sha;
       b.heads = entry->heads;
+      b.item = entry->members.back();
+      b.batch = static_cast<std::int32_t>(entry->members.size());
+      b.attempt = errors + 1;
+      b.requested_at_ms = now_;
+      b.timeout_ms = rules_.build_timeout_ms;
+      add(build_requested{std::move(b)});
+    }
+  }
+
+  /// A pre-check for every ready item that has none and has not passed one
+  /// (but the first in the pipeline: its build there is its check): the
+  /// root, its dependencies still queued, and itself.
+  void request_checks(pr_number first) {
+    for (auto n : ready_items(s_)) {
+      const auto* item = s_.find_item(n);
+      if (n == first || item->checked || !item->check_build_id.empty() ||
+          (item->check_result && terminal_failure(*item->check_result)))
+        continue;
+      build b;
+      b.id = fmt::format("{}/{}/{}", s_.repository, s_.branch, s_.next_build);
+      b.root_sha = s_.root_sha;
+      b.heads = s_.root_heads;
+      for (auto d : s_.prs.at(n).depends_on)
+        if (s_.find_item(d) != nullptr) b.heads.push_back({d, s_.prs.at(d).head_sha});
+      b.heads.push_back({n, s_.prs.at(n).head_sha});
       b.item = n;
+      b.check = true;
       b.attempt = item->errors + 1;
       b.requested_at_ms = now_;
       b.timeout_ms = rules_.build_timeout_ms;
@@ -150,6 +300,15 @@ public:
   }
 
   std::vector<event> take() { return std::move(out_); }
+
+  /// The window now: the queue's, within the rules.
+  std::int32_t window() const {
+    return std::max(1, s_.window > 0 ? std::min(s_.window, rules_.window) : rules_.window);
+  }
+  void resize(std::int32_t w) {
+    w = std::max(1, std::min(w, rules_.window));
+    if (w != window()) add(window_resized{w});
+  }
 
 private:
   queue s_;
@@ -231,8 +390,11 @@ result<std::vector<event>> decide(const queue& q, const command& c, const rules&
     return it->second;
   };
   auto cancel_build_of = [&](pr_number n, std::string_view why) {
-    if (const auto* item = s.find_item(n); item != nullptr && !item->build_id.empty())
-      d.add(build_cancelled{item->build_id, std::string{why}, now_ms});
+    const auto* item = s.find_item(n);
+    if (item == nullptr) return;
+    const auto check = item->check_build_id;
+    if (!item->build_id.empty()) d.add(build_cancelled{item->build_id, std::string{why}, now_ms});
+    if (!check.empty()) d.add(build_cancelled{check, std::string{why}, now_ms});
   };
 
   if (const auto* o = std::get_if<pr_opened>(&c)) {
@@ -310,24 +472,35 @@ result<std::vector<event>> decide(const queue& q, const command& c, const rules&
     if (f->status == build_status::passed && f->commit_sha.empty())
       return make_error(errc::invalid_argument, "build {} passed without naming its commit", f->build_id);
     result_of_build res{b.id, f->status, f->commit_sha, f->reason, b.heads, b.root_sha,
-                        std::max<std::int64_t>(0, now_ms - b.requested_at_ms)};
+                        std::max<std::int64_t>(0, now_ms - b.requested_at_ms), b.batch, b.check};
     if (f->status == build_status::conflict && f->conflicting != 0 && f->conflicting != b.item)
       res.reason = fmt::format("#{} does not merge{}{}", f->conflicting, f->reason.empty() ? "" : ": ", f->reason);
     const bool infra = f->status == build_status::error;
     if (infra) {
       // Retried until the item has used its retries; then it counts as failed.
-      const auto* item = s.find_item(b.item);
-      const auto errors = (item != nullptr ? item->errors : 0) + 1;
+      std::int32_t errors = 1;
+      for (std::size_t k = b.heads.size() - static_cast<std::size_t>(std::max(b.batch, 1)); k < b.heads.size(); ++k)
+        if (const auto* item = s.find_item(b.heads[k].number)) errors = std::max(errors, item->errors + 1);
       if (errors > r.infra_retries) {
         res.status = build_status::failed;
         res.reason = fmt::format("infrastructure failed {} times, last: {}", errors, f->reason);
       }
     }
+    const bool failed = terminal_failure(res);
     d.add(build_recorded{b.item, std::move(res), infra, now_ms});
+    if (failed && !b.check) d.resize(std::max(std::min(r.window_floor, r.window), d.window() / 2));
   } else if (const auto* t = std::get_if<target_moved>(&c)) {
     if (t->sha.empty()) return make_error(errc::invalid_argument, "target_moved needs a commit");
     if (s.landing && t->sha == s.landing->commit_sha) {
-      d.add(merged{s.landing->number, s.landing->commit_sha, s.landing->build_id, now_ms});
+      const auto landing = *s.landing;  // each merged event evolves the state
+      for (auto n : landing.numbers) {
+        // Landed by a build further back: its own build is moot.
+        if (const auto* item = s.find_item(n); item != nullptr && !item->build_id.empty() &&
+                                              item->build_id != landing.build_id)
+          d.add(build_cancelled{item->build_id, "merged with a later build", now_ms});
+        d.add(merged{n, landing.commit_sha, landing.build_id, now_ms});
+      }
+      d.resize(d.window() + static_cast<std::int32_t>(landing.numbers.size()));
       d.settle();
       return d.take();
     }
@@ -345,6 +518,13 @@ void evolve(queue& q, const event& e) {
     [&q](const auto& ev) {
       using T = std::decay_t<decltype(ev)>;
       if constexpr (std::is_same_v<T, pr_recorded>) {
+        if (auto it = q.prs.find(ev.pr.number); it != q.prs.end() && it->second.head_sha != ev.pr.head_sha) {
+          if (auto* item = find_mutable(q, ev.pr.number)) {  // a new head is checked anew
+            item->checked = false;
+            item->check_result.reset();
+            item->errors = 0;
+          }
+        }
         q.prs[ev.pr.number] = ev.pr;
       } else if constexpr (std::is_same_v<T, item_enqueued>) {
         queue_item item;
@@ -369,13 +549,22 @@ void evolve(queue& q, const event& e) {
         q.pause_reason.clear();
       } else if constexpr (std::is_same_v<T, build_requested>) {
         q.builds[ev.b.id] = ev.b;
-        if (auto* item = find_mutable(q, ev.b.item)) {
+        ++q.next_build;
+        if (ev.b.check) {
+          if (auto* item = find_mutable(q, ev.b.item)) item->check_build_id = ev.b.id;
+          return;
+        }
+        std::set<std::string> discarded;
+        for (auto n : members_of(ev.b.heads, ev.b.batch)) {
+          auto* item = find_mutable(q, n);
+          if (item == nullptr) continue;
           item->build_id = ev.b.id;
           // A passed result thrown away: its build time merged nothing.
-          if (item->result && item->result->status == build_status::passed) q.build_ms_wasted += item->result->duration_ms;
+          if (item->result && item->result->status == build_status::passed &&
+              discarded.insert(item->result->build_id).second)
+            q.build_ms_wasted += item->result->duration_ms;
           item->result.reset();
         }
-        ++q.next_build;
       } else if constexpr (std::is_same_v<T, build_cancelled>) {
         if (auto b = q.builds.find(ev.build_id); b != q.builds.end()) {
           const auto spent = std::max<std::int64_t>(0, ev.at_ms - b->second.requested_at_ms);
@@ -383,20 +572,43 @@ void evolve(queue& q, const event& e) {
           q.build_ms_wasted += spent;
         }
         q.builds.erase(ev.build_id);
-        for (auto& item : q.items)
+        for (auto& item : q.items) {
           if (item.build_id == ev.build_id) item.build_id.clear();
+          if (item.check_build_id == ev.build_id) item.check_build_id.clear();
+        }
         normalise_root(q);
       } else if constexpr (std::is_same_v<T, build_recorded>) {
         q.build_ms_total += ev.result.duration_ms;
-        if (ev.result.status != build_status::passed) q.build_ms_wasted += ev.result.duration_ms;
+        // Failures decide (an ejection, a split): only errors are thrown away.
+        if (ev.result.status == build_status::error) q.build_ms_wasted += ev.result.duration_ms;
         q.builds.erase(ev.result.build_id);
-        if (auto* item = find_mutable(q, ev.item)) {
-          if (item->build_id == ev.result.build_id) item->build_id.clear();
-          item->result = ev.result;
-          if (ev.infra_error) ++item->errors;
+        if (ev.result.check) {
+          if (auto* item = find_mutable(q, ev.item)) {
+            if (item->check_build_id == ev.result.build_id) item->check_build_id.clear();
+            if (ev.infra_error) ++item->errors;
+            item->check_result = ev.result;
+            if (ev.result.status == build_status::passed) item->checked = true;
+          }
+          return;
         }
+        // A batch that failed is split: its members go in batches half as large
+        // and keep no result (it does not say which of them failed).
+        const bool split = terminal_failure(ev.result) && ev.result.batch > 1;
+        for (auto n : members_of(ev.result.heads, ev.result.batch)) {
+          auto* item = find_mutable(q, n);
+          if (item == nullptr) continue;
+          if (item->build_id == ev.result.build_id) item->build_id.clear();
+          if (ev.infra_error) ++item->errors;
+          if (split) {
+            item->batch_cap = std::max(1, ev.result.batch / 2);
+            item->result.reset();
+          } else {
+            item->result = ev.result;
+          }
+        }
+        normalise_root(q);
       } else if constexpr (std::is_same_v<T, merge_started>) {
-        q.landing = landing_state{ev.number, ev.commit_sha, ev.build_id, ev.previous_sha, ev.at_ms};
+        q.landing = landing_state{ev.numbers, ev.commit_sha, ev.build_id, ev.previous_sha, ev.at_ms};
       } else if constexpr (std::is_same_v<T, merged>) {
         q.landing.reset();
         const auto* item = q.find_item(ev.number);
@@ -414,6 +626,8 @@ void evolve(queue& q, const event& e) {
         remove_item(q, ev.number);
         ++q.ejected_total;
         normalise_root(q);
+      } else if constexpr (std::is_same_v<T, window_resized>) {
+        q.window = ev.window;
       } else if constexpr (std::is_same_v<T, target_reset>) {
         q.target_sha = ev.sha;
         q.root_sha = ev.sha;

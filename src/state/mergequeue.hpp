@@ -61,6 +61,8 @@ struct build {
   std::string root_sha;         // the queue's root when requested
   std::vector<head> heads;      // merged onto the root in this order (the root's own merges first)
   pr_number item = 0;           // the item it tests: the last head
+  std::int32_t batch = 1;       // the items it tests: the last `batch` heads
+  bool check = false;           // a pre-check: the item on the target alone (with its dependencies)
   std::int32_t attempt = 1;
   std::int64_t requested_at_ms = 0;
   std::int64_t timeout_ms = 0;
@@ -76,6 +78,8 @@ struct result_of_build {
   std::vector<head> heads;      // the speculation it tested
   std::string root_sha;
   std::int64_t duration_ms = 0; // from request to result
+  std::int32_t batch = 1;       // the items it tested: the last `batch` heads
+  bool check = false;           // a pre-check
 };
 
 struct queue_item {
@@ -85,6 +89,10 @@ struct queue_item {
   std::int64_t enqueued_at_ms = 0;
   std::string build_id;          // the live build testing it, if any
   std::int32_t errors = 0;       // infrastructure failures so far (for retries)
+  std::int32_t batch_cap = 0;    // largest batch it may be tested in; 0: the rules' batch_max
+  std::string check_build_id;    // its pre-check in flight, if any
+  bool checked = false;          // its pre-check passed: it may join the speculation
+  std::optional<result_of_build> check_result;
   std::optional<result_of_build> result;
 };
 
@@ -102,7 +110,7 @@ struct outcome {
 /// A tested commit on its way to the target: the queue asked for the branch to
 /// be advanced to it and waits to hear where the branch is.
 struct landing_state {
-  pr_number number = 0;
+  std::vector<pr_number> numbers;  // the batch, in order
   std::string commit_sha;
   std::string build_id;
   std::string previous_sha;
@@ -121,6 +129,7 @@ struct queue {
   std::vector<queue_item> items;  // in queue order: priority (higher first), then seq
   std::map<std::string, build> builds;  // in flight
   std::optional<landing_state> landing;  // one merge at a time
+  std::int32_t window = 0;       // builds in flight at most now (0: the rules' window)
   std::int64_t next_seq = 0;
   std::int64_t next_build = 0;
   std::deque<outcome> history;   // newest last, at most history_max
@@ -138,8 +147,25 @@ struct queue {
 };
 
 struct rules {
-  /// Builds in flight at most: the depth of speculation.
-  std::int32_t window = 3;
+  /// Builds in flight at most: the depth of speculation. The queue starts
+  /// there, halves it on every ejection (not below window_floor) and grows it
+  /// back by one per merged item: deep speculation while items pass, little
+  /// build time thrown away while they fail.
+  std::int32_t window = 2;
+  std::int32_t window_floor = 3;
+  /// Items tested together in one build at most. Items queue up behind a
+  /// full window and go in as a batch when a build slot frees; a failed batch
+  /// is split in halves (each member may then be in a batch half as large)
+  /// until the failing item is tested alone and ejected. 1: every item is
+  /// built on its own.
+  std::int32_t batch_max = 8;
+  /// Every item is first built on the target alone (with its dependencies);
+  /// it joins the speculative pipeline once that passed, and is ejected at
+  /// once if it failed. Bad pull requests then rarely reach the pipeline,
+  /// where one failure throws away every build behind it. The pre-check of an
+  /// item that reaches an empty pipeline on the same target is its landing
+  /// build.
+  bool precheck = true;
   /// Infrastructure errors of one item retried before they count as failure.
   std::int32_t infra_retries = 2;
   /// A build gets this long; the worker enforces it, the queue reports it.
@@ -239,7 +265,7 @@ struct build_recorded {
   std::int64_t at_ms = 0;
 };
 struct merge_started {
-  pr_number number = 0;
+  std::vector<pr_number> numbers;  // the batch the commit tested, in order
   std::string commit_sha;
   std::string build_id;
   std::string previous_sha;
@@ -257,13 +283,18 @@ struct ejected {
   std::string build_id;
   std::int64_t at_ms = 0;
 };
+/// The speculation window adapts: it grows by one per merge up to the rules'
+/// window and halves (down to window_floor) when an item is ejected.
+struct window_resized {
+  std::int32_t window = 0;
+};
 struct target_reset {
   std::string sha;
 };
 
 using event = std::variant<pr_recorded, item_enqueued, item_dequeued, priority_changed, queue_paused, queue_resumed,
                            build_requested, build_cancelled, build_recorded, merged, ejected, target_reset,
-                           merge_started>;
+                           merge_started, window_resized>;
 
 /// Decides a command at time `now_ms`: the events that record it, then what
 /// the pipeline does about it (builds cancelled and requested, merges,

@@ -83,6 +83,8 @@ void put(byte_writer& w, const build& b) {
   put(w, b.root_sha);
   put(w, b.heads);
   put(w, b.item);
+  put(w, b.batch);
+  put(w, b.check);
   put(w, b.attempt);
   put(w, b.requested_at_ms);
   put(w, b.timeout_ms);
@@ -92,6 +94,8 @@ void take(byte_reader& r, build& b) {
   take(r, b.root_sha);
   take(r, b.heads);
   take(r, b.item);
+  take(r, b.batch);
+  take(r, b.check);
   take(r, b.attempt);
   take(r, b.requested_at_ms);
   take(r, b.timeout_ms);
@@ -105,6 +109,8 @@ void put(byte_writer& w, const result_of_build& x) {
   put(w, x.heads);
   put(w, x.root_sha);
   put(w, x.duration_ms);
+  put(w, x.batch);
+  put(w, x.check);
 }
 void take(byte_reader& r, result_of_build& x) {
   take(r, x.build_id);
@@ -114,6 +120,8 @@ void take(byte_reader& r, result_of_build& x) {
   take(r, x.heads);
   take(r, x.root_sha);
   take(r, x.duration_ms);
+  take(r, x.batch);
+  take(r, x.check);
 }
 
 void put(byte_writer& w, const queue_item& i) {
@@ -123,6 +131,11 @@ void put(byte_writer& w, const queue_item& i) {
   put(w, i.enqueued_at_ms);
   put(w, i.build_id);
   put(w, i.errors);
+  put(w, i.batch_cap);
+  put(w, i.check_build_id);
+  put(w, i.checked);
+  put(w, i.check_result.has_value());
+  if (i.check_result) put(w, *i.check_result);
   put(w, i.result.has_value());
   if (i.result) put(w, *i.result);
 }
@@ -133,6 +146,13 @@ void take(byte_reader& r, queue_item& i) {
   take(r, i.enqueued_at_ms);
   take(r, i.build_id);
   take(r, i.errors);
+  take(r, i.batch_cap);
+  take(r, i.check_build_id);
+  take(r, i.checked);
+  bool has_check = false;
+  take(r, has_check);
+  i.check_result.reset();
+  if (has_check) take(r, i.check_result.emplace());
   bool has = false;
   take(r, has);
   i.result.reset();
@@ -209,8 +229,9 @@ void put_event(byte_writer& w, const event& e) {
         put(w, ev.build_id);
         put(w, ev.at_ms);
       } else if constexpr (std::is_same_v<T, target_reset>) put(w, ev.sha);
+      else if constexpr (std::is_same_v<T, window_resized>) put(w, ev.window);
       else if constexpr (std::is_same_v<T, merge_started>) {
-        put(w, ev.number);
+        put(w, ev.numbers);
         put(w, ev.commit_sha);
         put(w, ev.build_id);
         put(w, ev.previous_sha);
@@ -270,8 +291,9 @@ void take_event(byte_reader& r, event& e) {
         take(r, ev.build_id);
         take(r, ev.at_ms);
       } else if constexpr (std::is_same_v<T, target_reset>) take(r, ev.sha);
+      else if constexpr (std::is_same_v<T, window_resized>) take(r, ev.window);
       else if constexpr (std::is_same_v<T, merge_started>) {
-        take(r, ev.number);
+        take(r, ev.numbers);
         take(r, ev.commit_sha);
         take(r, ev.build_id);
         take(r, ev.previous_sha);
@@ -317,12 +339,13 @@ void save(const queue& q, byte_writer& w) {
   for (const auto& [id, b] : q.builds) put(w, b);
   put(w, q.landing.has_value());
   if (q.landing) {
-    put(w, q.landing->number);
+    put(w, q.landing->numbers);
     put(w, q.landing->commit_sha);
     put(w, q.landing->build_id);
     put(w, q.landing->previous_sha);
     put(w, q.landing->started_at_ms);
   }
+  put(w, q.window);
   put(w, q.next_seq);
   put(w, q.next_build);
   w.var(q.history.size());
@@ -358,12 +381,13 @@ result<void> load(queue& q, byte_reader& r) {
   take(r, landing);
   if (landing) {
     auto& l = out.landing.emplace();
-    take(r, l.number);
+    take(r, l.numbers);
     take(r, l.commit_sha);
     take(r, l.build_id);
     take(r, l.previous_sha);
     take(r, l.started_at_ms);
   }
+  take(r, out.window);
   take(r, out.next_seq);
   take(r, out.next_build);
   for (auto n = count(r); r.ok() && n > 0; --n) take(r, out.history.emplace_back());

@@ -14,7 +14,7 @@
 namespace keel::mq {
 
 /// A format byte leads each encoded event; a reader refuses newer ones.
-inline constexpr char codec_version = 1;
+inline constexpr char codec_version = 2;
 
 std::string encode(const event& e);
 result<event> decode_event(std::string_view in);

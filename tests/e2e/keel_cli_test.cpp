@@ -53,7 +53,9 @@ TEST_CASE("every subcommand has --help; bad command lines fail with one line and
   // A short simulation runs and vouches for its invariant.
   auto sim = run_keel({"sim", "mergequeue", "--hours", "4", "--arrivals", "4", "--window", "4"});
   CHECK(sim.code == 0);
-  CHECK(sim.out.find("untested trees landed: 0") != std::string::npos);
+  CHECK(sim.out.find("no bad pull request merged and no untested tree landed: yes") != std::string::npos);
+  for (const char* policy : {"keel ", "serial ", "bors ", "zuul "}) CHECK(sim.out.find(policy) != std::string::npos);
+  CHECK(run_keel({"sim", "mergequeue", "--policy", "fifo"}).code == 2);
 
   auto bad_flag = run_keel({"serve", "--bogus"});
   CHECK(bad_flag.code == 2);
