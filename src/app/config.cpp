@@ -196,6 +196,9 @@ result<config> load_config_file(const std::string& path, config cfg) {
     const auto* section = root["mergequeue"].as_table();
     table_reader t{section, "mergequeue."};
     if (auto r = t.get("window", cfg.mergequeue.window); !r) return in_file(r.err());
+    if (auto r = t.get("window_floor", cfg.mergequeue.window_floor); !r) return in_file(r.err());
+    if (auto r = t.get("batch_max", cfg.mergequeue.batch_max); !r) return in_file(r.err());
+    if (auto r = t.get("precheck", cfg.mergequeue.precheck); !r) return in_file(r.err());
     if (auto r = t.get("infra_retries", cfg.mergequeue.infra_retries); !r) return in_file(r.err());
     if (auto r = t.get("build_timeout_ms", cfg.mergequeue.build_timeout_ms); !r) return in_file(r.err());
     if (auto r = t.get("scratch_dir", cfg.mergequeue.scratch_dir); !r) return in_file(r.err());
@@ -204,6 +207,10 @@ result<config> load_config_file(const std::string& path, config cfg) {
     if (auto r = t.finish(); !r) return in_file(r.err());
     if (cfg.mergequeue.window < 1 || cfg.mergequeue.window > 64)
       return in_file(make_error(errc::invalid_argument, "mergequeue.window must be 1 to 64"));
+    if (cfg.mergequeue.window_floor < 1 || cfg.mergequeue.window_floor > 64)
+      return in_file(make_error(errc::invalid_argument, "mergequeue.window_floor must be 1 to 64"));
+    if (cfg.mergequeue.batch_max < 1 || cfg.mergequeue.batch_max > 64)
+      return in_file(make_error(errc::invalid_argument, "mergequeue.batch_max must be 1 to 64"));
     if (cfg.mergequeue.infra_retries < 0)
       return in_file(make_error(errc::invalid_argument, "mergequeue.infra_retries must be 0 or more"));
     if (cfg.mergequeue.build_timeout_ms < 1)

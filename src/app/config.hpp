@@ -56,7 +56,10 @@ struct config {
   } ledger;
 
   struct mergequeue_section {
-    std::int32_t window = 3;
+    std::int32_t window = 2;
+    std::int32_t window_floor = 3;
+    std::int32_t batch_max = 8;
+    bool precheck = true;
     std::int32_t infra_retries = 2;
     std::int64_t build_timeout_ms = 30 * 60 * 1000;
     /// Where workers make scratch work trees; empty: DATA_DIR/worktrees.

@@ -83,6 +83,9 @@ result<std::vector<runtime::stage_spec>> make_stages(const config& cfg) {
       runtime::mq_options options;
       options.partitions = cfg.log.default_partitions;
       options.rules.window = cfg.mergequeue.window;
+      options.rules.window_floor = cfg.mergequeue.window_floor;
+      options.rules.batch_max = cfg.mergequeue.batch_max;
+      options.rules.precheck = cfg.mergequeue.precheck;
       options.rules.infra_retries = cfg.mergequeue.infra_retries;
       options.rules.build_timeout_ms = cfg.mergequeue.build_timeout_ms;
       options.scratch_dir = cfg.mergequeue.scratch_dir.empty() ? cfg.server.data_dir + "/worktrees"
