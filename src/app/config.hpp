@@ -3,6 +3,7 @@
 #include "base/logging.hpp"
 #include "base/result.hpp"
 #include "log/sqlite.hpp"
+#include "state/mergequeue.hpp"
 
 #include <cstdint>
 #include <map>
@@ -56,12 +57,12 @@ struct config {
   } ledger;
 
   struct mergequeue_section {
-    std::int32_t window = 2;
-    std::int32_t window_floor = 3;
-    std::int32_t batch_max = 8;
-    bool precheck = true;
-    std::int32_t infra_retries = 2;
-    std::int64_t build_timeout_ms = 30 * 60 * 1000;
+    std::int32_t window = mq::rules{}.window;
+    std::int32_t window_floor = mq::rules{}.window_floor;
+    std::int32_t batch_max = mq::rules{}.batch_max;
+    bool precheck = mq::rules{}.precheck;
+    std::int32_t infra_retries = mq::rules{}.infra_retries;
+    std::int64_t build_timeout_ms = mq::rules{}.build_timeout_ms;
     /// Where workers make scratch work trees; empty: DATA_DIR/worktrees.
     std::string scratch_dir;
     /// The secret GitHub-style webhooks are signed with (X-Hub-Signature-256);

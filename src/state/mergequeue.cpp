@@ -30,6 +30,15 @@ void remember(queue& q, outcome o) {
   while (q.history.size() > queue::history_max) q.history.pop_front();
 }
 
+/// Every pull request `pr` declares it depends on is merged or in `ahead`.
+bool dependencies_met(const queue& q, const pull_request& pr, const std::set<pr_number>& ahead) {
+  for (auto d : pr.depends_on) {
+    auto dep = q.prs.find(d);
+    if (!(dep != q.prs.end() && dep->second.merged) && !ahead.contains(d)) return false;
+  }
+  return true;
+}
+
 /// The items a build tests: its last `batch` heads.
 std::vector<pr_number> members_of(const std::vector<head>& heads, std::int32_t batch) {
   std::vector<pr_number> out;
@@ -116,9 +125,7 @@ std::vector<planned> plan(const queue& q, const rules& r) {
   std::set<pr_number> joined;
   for (auto n : ready_items(q)) {
     if (r.precheck && !q.find_item(n)->checked && !(ready.empty() && q.root_heads.empty())) continue;
-    bool deps = true;
-    for (auto d : q.prs.at(n).depends_on) deps = deps && (q.prs.contains(d) && q.prs.at(d).merged || joined.contains(d));
-    if (!deps) continue;
+    if (!dependencies_met(q, q.prs.at(n), joined)) continue;
     joined.insert(n);
     ready.push_back(n);
   }
@@ -207,17 +214,13 @@ public:
         add(merge_started{std::move(numbers), deepest->commit_sha, deepest->build_id, s_.target_sha, now_});
         break;
       }
-      const auto& first = p.front();
-      const auto* item = s_.find_item(first.members.front());
-      if (!item->result || item->result->root_sha != s_.root_sha || item->result->heads != first.heads) break;
-      const auto& r = *item->result;
-      if (terminal_failure(r) && first.members.size() == 1) {
-        add(ejected{first.members.front(), fmt::format("build {} {}{}{}", r.build_id, to_string(r.status),
-                                                       r.reason.empty() ? "" : ": ", r.reason),
-                    r.build_id, now_});
-      } else {
-        break;
-      }
+      // The head failed at exactly what it is expected to hold: ejected.
+      if (!p.front().failing) break;
+      const auto n = p.front().members.front();
+      const auto& r = *s_.find_item(n)->result;
+      add(ejected{n, fmt::format("build {} {}{}{}", r.build_id, to_string(r.status), r.reason.empty() ? "" : ": ",
+                                 r.reason),
+                  r.build_id, now_});
     }
     const auto p = plan(s_, rules_);
     std::map<pr_number, const planned*> wanted;  // every member of a batch in the window
@@ -261,16 +264,7 @@ public:
       if (has_current_result) continue;  // waiting for the head
       std::int32_t errors = 0;
       for (auto n : entry->members) errors = std::max(errors, s_.find_item(n)->errors);
-      build b;
-      b.id = fmt::format("{}/{}/{}", s_.repository, s_.branch, s_.next_build);
-      b.root_sha = s_.root_sha;
-      b.heads = entry->heads;
-      b.item = entry->members.back();
-      b.batch = static_cast<std::int32_t>(entry->members.size());
-      b.attempt = errors + 1;
-      b.requested_at_ms = now_;
-      b.timeout_ms = rules_.build_timeout_ms;
-      add(build_requested{std::move(b)});
+      request(entry->heads, static_cast<std::int32_t>(entry->members.size()), false, errors + 1);
     }
   }
 
@@ -283,20 +277,27 @@ public:
       if (n == first || item->checked || !item->check_build_id.empty() ||
           (item->check_result && terminal_failure(*item->check_result)))
         continue;
-      build b;
-      b.id = fmt::format("{}/{}/{}", s_.repository, s_.branch, s_.next_build);
-      b.root_sha = s_.root_sha;
-      b.heads = s_.root_heads;
+      auto heads = s_.root_heads;
       for (auto d : s_.prs.at(n).depends_on)
-        if (s_.find_item(d) != nullptr) b.heads.push_back({d, s_.prs.at(d).head_sha});
-      b.heads.push_back({n, s_.prs.at(n).head_sha});
-      b.item = n;
-      b.check = true;
-      b.attempt = item->errors + 1;
-      b.requested_at_ms = now_;
-      b.timeout_ms = rules_.build_timeout_ms;
-      add(build_requested{std::move(b)});
+        if (s_.find_item(d) != nullptr) heads.push_back({d, s_.prs.at(d).head_sha});
+      heads.push_back({n, s_.prs.at(n).head_sha});
+      request(std::move(heads), 1, true, item->errors + 1);
     }
+  }
+
+  /// A build of `heads` on the root, testing the last `batch` of them.
+  void request(std::vector<head> heads, std::int32_t batch, bool check, std::int32_t attempt) {
+    build b;
+    b.id = fmt::format("{}/{}/{}", s_.repository, s_.branch, s_.next_build);
+    b.root_sha = s_.root_sha;
+    b.item = heads.back().number;
+    b.heads = std::move(heads);
+    b.batch = batch;
+    b.check = check;
+    b.attempt = attempt;
+    b.requested_at_ms = now_;
+    b.timeout_ms = rules_.build_timeout_ms;
+    add(build_requested{std::move(b)});
   }
 
   std::vector<event> take() { return std::move(out_); }
@@ -368,13 +369,7 @@ std::vector<pr_number> ready_items(const queue& q) {
   for (const auto& item : q.items) {
     auto pr = q.prs.find(item.number);
     if (pr == q.prs.end() || !pr->second.approved || pr->second.closed) continue;
-    bool deps_met = true;
-    for (auto d : pr->second.depends_on) {
-      auto dep = q.prs.find(d);
-      const bool merged = dep != q.prs.end() && dep->second.merged;
-      if (!merged && !ahead.contains(d)) deps_met = false;
-    }
-    if (!deps_met) continue;
+    if (!dependencies_met(q, pr->second, ahead)) continue;
     out.push_back(item.number);
     ahead.insert(item.number);
   }
@@ -479,8 +474,8 @@ result<std::vector<event>> decide(const queue& q, const command& c, const rules&
     if (infra) {
       // Retried until the item has used its retries; then it counts as failed.
       std::int32_t errors = 1;
-      for (std::size_t k = b.heads.size() - static_cast<std::size_t>(std::max(b.batch, 1)); k < b.heads.size(); ++k)
-        if (const auto* item = s.find_item(b.heads[k].number)) errors = std::max(errors, item->errors + 1);
+      for (auto n : members_of(b.heads, b.batch))
+        if (const auto* item = s.find_item(n)) errors = std::max(errors, item->errors + 1);
       if (errors > r.infra_retries) {
         res.status = build_status::failed;
         res.reason = fmt::format("infrastructure failed {} times, last: {}", errors, f->reason);
