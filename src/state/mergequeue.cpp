@@ -351,13 +351,8 @@ queue_figures figures(const queue& q, std::int64_t now_ms) {
   const double hours = std::max(1.0, static_cast<double>(now_ms - first) / 3'600'000.0);
   f.merges_per_hour = static_cast<double>(merges) / hours;
   std::sort(times.begin(), times.end());
-  auto pct = [&times](double p) {  // nearest rank
-    if (times.empty()) return std::int64_t{0};
-    const auto rank = static_cast<std::size_t>(std::ceil(p * static_cast<double>(times.size())));
-    return times[std::clamp<std::size_t>(rank, 1, times.size()) - 1];
-  };
-  f.time_to_merge_p50_ms = pct(0.50);
-  f.time_to_merge_p95_ms = pct(0.95);
+  f.time_to_merge_p50_ms = nearest_rank(times, 0.50);
+  f.time_to_merge_p95_ms = nearest_rank(times, 0.95);
   f.build_minutes = static_cast<double>(q.build_ms_total) / 60'000.0;
   f.wasted_build_minutes = static_cast<double>(q.build_ms_wasted) / 60'000.0;
   return f;

@@ -2,6 +2,7 @@
 
 #include "base/result.hpp"
 
+#include <cmath>
 #include <cstdint>
 #include <deque>
 #include <map>
@@ -315,6 +316,15 @@ struct queue_figures {
   double wasted_build_minutes = 0;
 };
 queue_figures figures(const queue& q, std::int64_t now_ms);
+
+/// The q-quantile of sorted values by nearest rank; 0 when there are none.
+template <class T>
+T nearest_rank(const std::vector<T>& sorted, double q) {
+  if (sorted.empty()) return T{};
+  auto rank = static_cast<std::size_t>(std::ceil(q * static_cast<double>(sorted.size())));
+  rank = std::min(std::max<std::size_t>(rank, 1), sorted.size());
+  return sorted[rank - 1];
+}
 
 /// Items in queue order that may be built now: approved, open, and with every
 /// declared dependency merged or ahead of them.

@@ -145,13 +145,8 @@ public:
     r.still_queued = r.arrived - r.merged - r.ejected;
     r.merges_per_hour = static_cast<double>(r.merged) / o_.hours;
     std::sort(times_.begin(), times_.end());
-    auto pct = [this](double q) {  // nearest rank
-      if (times_.empty()) return 0.0;
-      const auto rank = static_cast<std::size_t>(std::ceil(q * static_cast<double>(times_.size())));
-      return times_[std::clamp<std::size_t>(rank, 1, times_.size()) - 1];
-    };
-    r.time_to_merge_p50_min = pct(0.5);
-    r.time_to_merge_p95_min = pct(0.95);
+    r.time_to_merge_p50_min = nearest_rank(times_, 0.5);
+    r.time_to_merge_p95_min = nearest_rank(times_, 0.95);
     r.build_minutes = build_minutes_;
     r.wasted_build_minutes = build_minutes_ - useful_minutes_;
     r.build_minutes_per_merge = r.merged > 0 ? build_minutes_ / static_cast<double>(r.merged) : 0;
