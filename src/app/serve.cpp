@@ -1,4 +1,6 @@
 #include "app/commands.hpp"
+#include "app/dashboard.hpp"
+#include "http/assets.hpp"
 
 #include "base/logging.hpp"
 #include "http/server.hpp"
@@ -287,8 +289,21 @@ http::response entity_response(const runtime::runtime& rt, const std::string& st
   return res;
 }
 
+/// The token check for event streams: a browser's EventSource cannot set
+/// headers, so the token may also come as ?access_token=.
+std::optional<http::response> check_stream_token(const http::request& req, const http::route_params& p,
+                                                 const std::string& token) {
+  if (token.empty() || !req[http::bhttp::field::authorization].empty()) return check_token(req, token);
+  auto given = p.query.find("access_token");
+  if (given == p.query.end()) return check_token(req, token);
+  if (!constant_time_equal(given->second, token))
+    return http::error_response(http::bhttp::status::forbidden, "forbidden", "the token is not valid");
+  return std::nullopt;
+}
+
 http::router make_routes(embedded_log& log, const std::atomic<bool>& ready,
-                         const runtime::runtime& rt, const config& cfg, const http_counters& counters) {
+                         const runtime::runtime& rt, const config& cfg, const http_counters& counters,
+                         const std::shared_ptr<dashboard_feed>& dashboard) {
   http::router routes;
   // The token API reads need: none unless http.read_token_required.
   const std::string read_token = cfg.http.read_token_required ? cfg.http.token : std::string{};
@@ -324,6 +339,33 @@ http::router make_routes(embedded_log& log, const std::atomic<bool>& ready,
                  return accept_command(log, req, route);
                });
   }
+  // The dashboard: its embedded files, its document, and the live stream of it.
+  for (const auto& asset : http::embedded_assets()) {
+    const std::string path{asset.path == "/index.html" ? "/" : asset.path};
+    routes.add(http::bhttp::verb::get, path, [path](const http::request& req, const http::route_params&) {
+      auto res = http::asset_response(path, req);
+      return res ? std::move(*res) : http::error_response(http::bhttp::status::not_found, "not_found", "no such file");
+    });
+  }
+  routes.add(http::bhttp::verb::get, "/api/v1/dashboard",
+             [dashboard, read_token](const http::request& req, const http::route_params&) {
+               if (auto denied = check_token(req, read_token)) return std::move(*denied);
+               auto frame = dashboard->latest();
+               if (!frame.data)
+                 return http::error_response(http::bhttp::status::service_unavailable, "unavailable",
+                                             "the dashboard is being prepared");
+               http::response res{http::bhttp::status::ok, 11};
+               res.set(http::bhttp::field::content_type, "application/json");
+               res.body() = *frame.data;
+               res.body() += '\n';
+               res.prepare_payload();
+               return res;
+             });
+  routes.add_feed("/api/v1/dashboard/events", dashboard,
+                  [read_token](const http::request& req, const http::route_params& p) {
+                    if (auto denied = check_stream_token(req, p, read_token)) return std::move(*denied);
+                    return http::response{http::bhttp::status::ok, 11};
+                  });
   routes.add(http::bhttp::verb::get, "/livez", [](const http::request&, const http::route_params&) {
     return http::json_response(http::bhttp::status::ok, {{"status", "live"}});
   });
@@ -504,7 +546,10 @@ int run_serve(const std::vector<std::string>& args) {
   options.request_timeout = std::chrono::milliseconds(cfg->http.request_timeout_ms);
   options.connections_max = cfg->http.connections_max;
   http_counters counters;
-  auto routes = make_routes(log_store, ready, **rt, *cfg, counters);
+  dashboard_feed::options board;
+  for (const auto& [name, repo] : cfg->mergequeue.repositories) board.repositories.push_back(name);
+  auto dashboard = std::make_shared<dashboard_feed>(log_store, **rt, std::move(board));
+  auto routes = make_routes(log_store, ready, **rt, *cfg, counters, dashboard);
   // The observer needs the route templates; the router is copied into the
   // server, so it keeps its own copy for looking them up.
   auto server = http::server::start(
@@ -537,6 +582,7 @@ int run_serve(const std::vector<std::string>& args) {
   }
   log(log_level::info, "serve", "received {}, stopping", received == SIGTERM ? "SIGTERM" : "SIGINT");
   ready = false;
+  dashboard->stop();
   // Tasks finish and commit the batch in flight, snapshot, and exit.
   if (auto stopped = (*rt)->stop(std::chrono::milliseconds(cfg->server.shutdown_timeout_ms)); !stopped)
     log(log_level::warn, "serve", "{}", stopped.err());

@@ -75,6 +75,19 @@ void router::add(bhttp::verb method, std::string_view path_template, handler h) 
   routes_.push_back(std::move(r));
 }
 
+void router::add_feed(std::string_view path_template, std::shared_ptr<const event_feed> feed, handler guard) {
+  add(bhttp::verb::get, path_template, std::move(guard));
+  for (auto& r : routes_)
+    if (r.path_template == path_template) r.feed = std::move(feed);
+}
+
+std::shared_ptr<const event_feed> router::feed_of(const request& req) const {
+  if (req.method() != bhttp::verb::get) return nullptr;
+  std::string_view target = req.target();
+  auto* r = match(target.substr(0, target.find('?')), nullptr);
+  return r != nullptr ? r->feed : nullptr;
+}
+
 const router::route* router::match(std::string_view path, route_params* params) const {
   auto segments = split_path(path);
   for (const auto& r : routes_) {

@@ -3,6 +3,7 @@
 #include "base/logging.hpp"
 
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
@@ -68,6 +69,8 @@ public:
     });
   }
 
+
+
 private:
   void do_read() {
     if (owner_.stopping) return shut();
@@ -115,7 +118,49 @@ private:
         // An observer is for logs and metrics; it never fails a request.
       }
     }
+    if (res.result() == bhttp::status::ok && !owner_.stopping)
+      if (auto feed = owner_.routes.feed_of(req)) return stream(std::move(feed));
     send(std::move(res));
+  }
+
+  // -- server-sent events: headers once, then a frame whenever the feed has a
+  // newer one, a comment when it has been quiet; until either side closes.
+
+  void stream(std::shared_ptr<const event_feed> feed) {
+    feed_ = std::move(feed);
+    write_raw(std::make_shared<std::string>("HTTP/1.1 200 OK\r\n"
+                                            "Content-Type: text/event-stream\r\n"
+                                            "Cache-Control: no-store\r\n"
+                                            "Connection: close\r\n\r\n"
+                                            "retry: 1000\n\n"));
+  }
+
+  void write_raw(std::shared_ptr<std::string> text) {
+    writing_ = true;
+    last_write_ = std::chrono::steady_clock::now();
+    stream_.expires_after(owner_.options.write_timeout);
+    net::async_write(stream_, net::buffer(*text), [self = shared_from_this(), text](beast::error_code ec, std::size_t) {
+      self->writing_ = false;
+      if (ec || self->owner_.stopping) return self->shut();
+      self->poll_feed();
+    });
+  }
+
+  void poll_feed() {
+    if (closed_ || owner_.stopping) return shut();
+    auto frame = feed_->latest();
+    if (frame.version > sent_version_ && frame.data) {
+      sent_version_ = frame.version;
+      return write_raw(std::make_shared<std::string>(fmt::format("id: {}\ndata: {}\n\n", frame.version, *frame.data)));
+    }
+    if (std::chrono::steady_clock::now() - last_write_ >= owner_.options.feed_keepalive)
+      return write_raw(std::make_shared<std::string>(": keep-alive\n\n"));
+    stream_.expires_never();
+    timer_.expires_after(owner_.options.feed_poll);
+    timer_.async_wait([self = shared_from_this()](beast::error_code ec) {
+      if (ec) return self->shut();
+      self->poll_feed();
+    });
   }
 
   void send(response res) {
@@ -136,6 +181,7 @@ private:
     beast::error_code ignored;
     stream_.socket().shutdown(tcp::socket::shutdown_send, ignored);
     stream_.socket().close(ignored);
+    timer_.cancel();
     owner_.forget(shared_from_this());
   }
 
@@ -143,6 +189,10 @@ private:
   server::impl& owner_;
   beast::flat_buffer buffer_;
   std::optional<bhttp::request_parser<bhttp::string_body>> parser_;
+  net::steady_timer timer_{stream_.get_executor()};
+  std::shared_ptr<const event_feed> feed_;
+  std::uint64_t sent_version_ = 0;
+  std::chrono::steady_clock::time_point last_write_;
   bool writing_ = false;
   bool closed_ = false;
 };

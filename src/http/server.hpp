@@ -27,6 +27,10 @@ struct server_options {
   std::chrono::milliseconds write_timeout{15'000};
   /// Connections served at once; more are answered 503 and closed.
   std::size_t connections_max = 1024;
+  /// How often an open event stream looks for a new frame, and how long it
+  /// may stay silent before it sends a keep-alive comment.
+  std::chrono::milliseconds feed_poll{100};
+  std::chrono::milliseconds feed_keepalive{15'000};
   /// How long stop() lets in-flight requests finish.
   std::chrono::milliseconds shutdown_grace{3'000};
 };

@@ -337,13 +337,7 @@ TEST_CASE("the merge queue over REST: pull requests in, a real repository's main
   test::temp_dir dir;
   const auto repo = dir.file("app");
   std::filesystem::create_directories(repo);
-  auto git = [&](const std::string& script) {
-    auto r = test::run({"/bin/sh", "-ec", "cd '" + repo + "' && " + script});
-    REQUIRE_MESSAGE(r.code == 0, script << ": " << r.err);
-    auto out = r.out;
-    while (!out.empty() && out.back() == '\n') out.pop_back();
-    return out;
-  };
+  auto git = [&](const std::string& script) { return test::shell(repo, script); };
   git("git init -q -b main . && git -c user.name=t -c user.email=t@x commit -q --allow-empty -m base");
   const auto head = git("git checkout -qb pr7 main && echo hi > hello.txt && git add hello.txt && "
                         "git -c user.name=t -c user.email=t@x commit -qm hello && git rev-parse HEAD && git checkout -q main");

@@ -1,6 +1,7 @@
 #include "git/repository.hpp"
 #include "git/subprocess.hpp"
 
+#include "support/process.hpp"
 #include "support/temp_dir.hpp"
 
 #include <doctest/doctest.h>
@@ -14,20 +15,6 @@ using namespace std::chrono_literals;
 
 namespace {
 
-std::string sh(const std::string& dir, const std::string& script) {
-  run_options o;
-  o.cwd = dir;
-  o.env = scrubbed_env(dir, {"GIT_AUTHOR_NAME=t", "GIT_AUTHOR_EMAIL=t@example.invalid", "GIT_COMMITTER_NAME=t",
-                             "GIT_COMMITTER_EMAIL=t@example.invalid"});
-  o.timeout = 60s;
-  auto r = run({"/bin/sh", "-ec", script}, o);
-  REQUIRE(r);
-  REQUIRE_MESSAGE(r->ok(), script << ": " << r->output);
-  std::string out = r->output;
-  while (!out.empty() && out.back() == '\n') out.pop_back();
-  return out;
-}
-
 /// A repository with main (a file per line) and three pull-request branches:
 /// #1 and #2 change different files, #3 changes the line #1 changes.
 struct repo_fixture {
@@ -37,13 +24,13 @@ struct repo_fixture {
 
   repo_fixture() {
     std::filesystem::create_directories(path);
-    sh(path, "git init -q -b main . && printf 'a\\nb\\n' > f.txt && echo ok > build.sh && "
+    test::shell(path, "git init -q -b main . && printf 'a\\nb\\n' > f.txt && echo ok > build.sh && "
              "git add . && git commit -qm base");
-    main_sha = sh(path, "git rev-parse HEAD");
-    pr1 = sh(path, "git checkout -qb pr1 main && printf 'A\\nb\\n' > f.txt && git commit -qam one && git rev-parse HEAD");
-    pr2 = sh(path, "git checkout -qb pr2 main && echo new > g.txt && git add g.txt && git commit -qm two && git rev-parse HEAD");
-    pr3 = sh(path, "git checkout -qb pr3 main && printf 'X\\nb\\n' > f.txt && git commit -qam three && git rev-parse HEAD");
-    sh(path, "git checkout -q main");
+    main_sha = test::shell(path, "git rev-parse HEAD");
+    pr1 = test::shell(path, "git checkout -qb pr1 main && printf 'A\\nb\\n' > f.txt && git commit -qam one && git rev-parse HEAD");
+    pr2 = test::shell(path, "git checkout -qb pr2 main && echo new > g.txt && git add g.txt && git commit -qm two && git rev-parse HEAD");
+    pr3 = test::shell(path, "git checkout -qb pr3 main && printf 'X\\nb\\n' > f.txt && git commit -qam three && git rev-parse HEAD");
+    test::shell(path, "git checkout -q main");
   }
 };
 
@@ -101,7 +88,7 @@ TEST_CASE("git: speculative merges are deterministic, so a longer speculation ex
   CHECK(c12.chain[0] == c1.commit_sha);  // the same commit for #1 in both builds
   CHECK(c12.commit_sha == c12.chain[1]);
   CHECK(std::filesystem::exists(f.dir.file("w2") + "/g.txt"));
-  CHECK(sh(f.dir.file("w2"), "cat f.txt") == "A\nb");
+  CHECK(test::shell(f.dir.file("w2"), "cat f.txt") == "A\nb");
 
   SUBCASE("the target advances by fast-forward to the tested commits, in order") {
     REQUIRE(repo->advance("main", f.main_sha, c1.commit_sha));

@@ -6,6 +6,7 @@
 #include "keel/envelope.pb.h"
 #include "log/embedded_log.hpp"
 
+#include "support/process.hpp"
 #include "support/temp_dir.hpp"
 
 #include <doctest/doctest.h>
@@ -17,20 +18,6 @@ using namespace keel::runtime;
 using namespace std::chrono_literals;
 
 namespace {
-
-std::string sh(const std::string& dir, const std::string& script) {
-  git::run_options o;
-  o.cwd = dir;
-  o.env = git::scrubbed_env(dir, {"GIT_AUTHOR_NAME=t", "GIT_AUTHOR_EMAIL=t@example.invalid", "GIT_COMMITTER_NAME=t",
-                                  "GIT_COMMITTER_EMAIL=t@example.invalid"});
-  o.timeout = 60s;
-  auto r = git::run({"/bin/sh", "-ec", script}, o);
-  REQUIRE(r);
-  REQUIRE_MESSAGE(r->ok(), script << ": " << r->output);
-  auto out = r->output;
-  while (!out.empty() && out.back() == '\n') out.pop_back();
-  return out;
-}
 
 /// The whole workflow on one partition, stepped by hand: the supervisor and
 /// the worker over a real SQLite log and a real git repository.
@@ -46,7 +33,7 @@ struct flow {
   explicit flow(const std::string& build_command) {
     std::filesystem::create_directories(repo_path);
     // main has a file per pull request to touch, and a test script the build runs.
-    sh(repo_path, "git init -q -b main . && printf 'x\\n' > one.txt && printf 'x\\n' > two.txt && "
+    test::shell(repo_path, "git init -q -b main . && printf 'x\\n' > one.txt && printf 'x\\n' > two.txt && "
                   "printf 'x\\n' > three.txt && git add . && git commit -qm base");
     mq_options o;
     o.partitions = 1;
@@ -63,7 +50,7 @@ struct flow {
   }
 
   std::string branch_commit(const std::string& branch, const std::string& file, const std::string& content) {
-    return sh(repo_path, fmt::format("git checkout -qb {0} main && printf '{2}\\n' > {1} && git commit -qam {0} && "
+    return test::shell(repo_path, fmt::format("git checkout -qb {0} main && printf '{2}\\n' > {1} && git commit -qam {0} && "
                                      "git rev-parse HEAD && git checkout -q main",
                                      branch, file, content));
   }
@@ -124,7 +111,7 @@ struct flow {
     return out;
   }
 
-  std::string file_on_main(const std::string& file) { return sh(repo_path, "git show main:" + file); }
+  std::string file_on_main(const std::string& file) { return test::shell(repo_path, "git show main:" + file); }
 };
 
 } // namespace
@@ -132,7 +119,7 @@ struct flow {
 TEST_CASE("merge queue end to end: speculative builds in git, the bad pull request ejected, main advanced to tested commits") {
   // The build fails when three.txt says "broken".
   flow f{"! grep -q broken three.txt"};
-  const auto base = sh(f.repo_path, "git rev-parse main");
+  const auto base = test::shell(f.repo_path, "git rev-parse main");
   const auto pr1 = f.branch_commit("pr1", "one.txt", "one");
   const auto pr2 = f.branch_commit("pr2", "three.txt", "broken");
   const auto pr3 = f.branch_commit("pr3", "two.txt", "two");
@@ -153,9 +140,9 @@ TEST_CASE("merge queue end to end: speculative builds in git, the bad pull reque
   CHECK(f.file_on_main("one.txt") == "one");
   CHECK(f.file_on_main("two.txt") == "two");
   CHECK(f.file_on_main("three.txt") == "x");
-  const auto tip = sh(f.repo_path, "git rev-parse main");
+  const auto tip = test::shell(f.repo_path, "git rev-parse main");
   CHECK(tip != base);
-  CHECK(sh(f.repo_path, "git log -1 --format=%s main") == fmt::format("Merge #3 ({})", pr3));
+  CHECK(test::shell(f.repo_path, "git log -1 --format=%s main") == fmt::format("Merge #3 ({})", pr3));
   // Every commit main went through was the commit of a build that passed.
   std::set<std::string> passed;
   for (const auto& e : f.read(mq_topics::build_results))
@@ -189,7 +176,7 @@ TEST_CASE("merge queue end to end: a conflict ejects the conflicting pull reques
 
   // Someone pushes to main behind the queue's back; the next merge notices
   // when it cannot fast-forward, and the queue rebuilds on the new tip.
-  sh(f.repo_path, "printf 'pushed\\n' > two.txt && git commit -qam pushed");
+  test::shell(f.repo_path, "printf 'pushed\\n' > two.txt && git commit -qam pushed");
   const auto pr3 = f.branch_commit("pr3", "three.txt", "three");
   f.open_and_enqueue(3, pr3);
   f.settle();

@@ -1,5 +1,7 @@
 #include "support/process.hpp"
 
+#include <doctest/doctest.h>
+
 #include <cerrno>
 #include <csignal>
 #include <cstring>
@@ -165,6 +167,16 @@ run_result run(const std::vector<std::string>& argv, const std::string& input,
   err_reader.join();
   auto code = p.wait(timeout);
   out.code = code.value_or(-1);
+  return out;
+}
+
+std::string shell(const std::string& dir, const std::string& script) {
+  auto r = run({"/bin/sh", "-ec", "cd '" + dir + "' && " + script}, {},
+               {"GIT_AUTHOR_NAME=t", "GIT_AUTHOR_EMAIL=t@example.invalid", "GIT_COMMITTER_NAME=t",
+                "GIT_COMMITTER_EMAIL=t@example.invalid", "GIT_CONFIG_NOSYSTEM=1"});
+  REQUIRE_MESSAGE(r.code == 0, script << ": " << r.err);
+  auto out = r.out;
+  while (!out.empty() && out.back() == '\n') out.pop_back();
   return out;
 }
 

@@ -61,4 +61,9 @@ run_result run(const std::vector<std::string>& argv, const std::string& input = 
                const std::vector<std::string>& extra_env = {},
                std::chrono::milliseconds timeout = std::chrono::seconds(60));
 
+/// Runs `script` with /bin/sh -e in `dir` as a git user named t (for making
+/// repositories in tests); REQUIRE-fails with its stderr unless it exits 0.
+/// Returns its stdout without trailing newlines.
+std::string shell(const std::string& dir, const std::string& script);
+
 } // namespace keel::test
