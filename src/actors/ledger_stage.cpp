@@ -729,6 +729,16 @@ public:
     sagas_.mark_clean();
   }
 
+  std::vector<stage_gauge> gauges() const override {
+    double sagas_open = 0, breaches_open = 0;
+    for (const auto& [id, c] : clients_.items()) {
+      sagas_open += static_cast<double>(c.sagas_open);
+      breaches_open += static_cast<double>(c.open_episodes.size());
+    }
+    return {{"ledger_sagas_open", "Reversal sagas started and not yet completed or stuck.", sagas_open},
+            {"ledger_breaches_open", "Limit breach episodes not yet back within the limit.", breaches_open}};
+  }
+
   std::optional<std::string> describe(std::string_view key) const override {
     const auto* c = clients_.find(std::string{key});
     if (c == nullptr) return std::nullopt;

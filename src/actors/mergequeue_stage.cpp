@@ -339,6 +339,19 @@ public:
   }
   void snapshot_taken() override { repos_.mark_clean(); }
 
+  std::vector<stage_gauge> gauges() const override {
+    double items = 0, builds = 0, paused = 0;
+    for (const auto& [repo, state] : repos_.items())
+      for (const auto& [branch, q] : state.queues) {
+        items += static_cast<double>(q.items.size());
+        builds += static_cast<double>(q.builds.size());
+        paused += q.paused ? 1 : 0;
+      }
+    return {{"mergequeue_items", "Pull requests in the merge queues.", items},
+            {"mergequeue_builds_in_flight", "Builds the merge queues wait for.", builds},
+            {"mergequeue_queues_paused", "Merge queues paused.", paused}};
+  }
+
   std::optional<std::string> describe(std::string_view key) const override {
     const auto* state = repos_.find(std::string{key});
     if (state == nullptr) return std::nullopt;

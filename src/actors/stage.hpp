@@ -36,6 +36,14 @@ struct timer {
   friend bool operator==(const timer&, const timer&) = default;
 };
 
+/// A figure a stage reports about its entities (a queue's length, the sagas
+/// open), exported as a Prometheus gauge `keel_<name>` per task.
+struct stage_gauge {
+  std::string name;
+  std::string help;
+  double value = 0;
+};
+
 /// One input record handed to a stage.
 struct input_record {
   std::string_view topic;
@@ -121,6 +129,8 @@ public:
     return make_error(errc::internal, "this stage has no incremental snapshots");
   }
   virtual void snapshot_taken() {}
+  /// Figures about this partition's entities, for /metrics (no per-entity labels).
+  virtual std::vector<stage_gauge> gauges() const { return {}; }
   /// A JSON view of one entity, for queries; nullopt when unknown.
   virtual std::optional<std::string> describe(std::string_view key) const = 0;
 };

@@ -509,7 +509,9 @@ result<step_result> task_engine::step() {
     batch.positions.push_back({spec_.name, spec_.inputs[i], partition_, next_positions[i], positions_[i]});
   }
 
+  const auto commit_started = std::chrono::steady_clock::now();
   auto receipt = log_.commit(batch);
+  observe_commit(std::chrono::steady_clock::now() - commit_started);
   if (!receipt) {
     undo();
     return with_context(std::move(receipt).err(), "commit " + name_);
@@ -567,6 +569,17 @@ result<void> task_engine::maybe_snapshot() {
   return snapshot();
 }
 
+void task_engine::observe_commit(std::chrono::steady_clock::duration took) {
+  constexpr auto buckets = std::size(commit_latency_bounds_ms);
+  if (commit_latency_counts_.empty()) commit_latency_counts_.assign(buckets + 1, 0);
+  const double ms = std::chrono::duration<double, std::milli>(took).count();
+  std::size_t i = 0;
+  while (i < buckets && ms > commit_latency_bounds_ms[i]) ++i;
+  ++commit_latency_counts_[i];
+  commit_latency_sum_s_ += ms / 1000.0;
+  ++commits_total_;
+}
+
 task_status task_engine::status() const {
   task_status s;
   s.task = name_;
@@ -583,6 +596,16 @@ task_status task_engine::status() const {
   s.restore_ms = restore_ms_;
   for (std::size_t i = 0; i < spec_.inputs.size() && i < positions_.size(); ++i)
     s.positions.emplace_back(spec_.inputs[i], positions_[i].value());
+  s.commit_latency_counts = commit_latency_counts_;
+  s.commit_latency_sum_s = commit_latency_sum_s_;
+  s.commits_total = commits_total_;
+  // Gauges may walk every entity: at most once a second.
+  const auto now = std::chrono::steady_clock::now();
+  if (logic_ && (gauges_at_ == std::chrono::steady_clock::time_point{} || now - gauges_at_ >= std::chrono::seconds(1))) {
+    gauges_ = logic_->gauges();
+    gauges_at_ = now;
+  }
+  s.gauges = gauges_;
   return s;
 }
 

@@ -6,6 +6,7 @@
 #include "log/log.hpp"
 #include "log/snapshot_store.hpp"
 
+#include <chrono>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -54,7 +55,16 @@ struct task_status {
   std::int64_t restore_ms = 0;
   std::int64_t restarts = 0;  // filled in by the supervisor
   std::vector<std::pair<std::string, std::int64_t>> positions;
+  /// Latency of the task's log commits: counts per bucket (the bounds of
+  /// commit_latency_bounds_ms, then one for larger), their sum and count.
+  std::vector<std::int64_t> commit_latency_counts;
+  double commit_latency_sum_s = 0;
+  std::int64_t commits_total = 0;
+  std::vector<stage_gauge> gauges;
 };
+
+/// Upper bounds (ms) of the commit latency histogram's buckets.
+inline constexpr double commit_latency_bounds_ms[] = {0.5, 1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500};
 
 /// Whether a failed step may be retried in place or must stop the task.
 bool is_fatal(const error& e) noexcept;
@@ -92,6 +102,8 @@ public:
   const stage_logic& logic() const { return *logic_; }
 
 private:
+  void observe_commit(std::chrono::steady_clock::duration took);
+
   class context;
   void encode_engine_state(std::string& out) const;
   result<void> decode_engine_state(std::string_view in);
@@ -122,6 +134,11 @@ private:
   std::int64_t last_snapshot_ms_ = 0;
   std::int64_t deltas_since_full_ = -1;  // -1: no full snapshot to build on
   std::int64_t restore_ms_ = 0;
+  std::vector<std::int64_t> commit_latency_counts_;
+  double commit_latency_sum_s_ = 0;
+  std::int64_t commits_total_ = 0;
+  mutable std::vector<stage_gauge> gauges_;
+  mutable std::chrono::steady_clock::time_point gauges_at_;
 };
 
 /// Parses "<topic>/<partition>/<offset>/<index>" into the source ("topic/partition")

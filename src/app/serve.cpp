@@ -268,6 +268,30 @@ std::string metrics_text(embedded_log& log, const runtime::runtime& rt, const ht
                          std::max<std::int64_t>(0, range->end.value() - position));
     }
   }
+  family("keel_task_commit_seconds", "histogram", "Latency of a task's log commits (outputs, changelog and positions at once).");
+  for (const auto& t : tasks) {
+    if (t.commit_latency_counts.empty()) continue;
+    std::int64_t cumulative = 0;
+    for (std::size_t i = 0; i < t.commit_latency_counts.size(); ++i) {
+      cumulative += t.commit_latency_counts[i];
+      const auto le = i < std::size(runtime::commit_latency_bounds_ms)
+                        ? fmt::format("{}", runtime::commit_latency_bounds_ms[i] / 1000.0)
+                        : std::string{"+Inf"};
+      out += fmt::format("keel_task_commit_seconds_bucket{{{},le=\"{}\"}} {}\n", labels(t), le, cumulative);
+    }
+    out += fmt::format("keel_task_commit_seconds_sum{{{}}} {}\n", labels(t), t.commit_latency_sum_s);
+    out += fmt::format("keel_task_commit_seconds_count{{{}}} {}\n", labels(t), t.commits_total);
+  }
+  // What the stages report of their entities: queue lengths, sagas open, ...
+  std::map<std::string, std::string> gauge_help;
+  for (const auto& t : tasks)
+    for (const auto& g : t.gauges) gauge_help.emplace(g.name, g.help);
+  for (const auto& [name, help] : gauge_help) {
+    family(("keel_" + name).c_str(), "gauge", help.c_str());
+    for (const auto& t : tasks)
+      for (const auto& g : t.gauges)
+        if (g.name == name) out += fmt::format("keel_{}{{{}}} {}\n", name, labels(t), g.value);
+  }
   family("keel_http_requests_total", "counter", "HTTP requests answered, by route and status.");
   for (const auto& [key, n] : http.snapshot())
     out += fmt::format("keel_http_requests_total{{route=\"{}\",status=\"{}\"}} {}\n", key.first, key.second, n);

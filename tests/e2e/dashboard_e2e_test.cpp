@@ -11,6 +11,7 @@
 #include <fmt/format.h>
 
 #include <filesystem>
+#include <sstream>
 
 using namespace keel;
 using namespace std::chrono_literals;
@@ -51,6 +52,26 @@ build = "sleep 1.5 && test -f g.txt"
   MESSAGE(r.out);
   REQUIRE_MESSAGE(r.code == 0, "the browser script failed (" << r.code << "):\n" << r.err << r.out);
   CHECK(r.out.find("figures:") != std::string::npos);
+  // /metrics after the work: commit latency histograms, the stages' gauges.
+  auto metrics = d.get("/metrics");
+  REQUIRE(metrics);
+  REQUIRE(metrics->status == 200);
+  const auto& text = metrics->body;
+  CHECK(text.find("# TYPE keel_task_commit_seconds histogram") != std::string::npos);
+  CHECK(text.find("# TYPE keel_mergequeue_items gauge") != std::string::npos);
+  CHECK(text.find("# TYPE keel_ledger_sagas_open gauge") != std::string::npos);
+  std::int64_t commits = 0, in_inf = 0;
+  std::istringstream lines{text};
+  for (std::string line; std::getline(lines, line);) {
+    auto value = [&] { return std::stoll(line.substr(line.rfind(' ') + 1)); };
+    if (line.starts_with("keel_task_commit_seconds_count{")) commits += value();
+    if (line.starts_with("keel_task_commit_seconds_bucket{") && line.find(R"(le="+Inf")") != std::string::npos)
+      in_inf += value();
+    if (line.starts_with("keel_mergequeue_items{")) CHECK(value() == 0);  // #1 merged
+  }
+  CHECK(commits > 0);
+  CHECK(in_inf == commits);
+
   // main moved to the tested merge commit of #1.
   CHECK(git("git rev-parse main") != git("git rev-parse main~1"));
   CHECK(git("git log -1 --format=%s main").find("#1") != std::string::npos);
