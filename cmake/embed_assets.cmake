@@ -14,7 +14,7 @@ foreach(asset IN LISTS ASSETS)
   string(APPEND table "  {\"/${name}\", std::string_view{asset_${index}, ${size}}},\n")
   math(EXPR index "${index} + 1")
 endforeach()
-file(WRITE "${OUTPUT}.tmp" "// Generated from src/http/dashboard by cmake/embed_assets.cmake; do not edit.
+file(WRITE "${OUTPUT}.tmp" "// Generated from src/http/dashboard and src/http/api by cmake/embed_assets.cmake; do not edit.
 #include \"http/assets.hpp\"
 
 namespace keel::http {

@@ -364,13 +364,19 @@ http::router make_routes(embedded_log& log, const std::atomic<bool>& ready,
                });
   }
   // The dashboard: its embedded files, its document, and the live stream of it.
-  for (const auto& asset : http::embedded_assets()) {
-    const std::string path{asset.path == "/index.html" ? "/" : asset.path};
-    routes.add(http::bhttp::verb::get, path, [path](const http::request& req, const http::route_params&) {
-      auto res = http::asset_response(path, req);
+  auto serve_file = [&routes](std::string path, std::string file) {
+    routes.add(http::bhttp::verb::get, path, [file](const http::request& req, const http::route_params&) {
+      auto res = http::asset_response(file, req);
       return res ? std::move(*res) : http::error_response(http::bhttp::status::not_found, "not_found", "no such file");
     });
+  };
+  constexpr std::string_view board = "/dashboard";
+  for (const auto& asset : http::embedded_assets()) {
+    if (!asset.path.starts_with(board)) continue;
+    const auto path = asset.path.substr(board.size());
+    serve_file(path == "/index.html" ? "/" : std::string{path}, std::string{asset.path});
   }
+  serve_file("/api/v1/openapi.json", "/api/openapi.json");
   routes.add(http::bhttp::verb::get, "/api/v1/dashboard",
              [dashboard, read_token](const http::request& req, const http::route_params&) {
                if (auto denied = check_token(req, read_token)) return std::move(*denied);
@@ -488,6 +494,15 @@ http::router make_routes(embedded_log& log, const std::atomic<bool>& ready,
                return http::json_response(http::bhttp::status::ok,
                                           {{"ready", all_restored && !tasks.empty()}, {"tasks", std::move(tasks)}});
              });
+  // The API and its document agree (src/http/api/openapi.json).
+  std::vector<std::string> files;
+  for (const auto& asset : http::embedded_assets())
+    if (asset.path.starts_with(board))
+      files.push_back("GET " + (asset.path == "/dashboard/index.html" ? std::string{"/"} : std::string{asset.path.substr(board.size())}));
+  std::string_view document;
+  for (const auto& asset : http::embedded_assets())
+    if (asset.path == "/api/openapi.json") document = asset.bytes;
+  for (const auto& m : http::openapi_mismatches(routes, document, files)) keel::log(log_level::error, "serve", "{}", m);
   return routes;
 }
 

@@ -20,7 +20,6 @@ std::string_view content_type(std::string_view path) {
 } // namespace
 
 std::optional<response> asset_response(std::string_view path, const request& req) {
-  if (path == "/") path = "/index.html";
   for (const auto& a : embedded_assets()) {
     if (a.path != path) continue;
     const auto etag = fmt::format("\"{:016x}\"", std::hash<std::string_view>{}(a.bytes));

@@ -2,7 +2,11 @@
 
 #include "base/assert.hpp"
 
+#include <boost/json.hpp>
+
+#include <algorithm>
 #include <exception>
+#include <set>
 
 namespace keel::http {
 namespace {
@@ -79,6 +83,38 @@ void router::add_feed(std::string_view path_template, std::shared_ptr<const even
   add(bhttp::verb::get, path_template, std::move(guard));
   for (auto& r : routes_)
     if (r.path_template == path_template) r.feed = std::move(feed);
+}
+
+std::vector<std::pair<std::string, std::string>> router::list() const {
+  std::vector<std::pair<std::string, std::string>> out;
+  for (const auto& r : routes_)
+    for (const auto& [method, h] : r.handlers) out.emplace_back(std::string{bhttp::to_string(method)}, r.path_template);
+  return out;
+}
+
+std::vector<std::string> openapi_mismatches(const router& r, std::string_view openapi_json,
+                                            const std::vector<std::string>& undocumented_ok) {
+  boost::system::error_code ec;
+  auto doc = boost::json::parse(openapi_json, ec);
+  if (ec || !doc.is_object() || !doc.as_object().contains("paths") || !doc.at("paths").is_object())
+    return {"the OpenAPI document does not parse or has no paths"};
+  std::set<std::string> documented, routed;
+  for (const auto& [path, ops] : doc.at("paths").as_object()) {
+    if (!ops.is_object()) continue;
+    for (const auto& [method, op] : ops.as_object()) {
+      std::string m{method};
+      std::transform(m.begin(), m.end(), m.begin(), [](unsigned char c) { return static_cast<char>(std::toupper(c)); });
+      documented.insert(m + " " + std::string{path});
+    }
+  }
+  for (const auto& [method, path] : r.list()) routed.insert(method + " " + path);
+  std::vector<std::string> out;
+  for (const auto& x : routed)
+    if (!documented.contains(x) && std::find(undocumented_ok.begin(), undocumented_ok.end(), x) == undocumented_ok.end())
+      out.push_back(x + " is routed but not in the OpenAPI document");
+  for (const auto& x : documented)
+    if (!routed.contains(x)) out.push_back(x + " is in the OpenAPI document but not routed");
+  return out;
 }
 
 std::shared_ptr<const event_feed> router::feed_of(const request& req) const {

@@ -56,6 +56,9 @@ public:
   /// The route template a request matches, or "unmatched" (for metrics labels).
   std::string_view route_of(const request& req) const;
 
+  /// Every (method, path template) routed, e.g. ("GET", "/api/v1/accounts/{id}").
+  std::vector<std::pair<std::string, std::string>> list() const;
+
   /// The feed a GET request opens, or null.
   std::shared_ptr<const event_feed> feed_of(const request& req) const;
 
@@ -69,6 +72,13 @@ private:
   const route* match(std::string_view path, route_params* params) const;
   std::vector<route> routes_;
 };
+
+/// The routes of `r` that an OpenAPI document (its `paths`) does not describe,
+/// and the operations it describes that `r` does not route, each as "METHOD
+/// path"; routes in `undocumented_ok` (the dashboard's files) need no entry.
+/// A document that does not parse is one entry saying so.
+std::vector<std::string> openapi_mismatches(const router& r, std::string_view openapi_json,
+                                            const std::vector<std::string>& undocumented_ok);
 
 /// Decodes %XX escapes and '+' (in queries); false on a malformed escape.
 bool url_decode(std::string_view in, std::string& out, bool plus_is_space);

@@ -193,6 +193,10 @@ TEST_CASE("keel serve answers /livez and /readyz, refuses a second daemon, and s
   CHECK(metrics->body.find(R"(keel_task_lag_records{stage="counter",partition="0",topic="counter.increments"} 0)") != std::string::npos);
   CHECK(metrics->body.find(R"(keel_task_restored{stage="accounts",partition="3"} 1)") != std::string::npos);
   CHECK(metrics->body.find(R"(keel_http_requests_total{route="/livez",status="200"} 1)") != std::string::npos);
+  auto api = d.get("/api/v1/openapi.json");
+  REQUIRE(api);
+  CHECK(api->status == 200);
+  CHECK(boost::json::parse(api->body).as_object().at("paths").as_object().contains("/api/v1/clients/{id}"));
   auto missing = d.get("/no/such/route");
   REQUIRE(missing);
   CHECK(missing->status == 404);
@@ -213,7 +217,10 @@ TEST_CASE("keel serve answers /livez and /readyz, refuses a second daemon, and s
   auto status = d.proc.wait(10s);
   REQUIRE(status);
   CHECK(*status == 0);
-  CHECK(d.proc.drain_stderr().find("stopped cleanly") != std::string::npos);
+  const auto log = d.proc.drain_stderr();
+  CHECK(log.find("stopped cleanly") != std::string::npos);
+  // Every route is in the OpenAPI document and the document names no other.
+  CHECK_MESSAGE(log.find("OpenAPI document") == std::string::npos, log);
   CHECK_FALSE(std::filesystem::exists(data + "/http.addr"));
   CHECK_FALSE(test::http_request("GET", d.host, d.port, "/livez"));
 }

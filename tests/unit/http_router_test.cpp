@@ -67,3 +67,21 @@ TEST_CASE("every error code maps to a 4xx or 5xx status") {
   CHECK(res.result() == bhttp::status::forbidden);
   CHECK(res[bhttp::field::content_type] == "application/json");
 }
+
+TEST_CASE("openapi_mismatches: routes missing from the document, documented operations not routed, files allowed") {
+  router r;
+  auto ok = [](const request&, const route_params&) { return json_response(bhttp::status::ok, {{"ok", true}}); };
+  r.add(bhttp::verb::get, "/api/v1/accounts/{id}", ok);
+  r.add(bhttp::verb::post, "/api/v1/transactions", ok);
+  r.add(bhttp::verb::get, "/app.js", ok);
+  const std::string doc = R"({"paths": {"/api/v1/accounts/{id}": {"get": {}}, "/api/v1/limits": {"post": {}}}})";
+  auto m = openapi_mismatches(r, doc, {"GET /app.js"});
+  REQUIRE(m.size() == 2);
+  CHECK(m[0] == "POST /api/v1/transactions is routed but not in the OpenAPI document");
+  CHECK(m[1] == "POST /api/v1/limits is in the OpenAPI document but not routed");
+  CHECK(openapi_mismatches(r, "{not json", {}).size() == 1);
+  r.add(bhttp::verb::post, "/api/v1/limits", ok);
+  const std::string full =
+    R"({"paths": {"/api/v1/accounts/{id}": {"get": {}}, "/api/v1/limits": {"post": {}}, "/api/v1/transactions": {"post": {}}}})";
+  CHECK(openapi_mismatches(r, full, {"GET /app.js"}).empty());
+}
