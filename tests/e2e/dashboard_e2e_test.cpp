@@ -11,6 +11,7 @@
 #include <fmt/format.h>
 
 #include <filesystem>
+#include <regex>
 #include <sstream>
 
 using namespace keel;
@@ -71,6 +72,19 @@ build = "sleep 1.5 && test -f g.txt"
   }
   CHECK(commits > 0);
   CHECK(in_inf == commits);
+  // The Grafana dashboard (conf/grafana-keel.json) plots only families the daemon exports.
+  const auto grafana = test::read_file(source + "/conf/grafana-keel.json");
+  const std::regex family{"keel_[a-z_]+"};
+  int plotted = 0;
+  for (auto it = std::sregex_iterator(grafana.begin(), grafana.end(), family); it != std::sregex_iterator(); ++it) {
+    auto name = it->str();
+    for (const char* suffix : {"_bucket", "_sum", "_count"})
+      if (name.ends_with(suffix) && text.find("# TYPE " + name + " ") == std::string::npos)
+        name.resize(name.size() - std::string_view{suffix}.size());
+    CHECK_MESSAGE(text.find("# TYPE " + name + " ") != std::string::npos, name);
+    ++plotted;
+  }
+  CHECK(plotted >= 10);
 
   // main moved to the tested merge commit of #1.
   CHECK(git("git rev-parse main") != git("git rev-parse main~1"));
