@@ -46,6 +46,16 @@ void push_bounded(std::deque<T>& d, T value, std::size_t max) {
 
 } // namespace
 
+std::vector<std::pair<std::string, std::int64_t>> input_lag(log_backend& log, const runtime::task_status& t) {
+  const auto slash = t.task.rfind('/');
+  const auto partition = slash == std::string::npos ? 0 : std::atoi(t.task.c_str() + slash + 1);
+  std::vector<std::pair<std::string, std::int64_t>> out;
+  for (const auto& [topic, position] : t.positions)
+    if (auto range = log.offsets(topic, partition_id{partition}))
+      out.emplace_back(topic, std::max<std::int64_t>(0, range->end.value() - position));
+  return out;
+}
+
 dashboard_feed::dashboard_feed(log_backend& log, const runtime::runtime& rt, options o)
   : log_(log), rt_(rt), options_(std::move(o)) {
   thread_ = std::thread([this] { run(); });
@@ -117,14 +127,9 @@ void dashboard_feed::refresh() {
     dead_letters += t.dead_letters_total;
     restarts += t.restarts;
     ready = ready && t.restored;
-    const auto slash = t.task.rfind('/');
-    const auto partition = slash == std::string::npos ? 0 : std::atoi(t.task.c_str() + slash + 1);
+    for (const auto& [topic, position] : t.positions) fingerprint += position;
     std::int64_t lag = 0;
-    for (const auto& [topic, position] : t.positions) {
-      fingerprint += position;
-      if (auto range = log_.offsets(topic, partition_id{partition}))
-        lag += std::max<std::int64_t>(0, range->end.value() - position);
-    }
+    for (const auto& [topic, behind] : input_lag(log_, t)) lag += behind;
     lag_total += lag;
     task_list.push_back({{"task", t.task},
                          {"restored", t.restored},

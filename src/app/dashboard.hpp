@@ -17,6 +17,11 @@
 
 namespace keel::app {
 
+/// How far a task is behind each of its inputs: (topic, records of its
+/// partition not yet committed), for /metrics and the dashboard. Topics whose
+/// offsets cannot be read are left out.
+std::vector<std::pair<std::string, std::int64_t>> input_lag(log_backend& log, const runtime::task_status& t);
+
 /// The observer behind the dashboard: a read-only view of in-flight work,
 /// refreshed on a thread of its own and published as one JSON document that the
 /// server streams to browsers (server-sent events) and answers at

@@ -259,15 +259,9 @@ std::string metrics_text(embedded_log& log, const runtime::runtime& rt, const ht
   family("keel_task_timers_pending", "gauge", "Timers a task holds.");
   for (const auto& t : tasks) out += fmt::format("keel_task_timers_pending{{{}}} {}\n", labels(t), t.timers_pending);
   family("keel_task_lag_records", "gauge", "Records of an input partition a task has not yet committed.");
-  for (const auto& t : tasks) {
-    const auto partition = std::stoi(t.task.substr(t.task.rfind('/') + 1));
-    for (const auto& [topic, position] : t.positions) {
-      auto range = log.offsets(topic, partition_id{partition});
-      if (!range) continue;
-      out += fmt::format("keel_task_lag_records{{{},topic=\"{}\"}} {}\n", labels(t), topic,
-                         std::max<std::int64_t>(0, range->end.value() - position));
-    }
-  }
+  for (const auto& t : tasks)
+    for (const auto& [topic, behind] : input_lag(log, t))
+      out += fmt::format("keel_task_lag_records{{{},topic=\"{}\"}} {}\n", labels(t), topic, behind);
   family("keel_task_commit_seconds", "histogram", "Latency of a task's log commits (outputs, changelog and positions at once).");
   for (const auto& t : tasks) {
     if (t.commit_latency_counts.empty()) continue;
@@ -371,10 +365,15 @@ http::router make_routes(embedded_log& log, const std::atomic<bool>& ready,
     });
   };
   constexpr std::string_view board = "/dashboard";
+  std::vector<std::string> files;  // routes of the dashboard's files: no OpenAPI entry
+  std::string_view document;
   for (const auto& asset : http::embedded_assets()) {
+    if (asset.path == "/api/openapi.json") document = asset.bytes;
     if (!asset.path.starts_with(board)) continue;
-    const auto path = asset.path.substr(board.size());
-    serve_file(path == "/index.html" ? "/" : std::string{path}, std::string{asset.path});
+    const auto rest = asset.path.substr(board.size());
+    const std::string path = rest == "/index.html" ? "/" : std::string{rest};
+    serve_file(path, std::string{asset.path});
+    files.push_back("GET " + path);
   }
   serve_file("/api/v1/openapi.json", "/api/openapi.json");
   routes.add(http::bhttp::verb::get, "/api/v1/dashboard",
@@ -495,13 +494,6 @@ http::router make_routes(embedded_log& log, const std::atomic<bool>& ready,
                                           {{"ready", all_restored && !tasks.empty()}, {"tasks", std::move(tasks)}});
              });
   // The API and its document agree (src/http/api/openapi.json).
-  std::vector<std::string> files;
-  for (const auto& asset : http::embedded_assets())
-    if (asset.path.starts_with(board))
-      files.push_back("GET " + (asset.path == "/dashboard/index.html" ? std::string{"/"} : std::string{asset.path.substr(board.size())}));
-  std::string_view document;
-  for (const auto& asset : http::embedded_assets())
-    if (asset.path == "/api/openapi.json") document = asset.bytes;
   for (const auto& m : http::openapi_mismatches(routes, document, files)) keel::log(log_level::error, "serve", "{}", m);
   return routes;
 }
