@@ -34,9 +34,7 @@ TEST_CASE("merge queue e2e: twenty pull requests, failures and conflicts ejected
   test::temp_dir dir;
   repo r{dir.file("app")};
   std::filesystem::create_directories(r.path);
-  const std::string id = "-c user.name=t -c user.email=t@x";
-  r.git("git init -q -b main . && for i in $(seq 1 20); do echo base > f$i.txt; done && git add . && git " + id +
-        " commit -qm base");
+  r.git("git init -q -b main . && for i in $(seq 1 20); do echo base > f$i.txt; done && git add . && git commit -qm base");
   const auto base = r.git("git rev-parse main");
 
   // PR n changes f<n>.txt. Some write the marker the build refuses; some
@@ -47,9 +45,9 @@ TEST_CASE("merge queue e2e: twenty pull requests, failures and conflicts ejected
   for (int n = 1; n <= 20; ++n) {
     const int file = conflicting.contains(n) ? conflicting.at(n) : n;
     const std::string content = failing.contains(n) ? "broken" : fmt::format("pr{}", n);
-    heads[n] = r.git(fmt::format("git checkout -qb pr{0} main && echo {1} > f{2}.txt && git {3} commit -qam 'pr {0}' && "
+    heads[n] = r.git(fmt::format("git checkout -qb pr{0} main && echo {1} > f{2}.txt && git commit -qam 'pr {0}' && "
                                  "git rev-parse HEAD && git checkout -q main",
-                                 n, content, file, id));
+                                 n, content, file));
   }
 
   test::write_file(dir.file("keel.toml"), fmt::format(R"([http]
