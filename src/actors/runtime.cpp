@@ -5,7 +5,9 @@
 
 #include <caf/all.hpp>
 
+#include <future>
 #include <map>
+#include <mutex>
 
 namespace keel::runtime {
 namespace {
@@ -17,13 +19,38 @@ using ready_atom = caf::atom_constant<caf::atom("ready")>;
 using restart_atom = caf::atom_constant<caf::atom("restart")>;
 using report_atom = caf::atom_constant<caf::atom("report")>;
 using query_atom = caf::atom_constant<caf::atom("query")>;
+using list_atom = caf::atom_constant<caf::atom("list")>;
+
+/// A query of one entity, answered through the promise by the task owning it.
+struct query_call {
+  std::string key;
+  std::promise<std::string> reply;  // empty: no such entity
+};
+
+/// What one task answers to a list query.
+struct list_answer {
+  std::string task;
+  std::string as_of;  // {"input topic": position, ...}
+  std::optional<error> failure;
+  std::vector<list_item> items;
+};
+
+/// A list query, sent to every task of a stage.
+struct list_call {
+  std::string collection;
+  list_filter filter;
+  std::size_t limit = 0;
+  std::promise<list_answer> reply;
+};
 
 } // namespace
 } // namespace keel::runtime
 
-// Status travels only between actors of this process.
+// Status and queries travel only between actors of this process.
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(keel::runtime::task_status)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(std::vector<keel::runtime::task_status>)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(std::shared_ptr<keel::runtime::query_call>)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(std::shared_ptr<keel::runtime::list_call>)
 
 namespace keel::runtime {
 namespace {
@@ -36,6 +63,46 @@ std::chrono::milliseconds next_backoff(std::chrono::milliseconds current, const 
 }
 
 caf::error to_caf(const error& e) { return caf::make_error(caf::sec::runtime_error, e.message); }
+
+} // namespace
+
+class runtime::directory {
+public:
+  explicit directory(const std::vector<stage_spec>& stages, const std::vector<std::int32_t>& partitions) {
+    for (std::size_t i = 0; i < stages.size(); ++i) tasks_[stages[i].name].resize(partitions[i]);
+  }
+  void publish(const std::string& stage, partition_id p, caf::actor task) {
+    std::lock_guard lock{mutex_};
+    tasks_.at(stage).at(p.value()) = std::move(task);
+  }
+  void withdraw(const std::string& stage, partition_id p) {
+    std::lock_guard lock{mutex_};
+    tasks_.at(stage).at(p.value()) = caf::actor{};
+  }
+  /// The tasks of a stage by partition (invalid while one restores); nullopt
+  /// for an unknown stage.
+  std::optional<std::vector<caf::actor>> of(const std::string& stage) const {
+    std::lock_guard lock{mutex_};
+    auto it = tasks_.find(stage);
+    if (it == tasks_.end()) return std::nullopt;
+    return it->second;
+  }
+  /// The task owning `key`: nullopt for an unknown stage, an invalid handle
+  /// while the task restores.
+  std::optional<caf::actor> owner(const std::string& stage, const std::string& key) const {
+    std::lock_guard lock{mutex_};
+    auto it = tasks_.find(stage);
+    if (it == tasks_.end()) return std::nullopt;
+    const auto n = static_cast<std::int32_t>(it->second.size());
+    return it->second[partition_for_key(key, n).value()];
+  }
+
+private:
+  mutable std::mutex mutex_;
+  std::map<std::string, std::vector<caf::actor>, std::less<>> tasks_;
+};
+
+namespace {
 
 // -- task actor ------------------------------------------------------------------
 
@@ -102,16 +169,21 @@ caf::behavior task_actor(caf::stateful_actor<task_actor_state>* self, task_args 
       if (stepped->committed) self->send(self, poll_atom::value);
       else self->delayed_send(self, args.options.idle_poll, poll_atom::value);
     },
-    [self](query_atom, const std::string& key) -> std::string {
+    [self](query_atom, const std::shared_ptr<query_call>& call) {
       // The entity's state and the input positions it reflects.
       auto& engine = *self->state.engine;
-      auto state = engine.logic().describe(key);
-      if (!state) return {};
-      auto status = engine.status();
-      std::string as_of;
-      for (const auto& [topic, offset] : status.positions)
-        as_of += fmt::format("{}\"{}\":{}", as_of.empty() ? "" : ",", topic, offset);
-      return fmt::format(R"({{"task":"{}","as_of":{{{}}},"state":{}}})", status.task, as_of, *state);
+      auto state = engine.logic().describe(call->key);
+      if (!state) return call->reply.set_value({});
+      call->reply.set_value(
+        fmt::format(R"({{"task":"{}","as_of":{},"state":{}}})", engine.name(), engine.positions_json(), *state));
+    },
+    [self](list_atom, const std::shared_ptr<list_call>& call) {
+      auto& engine = *self->state.engine;
+      list_answer answer{engine.name(), engine.positions_json(), std::nullopt, {}};
+      auto items = engine.logic().list(call->collection, call->filter, call->limit);
+      if (items) answer.items = std::move(*items);
+      else answer.failure = std::move(items).err();
+      call->reply.set_value(std::move(answer));
     },
     [self, report](stop_atom) {
       // Messages are handled one at a time, so the batch in flight has committed.
@@ -138,6 +210,7 @@ struct supervised {
 struct supervisor_args {
   std::shared_ptr<const std::vector<stage_spec>> stages;
   std::vector<std::int32_t> partitions;  // per stage
+  std::shared_ptr<runtime::directory> directory;
   log_backend* log;
   snapshot_store* snapshots;
   const clock* wall;
@@ -191,6 +264,7 @@ caf::behavior supervisor_actor(caf::stateful_actor<supervisor_state>* self, supe
     auto& t = st.tasks.at(name);
     t.alive = false;
     t.last.restored = false;
+    args.directory->withdraw(t.spec->name, t.partition);
     if (st.stopping) return deliver_if_stopped();
     t.backoff = next_backoff(t.backoff, args.options);
     log(log_level::warn, "runtime", "{} stopped ({}); restarting in {} ms", name,
@@ -204,24 +278,16 @@ caf::behavior supervisor_actor(caf::stateful_actor<supervisor_state>* self, supe
       self->state.tasks.at(name).restarts += 1;
       spawn_task(name);
     },
-    [self](report_atom, task_status status) {
+    [self, args](report_atom, task_status status) {
       auto it = self->state.tasks.find(status.task);
       if (it == self->state.tasks.end()) return;
+      auto& t = it->second;
       // A task that restored and keeps reporting is healthy again.
-      if (status.restored && it->second.last.restored) it->second.backoff = std::chrono::milliseconds{0};
-      it->second.last = std::move(status);
-    },
-    [self, args](query_atom, const std::string& stage, const std::string& key) -> caf::result<std::string> {
-      for (std::size_t i = 0; i < args.stages->size(); ++i) {
-        if ((*args.stages)[i].name != stage) continue;
-        auto p = partition_for_key(key, args.partitions[i]);
-        auto& t = self->state.tasks.at(fmt::format("{}/{}", stage, p.value()));
-        if (!t.alive || !t.last.restored) return caf::make_error(caf::sec::request_receiver_down);
-        auto promise = self->make_response_promise();
-        promise.delegate(t.actor, query_atom::value, key);
-        return promise;
-      }
-      return caf::make_error(caf::sec::unexpected_message);
+      if (status.restored && t.last.restored) t.backoff = std::chrono::milliseconds{0};
+      // Restored: queries may reach it.
+      if (status.restored && !t.last.restored && t.alive && !self->state.stopping)
+        args.directory->publish(t.spec->name, t.partition, t.actor);
+      t.last = std::move(status);
     },
     [self](ready_atom) {
       for (const auto& [name, t] : self->state.tasks)
@@ -237,9 +303,10 @@ caf::behavior supervisor_actor(caf::stateful_actor<supervisor_state>* self, supe
       }
       return out;
     },
-    [self, deliver_if_stopped](stop_atom) -> caf::result<bool> {
+    [self, args, deliver_if_stopped](stop_atom) -> caf::result<bool> {
       auto& st = self->state;
       st.stopping = true;
+      for (const auto& [name, t] : st.tasks) args.directory->withdraw(t.spec->name, t.partition);
       auto promise = self->make_response_promise();
       st.stop_waiters.push_back(promise);
       for (const auto& [name, t] : st.tasks)
@@ -301,14 +368,16 @@ result<std::unique_ptr<runtime>> runtime::start(caf::actor_system& system, log_b
                                                 runtime_options options) {
   KEEL_TRY(prepare_topics(log, stages, options.default_partitions));
   auto shared = std::make_shared<const std::vector<stage_spec>>(std::move(stages));
-  supervisor_args args{shared, {}, &log, snapshots, &wall, options};
+  supervisor_args args{shared, {}, nullptr, &log, snapshots, &wall, options};
   for (const auto& stage : *shared) {
     auto spec = log.describe_topic(stage.inputs.front());
     if (!spec) return spec.err();
     args.partitions.push_back(spec->partitions);
   }
+  auto tasks = std::make_shared<directory>(*shared, args.partitions);
+  args.directory = tasks;
   auto supervisor = system.spawn(supervisor_actor, std::move(args));
-  return std::unique_ptr<runtime>{new runtime(system, std::move(supervisor), std::move(shared))};
+  return std::unique_ptr<runtime>{new runtime(system, std::move(supervisor), std::move(shared), std::move(tasks))};
 }
 
 runtime::~runtime() {
@@ -331,20 +400,73 @@ std::vector<task_status> runtime::status(std::chrono::milliseconds timeout) cons
   return out;
 }
 
+namespace {
+
+/// Waits for a task's answer: errc::timeout when it does not come in time,
+/// errc::unavailable when the task stopped before answering.
+template <class T>
+result<T> await(std::future<T>& answer, std::chrono::steady_clock::time_point deadline, const std::string& what) {
+  if (answer.wait_until(deadline) != std::future_status::ready)
+    return make_error(errc::timeout, "{} did not answer in time", what);
+  try {
+    return answer.get();
+  } catch (const std::future_error&) {
+    return make_error(errc::unavailable, "{} stopped before answering", what);
+  }
+}
+
+} // namespace
+
 result<std::optional<std::string>> runtime::query(const std::string& stage, const std::string& key,
                                                   std::chrono::milliseconds timeout) const {
-  caf::scoped_actor self{system_};
-  result<std::optional<std::string>> out = std::optional<std::string>{};
-  self->request(supervisor_, timeout, query_atom::value, stage, key)
-    .receive(
-      [&](std::string& json) {
-        out = json.empty() ? std::optional<std::string>{} : std::optional<std::string>{std::move(json)};
-      },
-      [&](caf::error& e) {
-        if (e == caf::sec::unexpected_message) out = make_error(errc::not_found, "no stage {}", stage);
-        else if (e == caf::sec::request_timeout) out = make_error(errc::timeout, "stage {} did not answer in time", stage);
-        else out = make_error(errc::unavailable, "the task owning {} is restoring", key);
-      });
+  auto task = tasks_->owner(stage, key);
+  if (!task) return make_error(errc::not_found, "no stage {}", stage);
+  if (!*task) return make_error(errc::unavailable, "the task owning {} is restoring", key);
+  auto call = std::make_shared<query_call>();
+  call->key = key;
+  auto answer = call->reply.get_future();
+  caf::anon_send(*task, query_atom::value, std::move(call));
+  auto json = await(answer, std::chrono::steady_clock::now() + timeout, "stage " + stage);
+  if (!json) return std::move(json).err();
+  if (json->empty()) return std::optional<std::string>{};
+  return std::optional<std::string>{std::move(*json)};
+}
+
+result<std::string> runtime::list(const std::string& stage, const std::string& collection,
+                                  const list_filter& filter, std::size_t limit,
+                                  std::chrono::milliseconds timeout) const {
+  auto tasks = tasks_->of(stage);
+  if (!tasks) return make_error(errc::not_found, "no stage {}", stage);
+  for (const auto& task : *tasks)
+    if (!task) return make_error(errc::unavailable, "a task of stage {} is restoring", stage);
+  // Every partition answers at once; the answers are merged newest first.
+  std::vector<std::future<list_answer>> answers;
+  for (const auto& task : *tasks) {
+    auto call = std::make_shared<list_call>();
+    call->collection = collection;
+    call->filter = filter;
+    call->limit = limit;
+    answers.push_back(call->reply.get_future());
+    caf::anon_send(task, list_atom::value, std::move(call));
+  }
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  std::vector<list_item> items;
+  std::string as_of;
+  for (auto& future : answers) {
+    auto answer = await(future, deadline, "stage " + stage);
+    if (!answer) return std::move(answer).err();
+    if (answer->failure) return std::move(*answer->failure);
+    as_of += fmt::format("{}\"{}\":{}", as_of.empty() ? "" : ",", answer->task, answer->as_of);
+    for (auto& item : answer->items) items.push_back(std::move(item));
+  }
+  std::stable_sort(items.begin(), items.end(), [](const list_item& a, const list_item& b) { return a.at_ms > b.at_ms; });
+  if (items.size() > limit) items.resize(limit);
+  std::string out = fmt::format(R"({{"as_of":{{{}}},"count":{},"items":[)", as_of, items.size());
+  for (std::size_t i = 0; i < items.size(); ++i) {
+    if (i > 0) out += ',';
+    out += items[i].json;
+  }
+  out += "]}";
   return out;
 }
 

@@ -66,19 +66,33 @@ public:
   result<std::optional<std::string>> query(const std::string& stage, const std::string& key,
                                            std::chrono::milliseconds timeout = std::chrono::seconds(2)) const;
 
+  /// A list query over every partition of a stage (stage_logic::list), merged
+  /// newest first and cut at `limit`:
+  /// {"as_of": {task: {input topic: position}}, "items": [...]}.
+  /// errc::not_found for an unknown stage or collection, errc::invalid_argument
+  /// for a bad filter, errc::unavailable while a task restores, errc::timeout.
+  result<std::string> list(const std::string& stage, const std::string& collection, const list_filter& filter,
+                           std::size_t limit, std::chrono::milliseconds timeout = std::chrono::seconds(2)) const;
+
   /// Stops every task: each finishes and commits the batch in flight, snapshots,
   /// and exits. errc::timeout if that takes longer than `timeout`.
   result<void> stop(std::chrono::milliseconds timeout);
 
   const std::vector<stage_spec>& stages() const noexcept { return *stages_; }
 
+  /// Where queries find the tasks: the restored task of each (stage,
+  /// partition), published by the supervisor. Queries go straight to the task
+  /// that owns the key, without a hop through the supervisor.
+  class directory;
+
 private:
   runtime(caf::actor_system& system, caf::actor supervisor,
-          std::shared_ptr<const std::vector<stage_spec>> stages)
-    : system_(system), supervisor_(std::move(supervisor)), stages_(std::move(stages)) {}
+          std::shared_ptr<const std::vector<stage_spec>> stages, std::shared_ptr<directory> tasks)
+    : system_(system), supervisor_(std::move(supervisor)), stages_(std::move(stages)), tasks_(std::move(tasks)) {}
   caf::actor_system& system_;
   caf::actor supervisor_;
   std::shared_ptr<const std::vector<stage_spec>> stages_;
+  std::shared_ptr<directory> tasks_;
   bool stopped_ = false;
 };
 

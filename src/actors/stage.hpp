@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -42,6 +43,15 @@ struct stage_gauge {
   std::string name;
   std::string help;
   double value = 0;
+};
+
+/// Filters of a list query: field name → wanted value (e.g. status → open).
+using list_filter = std::map<std::string, std::string, std::less<>>;
+
+/// One item of a list query: a JSON object and the time it sorts by (newest first).
+struct list_item {
+  std::int64_t at_ms = 0;
+  std::string json;
 };
 
 /// One input record handed to a stage.
@@ -133,6 +143,16 @@ public:
   virtual std::vector<stage_gauge> gauges() const { return {}; }
   /// A JSON view of one entity, for queries; nullopt when unknown.
   virtual std::optional<std::string> describe(std::string_view key) const = 0;
+  /// The items of `collection` across this partition's entities (a client's
+  /// breaches, its sagas, ...) that match every filter, newest first, at most
+  /// `limit`. errc::not_found for a collection the stage does not keep;
+  /// errc::invalid_argument for a filter it does not know or a value it cannot take.
+  virtual result<std::vector<list_item>> list(std::string_view collection, const list_filter& filter,
+                                              std::size_t limit) const {
+    (void)filter;
+    (void)limit;
+    return make_error(errc::not_found, "no collection {}", collection);
+  }
 };
 
 /// Base of stages that keep no entity state (filters, routers, probes): only

@@ -580,6 +580,14 @@ void task_engine::observe_commit(std::chrono::steady_clock::duration took) {
   ++commits_total_;
 }
 
+std::string task_engine::positions_json() const {
+  std::string out = "{";
+  for (std::size_t i = 0; i < spec_.inputs.size() && i < positions_.size(); ++i)
+    out += fmt::format("{}\"{}\":{}", i == 0 ? "" : ",", spec_.inputs[i], positions_[i].value());
+  out += '}';
+  return out;
+}
+
 task_status task_engine::status() const {
   task_status s;
   s.task = name_;

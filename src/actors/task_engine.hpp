@@ -99,6 +99,9 @@ public:
 
   task_status status() const;
   const std::string& name() const noexcept { return name_; }
+  /// The committed input positions as a JSON object {"topic": next offset, ...}:
+  /// how fresh an answer from this task's state is.
+  std::string positions_json() const;
   const stage_logic& logic() const { return *logic_; }
 
 private:
