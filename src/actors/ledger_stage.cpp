@@ -307,6 +307,34 @@ void read(byte_reader& r, applied_transaction& t) {
   t.reversed = (flags & 2u) != 0;
 }
 
+void write(byte_writer& w, const episode& ep) {
+  w.str(ep.id);
+  w.str(ep.currency);
+  w.u64(static_cast<std::uint64_t>(ep.kind));
+  w.i64(ep.value_date);
+  w.i64(ep.limit);
+  w.i64(ep.balance_before);
+  w.i64(ep.balance_after);
+  w.str(ep.causing_transaction);
+  w.i64(ep.detected_at_ms);
+  w.i64(ep.resolved_at_ms);
+  w.i64(ep.balance_at_resolution);
+}
+
+void read(byte_reader& r, episode& ep) {
+  ep.id = std::string{r.str()};
+  ep.currency = std::string{r.str()};
+  ep.kind = static_cast<horizon>(r.u64());
+  ep.value_date = static_cast<day>(r.i64());
+  ep.limit = r.i64();
+  ep.balance_before = r.i64();
+  ep.balance_after = r.i64();
+  ep.causing_transaction = std::string{r.str()};
+  ep.detected_at_ms = r.i64();
+  ep.resolved_at_ms = r.i64();
+  ep.balance_at_resolution = r.i64();
+}
+
 void write(byte_writer& w, const client& c) {
   w.u64(c.balances.size());
   for (const auto& [currency, b] : c.balances) {
@@ -321,13 +349,9 @@ void write(byte_writer& w, const client& c) {
     w.u64(static_cast<std::uint64_t>(l.policy));
   }
   w.u64(c.open_episodes.size());
-  for (const auto& [k, ep] : c.open_episodes) {
-    w.str(k.first);
-    w.u64(static_cast<std::uint64_t>(k.second));
-    w.str(ep.id);
-    w.i64(ep.value_date);
-    w.i64(ep.limit);
-  }
+  for (const auto& [k, ep] : c.open_episodes) write(w, ep);
+  w.u64(c.closed_episodes.size());
+  for (const auto& ep : c.closed_episodes) write(w, ep);
   w.i64(c.episodes_opened);
   w.i64(c.sagas_started);
   w.i64(c.sagas_open);
@@ -380,14 +404,11 @@ void read(byte_reader& r, client& c) {
     c.limits[currency] = l;
   }
   for (auto n = r.u64(); r.ok() && n > 0; --n) {
-    std::string currency{r.str()};
-    auto kind = static_cast<horizon>(r.u64());
     episode ep;
-    ep.id = std::string{r.str()};
-    ep.value_date = static_cast<day>(r.i64());
-    ep.limit = r.i64();
-    c.open_episodes[{currency, kind}] = ep;
+    read(r, ep);
+    c.open_episodes[{ep.currency, ep.kind}] = std::move(ep);
   }
+  for (auto n = r.u64(); r.ok() && n > 0; --n) read(r, c.closed_episodes.emplace_back());
   c.episodes_opened = r.i64();
   c.sagas_started = r.i64();
   c.sagas_open = r.i64();
@@ -630,6 +651,23 @@ private:
 
 // -- the clients stage ---------------------------------------------------------------------------
 
+std::string breach_json(std::string_view client_id, const episode& ep) {
+  return fmt::format(
+    R"({{"episode_id":{},"client_id":{},"currency":{},"horizon":"{}","value_date":"{}","limit_minor":{},"balance_before_minor":{},"balance_after_minor":{},"causing_transaction":{},"detected_at_ms":{},"status":"{}","resolved_at_ms":{},"balance_at_resolution_minor":{}}})",
+    json_quote(ep.id), json_quote(client_id), json_quote(ep.currency),
+    ep.kind == horizon::today ? "today" : "projected", format_date(ep.value_date), ep.limit, ep.balance_before,
+    ep.balance_after, json_quote(ep.causing_transaction), ep.detected_at_ms, ep.resolved_at_ms == 0 ? "open" : "closed",
+    ep.resolved_at_ms, ep.balance_at_resolution);
+}
+
+std::string saga_json(std::string_view client_id, const saga& s) {
+  return fmt::format(
+    R"({{"saga_id":{},"client_id":{},"transaction_id":{},"account_id":{},"reversal_transaction_id":{},"amount_minor":{},"currency":{},"value_date":"{}","status":"{}","started_at_ms":{},"deadline_ms":{},"finished_at_ms":{},"reason":{}}})",
+    json_quote(s.saga_id), json_quote(client_id), json_quote(s.transaction_id), json_quote(s.account_id),
+    json_quote(s.reversal_transaction_id), s.amount, json_quote(s.currency), format_date(s.value_date),
+    to_string(s.status), s.started_at_ms, s.deadline_ms, s.finished_at_ms, json_quote(s.reason));
+}
+
 class client_logic final : public stage_logic {
 public:
   explicit client_logic(ledger_options o) : options_(o) {
@@ -762,28 +800,85 @@ public:
       positions += fmt::format(R"({}{{"currency":{},"balance_today_minor":{},"projected":[{}],"limit":{}}})",
                                positions.empty() ? "" : ",", json_quote(currency), today_balance, projected, limit_json);
     }
-    std::string episodes;
+    std::string episodes, closed;
     for (const auto& [k, ep] : c->open_episodes)
-      episodes += fmt::format(R"({}{{"currency":{},"horizon":"{}","episode_id":{},"value_date":"{}","limit_minor":{}}})",
-                              episodes.empty() ? "" : ",", json_quote(k.first),
-                              k.second == horizon::today ? "today" : "projected", json_quote(ep.id),
-                              format_date(ep.value_date), ep.limit);
+      episodes += (episodes.empty() ? "" : ",") + breach_json(key, ep);
+    for (auto it = c->closed_episodes.rbegin(); it != c->closed_episodes.rend(); ++it)
+      closed += (closed.empty() ? "" : ",") + breach_json(key, *it);
     std::string sagas;
     std::string prefix{key};
     prefix.push_back('\0');
-    for (const auto& txn : c->recent_sagas) {
-      const auto* found = sagas_.find(prefix + txn);
-      if (found == nullptr) continue;
-      const auto& s = *found;
-      sagas += fmt::format(
-        R"({}{{"saga_id":{},"transaction_id":{},"account_id":{},"reversal_transaction_id":{},"amount_minor":{},"status":"{}","started_at_ms":{},"deadline_ms":{},"finished_at_ms":{},"reason":{}}})",
-        sagas.empty() ? "" : ",", json_quote(s.saga_id), json_quote(s.transaction_id), json_quote(s.account_id),
-        json_quote(s.reversal_transaction_id), s.amount, to_string(s.status), s.started_at_ms, s.deadline_ms,
-        s.finished_at_ms, json_quote(s.reason));
-    }
+    for (auto txn = c->recent_sagas.rbegin(); txn != c->recent_sagas.rend(); ++txn)
+      if (const auto* found = sagas_.find(prefix + *txn))
+        sagas += (sagas.empty() ? "" : ",") + saga_json(key, *found);
     return fmt::format(
-      R"({{"client_id":{},"as_of":"{}","positions":[{}],"open_breaches":[{}],"sagas_started":{},"sagas_open":{},"recent_sagas":[{}]}})",
-      json_quote(key), format_date(today), positions, episodes, c->sagas_started, c->sagas_open, sagas);
+      R"({{"client_id":{},"as_of":"{}","positions":[{}],"open_breaches":[{}],"recent_closed_breaches":[{}],"sagas_started":{},"sagas_open":{},"recent_sagas":[{}]}})",
+      json_quote(key), format_date(today), positions, episodes, closed, c->sagas_started, c->sagas_open, sagas);
+  }
+
+  /// "breaches" (filters: status open|closed, client, currency; closed ones are
+  /// the last client::recent_max of each client) and "sagas" (filters: status
+  /// reversal_requested|completed|stuck, client, currency).
+  result<std::vector<list_item>> list(std::string_view collection, const list_filter& filter,
+                                      std::size_t limit) const override {
+    auto wanted = [&filter](std::string_view name) -> std::optional<std::string_view> {
+      auto it = filter.find(name);
+      return it == filter.end() ? std::nullopt : std::optional<std::string_view>{it->second};
+    };
+    std::vector<list_item> out;
+    auto keep = [&out, limit](std::int64_t at_ms, std::string json) {
+      out.push_back({at_ms, std::move(json)});
+      // Newest `limit` only: trim now and then, not at every item.
+      if (out.size() >= 2 * limit + 64) {
+        std::nth_element(out.begin(), out.begin() + static_cast<std::ptrdiff_t>(limit), out.end(),
+                         [](const list_item& a, const list_item& b) { return a.at_ms > b.at_ms; });
+        out.resize(limit);
+      }
+    };
+    const auto client_id = wanted("client");
+    const auto currency = wanted("currency");
+    const auto status = wanted("status");
+    if (collection == "breaches") {
+      for (const auto& [name, _] : filter)
+        if (name != "status" && name != "client" && name != "currency")
+          return make_error(errc::invalid_argument, "breaches are filtered by status, client and currency, not {}", name);
+      if (status && *status != "open" && *status != "closed")
+        return make_error(errc::invalid_argument, "a breach's status is open or closed, not '{}'", *status);
+      auto one = [&](const std::string& id, const client& c) {
+        if (!status || *status == "open")
+          for (const auto& [k, ep] : c.open_episodes)
+            if (!currency || *currency == ep.currency) keep(ep.detected_at_ms, breach_json(id, ep));
+        if (!status || *status == "closed")
+          for (const auto& ep : c.closed_episodes)
+            if (!currency || *currency == ep.currency) keep(ep.detected_at_ms, breach_json(id, ep));
+      };
+      if (client_id) {
+        if (const auto* c = clients_.find(std::string{*client_id})) one(std::string{*client_id}, *c);
+      } else {
+        for (const auto& [id, c] : clients_.items()) one(id, c);
+      }
+    } else if (collection == "sagas") {
+      for (const auto& [name, _] : filter)
+        if (name != "status" && name != "client" && name != "currency")
+          return make_error(errc::invalid_argument, "sagas are filtered by status, client and currency, not {}", name);
+      if (status && *status != to_string(saga_status::reversal_requested) &&
+          *status != to_string(saga_status::completed) && *status != to_string(saga_status::stuck))
+        return make_error(errc::invalid_argument,
+                          "a saga's status is reversal_requested, completed or stuck, not '{}'", *status);
+      for (const auto& [key, sg] : sagas_.items()) {
+        const auto nul = key.find('\0');
+        const std::string_view owner = std::string_view{key}.substr(0, nul);
+        if (client_id && owner != *client_id) continue;
+        if (status && *status != to_string(sg.status)) continue;
+        if (currency && *currency != sg.currency) continue;
+        keep(sg.started_at_ms, saga_json(owner, sg));
+      }
+    } else {
+      return make_error(errc::not_found, "the clients stage keeps breaches and sagas, not {}", collection);
+    }
+    std::sort(out.begin(), out.end(), [](const list_item& a, const list_item& b) { return a.at_ms > b.at_ms; });
+    if (out.size() > limit) out.resize(limit);
+    return out;
   }
 
 private:

@@ -16,7 +16,9 @@ constexpr std::string_view kind_header = "keel-kind";
 constexpr std::string_view kind_timer = "timer";              // value: encoded timer
 constexpr std::string_view kind_timer_done = "timer-done";    // value: fire sequence or empty
 constexpr std::string_view kind_applied = "applied";          // value: offset/index
-constexpr std::string_view snapshot_magic = "keel-snapshot-1";
+/// Names the layout of a snapshot item; a snapshot of another layout is
+/// ignored and the changelog replayed (it holds every event).
+constexpr std::string_view snapshot_magic = "keel-snapshot-2";
 
 // Changelog keys of the runtime's own records: a NUL byte, a kind letter, the
 // name. Input keys starting with NUL are refused, so they never collide.
@@ -275,7 +277,15 @@ result<void> task_engine::restore() {
       for (const auto& [topic, offset] : meta.positions)
         for (std::size_t i = 0; i < spec_.inputs.size(); ++i)
           if (spec_.inputs[i] == topic && offset > positions_[i].value()) consistent = false;
-      if (consistent) {
+      // A snapshot of an older layout (written before an upgrade) cannot be read.
+      byte_reader peek{chain.full};
+      const auto magic = peek.str();
+      const bool readable = peek.ok() && magic == snapshot_magic;
+      if (consistent && !readable) {
+        log(log_level::warn, "runtime", "{}: the snapshot has another layout ({}); replaying the changelog",
+            name_, peek.ok() ? std::string{magic} : std::string{"unreadable"});
+        logic_ = spec_.make_logic();
+      } else if (consistent) {
         // Each item: magic, engine state (whole every time), logic state
         // (whole in the full snapshot, changes in the deltas).
         auto open = [this](std::string_view item, std::string_view& engine_state,

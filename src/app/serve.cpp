@@ -307,6 +307,37 @@ http::response entity_response(const runtime::runtime& rt, const std::string& st
   return res;
 }
 
+/// A list query over every partition of a stage: `limit` (1-1000, default 100)
+/// and the stage's filters from the query string.
+http::response list_response(const runtime::runtime& rt, const std::string& stage, const std::string& collection,
+                             const http::route_params& p) {
+  constexpr std::size_t limit_max = 1000;
+  std::size_t limit = 100;
+  runtime::list_filter filter;
+  for (const auto& [name, value] : p.query) {
+    if (name == "access_token") continue;
+    if (name != "limit") {
+      filter.emplace(name, value);
+      continue;
+    }
+    char* end = nullptr;
+    errno = 0;
+    const auto n = std::strtoll(value.c_str(), &end, 10);
+    if (value.empty() || *end != '\0' || errno != 0 || n < 1 || n > static_cast<long long>(limit_max))
+      return http::error_response(http::bhttp::status::bad_request, "invalid_argument",
+                                  fmt::format("limit is a whole number from 1 to {}, not '{}'", limit_max, value));
+    limit = static_cast<std::size_t>(n);
+  }
+  auto listed = rt.list(stage, collection, filter, limit);
+  if (!listed) return http::error_response(listed.err());
+  http::response res{http::bhttp::status::ok, 11};
+  res.set(http::bhttp::field::content_type, "application/json");
+  res.body() = std::move(*listed);
+  res.body() += '\n';
+  res.prepare_payload();
+  return res;
+}
+
 /// The token check for event streams: a browser's EventSource cannot set
 /// headers, so the token may also come as ?access_token=.
 std::optional<http::response> check_stream_token(const http::request& req, const http::route_params& p,
@@ -440,6 +471,16 @@ http::router make_routes(embedded_log& log, const std::atomic<bool>& ready,
                  const http::request& req, const http::route_params& p) {
                  if (auto denied = check_token(req, read_token)) return std::move(*denied);
                  return entity_response(rt, stage, p.at("id"), fmt::format("no {} {}", what, p.at("id")));
+               });
+  }
+  // Collections across all of a stage's partitions, newest first.
+  for (auto [path, stage, collection] : {std::tuple{"/api/v1/breaches", "clients", "breaches"},
+                                         std::tuple{"/api/v1/sagas", "clients", "sagas"}}) {
+    routes.add(http::bhttp::verb::get, path,
+               [&rt, stage = std::string{stage}, collection = std::string{collection}, read_token](
+                 const http::request& req, const http::route_params& p) {
+                 if (auto denied = check_token(req, read_token)) return std::move(*denied);
+                 return list_response(rt, stage, collection, p);
                });
   }
   // GitHub-style webhooks: signed with the shared secret, translated into

@@ -371,10 +371,20 @@ void evolve(client& c, saga_book& sagas, const client_event& e) {
       } else if constexpr (std::is_same_v<T, limit_set>) {
         c.limits[ev.limit.currency] = limit{ev.limit.floor_today, ev.limit.floor_projected, ev.limit.policy};
       } else if constexpr (std::is_same_v<T, breach_detected>) {
-        c.open_episodes[{ev.currency, ev.kind}] = episode{ev.episode_id, ev.value_date, ev.limit};
+        c.open_episodes[{ev.currency, ev.kind}] =
+          episode{ev.episode_id,     ev.currency,     ev.kind,           ev.value_date,
+                  ev.limit,          ev.balance_before, ev.balance_after, ev.causing_transaction,
+                  ev.detected_at_ms, 0,               0};
         c.episodes_opened += 1;
       } else if constexpr (std::is_same_v<T, back_within_limit>) {
-        c.open_episodes.erase({ev.currency, ev.kind});
+        auto open = c.open_episodes.find({ev.currency, ev.kind});
+        if (open == c.open_episodes.end()) return;
+        auto closed = std::move(open->second);
+        c.open_episodes.erase(open);
+        closed.resolved_at_ms = ev.resolved_at_ms;
+        closed.balance_at_resolution = ev.balance;
+        c.closed_episodes.push_back(std::move(closed));
+        if (c.closed_episodes.size() > client::recent_max) c.closed_episodes.erase(c.closed_episodes.begin());
       } else if constexpr (std::is_same_v<T, saga_started>) {
         saga s;
         s.saga_id = ev.saga_id;

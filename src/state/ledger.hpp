@@ -267,11 +267,20 @@ struct limit {
   breach_policy policy = breach_policy::revert;
 };
 
-/// An open breach episode.
+/// A breach episode: open from its breach until the balance is back within
+/// the limit, then kept among the client's recent closed ones.
 struct episode {
   std::string id;
+  std::string currency;
+  horizon kind = horizon::today;
   day value_date = 0;
   std::int64_t limit = 0;
+  std::int64_t balance_before = 0;        // at detection
+  std::int64_t balance_after = 0;
+  std::string causing_transaction;        // empty when a new limit caused it
+  std::int64_t detected_at_ms = 0;
+  std::int64_t resolved_at_ms = 0;        // 0 while open
+  std::int64_t balance_at_resolution = 0;
 };
 
 struct saga {
@@ -295,12 +304,14 @@ struct client {
   std::map<std::string, dated_balance> balances;           // by currency
   std::map<std::string, limit> limits;                     // by currency
   std::map<std::pair<std::string, horizon>, episode> open_episodes;
+  std::vector<episode> closed_episodes;   // newest last, at most recent_max
   std::int64_t episodes_opened = 0;
   std::int64_t sagas_started = 0;
   std::int64_t sagas_open = 0;
   std::int64_t last_change_ms = 0;
   std::vector<std::string> recent_sagas;  // breaching transaction ids, newest last
 
+  /// Closed episodes and saga ids kept per client (all sagas stay in the book).
   static constexpr std::size_t recent_max = 20;
 };
 
