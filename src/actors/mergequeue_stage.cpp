@@ -1,5 +1,6 @@
 #include "actors/mergequeue_stage.hpp"
 
+#include "actors/build_worker.hpp"
 #include "actors/envelope.hpp"
 #include "actors/undo_map.hpp"
 #include "base/bytes.hpp"
@@ -438,143 +439,6 @@ private:
 
 // -- the worker -------------------------------------------------------------------------
 
-std::string safe_name(std::string_view id) {
-  std::string out;
-  for (char c : id) out.push_back((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ? c : '_');
-  return out;
-}
-
-std::string tail_of(const std::string& s) {
-  return s.size() <= log_tail_bytes ? s : s.substr(s.size() - log_tail_bytes);
-}
-
-class worker_logic final : public stateless_logic {
-public:
-  explicit worker_logic(const mq_options& o) : options_(o) {}
-
-  result<void> process(const input_record& in, step_context& ctx) override {
-    const auto& data = in.record.data;
-    if (!data.value) return make_error(errc::invalid_argument, "a build request needs a value");
-    auto envelope = decode_envelope(*data.value);
-    if (!envelope) return envelope.err();
-    switch (envelope->body_case()) {
-      case keel::Envelope::kBuildRequested: return build(in, ctx, envelope->build_requested());
-      case keel::Envelope::kMerged: return advance(in, ctx, envelope->merged());
-      case keel::Envelope::kTargetRequested: {
-        const auto& m = envelope->target_requested();
-        auto repo = open(m.repository());
-        if (!repo) return repo.err();
-        auto sha = repo->resolve("refs/heads/" + m.branch());
-        if (!sha) return sha.err();
-        report_target(in, ctx, m.repository(), m.branch(), *sha, "");
-        return ok();
-      }
-      case keel::Envelope::kBuildCancelled:
-        // A build runs to its end or its timeout inside one step; the queue
-        // ignores what a cancelled build reports.
-        return ok();
-      default:
-        return make_error(errc::invalid_argument, "{} takes build requests, merges and target requests",
-                          topics::build_requests);
-    }
-  }
-
-private:
-  result<git::repository> open(const std::string& name) const {
-    auto it = options_.repositories.find(name);
-    if (it == options_.repositories.end())
-      return make_error(errc::not_found, "no repository {} is configured ([mergequeue.repositories])", name);
-    return git::repository::open(it->second.path);
-  }
-
-  result<void> build(const input_record& in, step_context& ctx, const pb::BuildRequested& m) {
-    pb::BuildFinished result;
-    result.set_build_id(m.build_id());
-    result.set_repository(m.repository());
-    result.set_branch(m.branch());
-    result.set_worker(options_.worker_name);
-    const auto started = ctx.wall_time_ms();
-    auto finish = [&](pb::BuildStatus status, std::string log) {
-      result.set_status(status);
-      result.set_log_tail(tail_of(log));
-      result.set_finished_at_ms(ctx.wall_time_ms());
-      if (result.duration_ms() == 0) result.set_duration_ms(result.finished_at_ms() - started);
-      auto env = envelope_for(ctx, in.topic, in.partition, in.record.offset.value());
-      *env.mutable_build_finished() = result;
-      ctx.emit(std::string{topics::build_results}, m.repository(), env.SerializeAsString());
-    };
-    auto repo = open(m.repository());
-    if (!repo) {
-      finish(pb::BUILD_STATUS_ERROR, repo.err().message);
-      return ok();
-    }
-    std::vector<git::merge_head> heads;
-    for (const auto& h : m.heads()) heads.push_back({h.number(), h.head_sha()});
-    const auto scratch = options_.scratch_dir + "/" + safe_name(m.build_id());
-    auto merged = repo->merge(m.base_sha(), heads, scratch);
-    if (!merged) {
-      (void)repo->remove_worktree(scratch);
-      finish(pb::BUILD_STATUS_ERROR, merged.err().message);
-      return ok();
-    }
-    if (const auto* conflict = std::get_if<git::merge_conflict>(&*merged)) {
-      (void)repo->remove_worktree(scratch);
-      result.set_conflicting_number(conflict->number);
-      finish(pb::BUILD_STATUS_CONFLICT, conflict->detail);
-      return ok();
-    }
-    const auto& made = std::get<git::speculative_commit>(*merged);
-    result.set_commit_sha(made.commit_sha);
-    result.set_tree_sha(made.tree_sha);
-    const auto& command = options_.repositories.at(m.repository()).build_command;
-    const auto timeout = std::chrono::milliseconds{m.timeout_ms() > 0 ? m.timeout_ms() : 30 * 60 * 1000};
-    auto ran = repo->build(scratch, command, timeout,
-                           {"KEEL_BUILD_ID=" + m.build_id(), "KEEL_REPOSITORY=" + m.repository(),
-                            "KEEL_BRANCH=" + m.branch(), "KEEL_COMMIT=" + made.commit_sha});
-    (void)repo->remove_worktree(scratch);
-    if (!ran) {
-      finish(pb::BUILD_STATUS_ERROR, ran.err().message);
-      return ok();
-    }
-    result.set_duration_ms(ran->outcome.duration_ms);
-    if (ran->outcome.timed_out)
-      finish(pb::BUILD_STATUS_TIMED_OUT, fmt::format("{}\n[keel] {}", ran->outcome.output, ran->outcome.describe()));
-    else
-      finish(ran->passed ? pb::BUILD_STATUS_PASSED : pb::BUILD_STATUS_FAILED,
-             fmt::format("{}\n[keel] {}", ran->outcome.output, ran->outcome.describe()));
-    return ok();
-  }
-
-  result<void> advance(const input_record& in, step_context& ctx, const pb::Merged& m) {
-    auto repo = open(m.repository());
-    if (!repo) return repo.err();
-    auto moved = repo->advance(m.branch(), m.previous_sha(), m.commit_sha());
-    if (moved) {
-      report_target(in, ctx, m.repository(), m.branch(), m.commit_sha(), "");
-      return ok();
-    }
-    if (moved.err().code != errc::conflict) return moved.err();
-    // The branch moved under the queue: tell it where the branch is now.
-    auto now = repo->resolve("refs/heads/" + m.branch());
-    if (!now) return now.err();
-    report_target(in, ctx, m.repository(), m.branch(), *now, moved.err().message);
-    return ok();
-  }
-
-  void report_target(const input_record& in, step_context& ctx, const std::string& repository, const std::string& branch,
-                     const std::string& sha, const std::string& reason) {
-    auto env = envelope_for(ctx, in.topic, in.partition, in.record.offset.value());
-    auto* t = env.mutable_target_moved();
-    t->set_repository(repository);
-    t->set_branch(branch);
-    t->set_sha(sha);
-    t->set_reason(reason);
-    ctx.emit(std::string{topics::build_results}, repository, env.SerializeAsString());
-  }
-
-  const mq_options& options_;
-};
-
 } // namespace
 
 std::vector<stage_spec> mergequeue_stages(const mq_options& options) {
@@ -589,7 +453,7 @@ std::vector<stage_spec> mergequeue_stages(const mq_options& options) {
   worker.name = "mq-worker";
   worker.inputs = {std::string{topics::build_requests}};
   worker.outputs = {out_topic(topics::build_results)};
-  worker.make_logic = [shared] { return std::make_unique<worker_logic>(*shared); };
+  worker.make_logic = [shared] { return make_build_worker(shared); };
   return {std::move(supervisor), std::move(worker)};
 }
 

@@ -38,6 +38,10 @@ struct mq_options {
   std::string scratch_dir;
   /// Names this worker in its reports.
   std::string worker_name = "keel";
+  /// Builds one worker task runs at once.
+  std::int32_t build_slots = 4;
+  /// Finished and cancelled builds a worker task remembers (for queries).
+  std::size_t build_history = 200;
 };
 
 /// The stages of the workflow: "mergequeue" (the supervisor: commands and

@@ -110,6 +110,19 @@ public:
     (void)ctx;
     return ok();
   }
+  /// Work the stage runs outside its steps (a build in a process of its own)
+  /// that has finished: the ids of the results ready. Each is handed to
+  /// on_completion inside a step, so what it emits and records commits exactly
+  /// once, like the outputs of an input record. A result whose step failed is
+  /// offered again. Called at every step, after the inputs and timers.
+  virtual std::vector<std::string> completions() { return {}; }
+  /// How many pieces of such work are under way (accepted and not yet handed
+  /// back through on_completion).
+  virtual std::size_t work_in_flight() const { return 0; }
+  virtual result<void> on_completion(const std::string& id, step_context& ctx) {
+    (void)ctx;
+    return make_error(errc::internal, "no work of this stage completes outside a step ({})", id);
+  }
   /// Replays one changelog event into state (restore).
   virtual result<void> apply(std::string_view key, std::string_view event) = 0;
 

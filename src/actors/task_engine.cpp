@@ -16,6 +16,7 @@ constexpr std::string_view kind_header = "keel-kind";
 constexpr std::string_view kind_timer = "timer";              // value: encoded timer
 constexpr std::string_view kind_timer_done = "timer-done";    // value: fire sequence or empty
 constexpr std::string_view kind_applied = "applied";          // value: offset/index
+constexpr std::string_view kind_completion = "completion";    // names the handling of a completion
 /// Names the layout of a snapshot item; a snapshot of another layout is
 /// ignored and the changelog replayed (it holds every event).
 constexpr std::string_view snapshot_magic = "keel-snapshot-2";
@@ -490,12 +491,26 @@ result<step_result> task_engine::step() {
     ++out.timers_fired;
   }
 
+  // Work finished outside the steps, in the same step. Like a timer's firing,
+  // each handling gets a changelog marker whose offset names it, so that its
+  // outputs have ids as unique as those of an input record.
+  std::size_t completed = 0;
+  for (const auto& id : logic_->completions()) {
+    if (completed == options_.batch_max) break;
+    const auto marker = changelog_next_ + static_cast<std::int64_t>(ctx.changelog.size());
+    ctx.changelog.push_back(ctx.changelog_entry(reserved_key('c', id), "", kind_completion));
+    ctx.begin_input(origin_of(spec_.changelog_topic(), partition_, marker), now);
+    if (auto handled = logic_->on_completion(id, ctx); !handled)
+      log(log_level::warn, "runtime", "{}: completion {} failed: {}", name_, id, handled.err());
+    ++completed;
+  }
+
   if (!ctx.misplaced.empty()) {
     undo();
     return make_error(errc::internal, "{}", ctx.misplaced);
   }
 
-  if (order.empty() && due.empty()) {
+  if (order.empty() && due.empty() && completed == 0) {
     keep();
     return out;
   }

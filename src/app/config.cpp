@@ -201,6 +201,7 @@ result<config> load_config_file(const std::string& path, config cfg) {
     if (auto r = t.get("precheck", cfg.mergequeue.precheck); !r) return in_file(r.err());
     if (auto r = t.get("infra_retries", cfg.mergequeue.infra_retries); !r) return in_file(r.err());
     if (auto r = t.get("build_timeout_ms", cfg.mergequeue.build_timeout_ms); !r) return in_file(r.err());
+    if (auto r = t.get("build_slots", cfg.mergequeue.build_slots); !r) return in_file(r.err());
     if (auto r = t.get("scratch_dir", cfg.mergequeue.scratch_dir); !r) return in_file(r.err());
     if (auto r = t.get("webhook_secret", cfg.mergequeue.webhook_secret); !r) return in_file(r.err());
     t.allow("repositories");
@@ -213,6 +214,8 @@ result<config> load_config_file(const std::string& path, config cfg) {
       return in_file(make_error(errc::invalid_argument, "mergequeue.batch_max must be 1 to 64"));
     if (cfg.mergequeue.infra_retries < 0)
       return in_file(make_error(errc::invalid_argument, "mergequeue.infra_retries must be 0 or more"));
+    if (cfg.mergequeue.build_slots < 1 || cfg.mergequeue.build_slots > 256)
+      return in_file(make_error(errc::invalid_argument, "mergequeue.build_slots must be 1 to 256"));
     if (cfg.mergequeue.build_timeout_ms < 1)
       return in_file(make_error(errc::invalid_argument, "mergequeue.build_timeout_ms must be positive"));
     if (section != nullptr) {

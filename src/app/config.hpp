@@ -63,6 +63,8 @@ struct config {
     bool precheck = mq::rules{}.precheck;
     std::int32_t infra_retries = mq::rules{}.infra_retries;
     std::int64_t build_timeout_ms = mq::rules{}.build_timeout_ms;
+    /// Builds one worker task runs at once (each in a process group of its own).
+    std::int32_t build_slots = 4;
     /// Where workers make scratch work trees; empty: DATA_DIR/worktrees.
     std::string scratch_dir;
     /// The secret GitHub-style webhooks are signed with (X-Hub-Signature-256);

@@ -90,6 +90,7 @@ result<std::vector<runtime::stage_spec>> make_stages(const config& cfg) {
       options.rules.precheck = cfg.mergequeue.precheck;
       options.rules.infra_retries = cfg.mergequeue.infra_retries;
       options.rules.build_timeout_ms = cfg.mergequeue.build_timeout_ms;
+      options.build_slots = cfg.mergequeue.build_slots;
       options.scratch_dir = cfg.mergequeue.scratch_dir.empty() ? cfg.server.data_dir + "/worktrees"
                                                                : cfg.mergequeue.scratch_dir;
       for (const auto& [repo, r] : cfg.mergequeue.repositories) options.repositories[repo] = {r.path, r.build};

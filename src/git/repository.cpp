@@ -104,11 +104,15 @@ result<std::variant<speculative_commit, merge_conflict>> repository::merge(const
 }
 
 result<build_run> repository::build(const std::string& worktree, const std::string& command,
-                                    std::chrono::milliseconds timeout, const std::vector<std::string>& extra_env) const {
+                                    std::chrono::milliseconds timeout, const std::vector<std::string>& extra_env,
+                                    const std::atomic<bool>* cancel,
+                                    std::function<void(std::string_view)> on_output) const {
   run_options o;
   o.cwd = worktree;
   o.env = scrubbed_env(worktree, extra_env);
   o.timeout = timeout;
+  o.cancel = cancel;
+  o.on_output = std::move(on_output);
   auto r = run({"/bin/sh", "-c", command}, o);
   if (!r) return std::move(r).err();
   return build_run{r->ok(), std::move(*r)};

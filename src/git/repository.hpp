@@ -3,8 +3,12 @@
 #include "base/result.hpp"
 #include "git/subprocess.hpp"
 
+#include <atomic>
+#include <chrono>
 #include <cstdint>
+#include <functional>
 #include <string>
+#include <string_view>
 #include <variant>
 #include <vector>
 
@@ -62,9 +66,11 @@ public:
                                                                  const std::string& scratch_dir) const;
 
   /// Runs `command` with /bin/sh in the work tree, with a scrubbed environment
-  /// and a timeout.
+  /// and a timeout; `cancel` and `on_output` as in run_options.
   result<build_run> build(const std::string& worktree, const std::string& command,
-                          std::chrono::milliseconds timeout, const std::vector<std::string>& extra_env = {}) const;
+                          std::chrono::milliseconds timeout, const std::vector<std::string>& extra_env = {},
+                          const std::atomic<bool>* cancel = nullptr,
+                          std::function<void(std::string_view)> on_output = {}) const;
 
   /// Removes a scratch work tree (and its directory); quiet when it is gone.
   result<void> remove_worktree(const std::string& scratch_dir) const;

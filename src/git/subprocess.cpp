@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <sys/wait.h>
+#include <thread>
 #include <unistd.h>
 
 namespace keel::git {
@@ -46,6 +47,7 @@ std::optional<std::string> find_program(const std::string& name, const std::vect
 
 std::string run_outcome::describe() const {
   if (timed_out) return fmt::format("timed out after {} ms", duration_ms);
+  if (cancelled) return "cancelled";
   if (signal != 0) return fmt::format("killed by signal {}", signal);
   return fmt::format("exit code {}", exit_code);
 }
@@ -108,6 +110,14 @@ result<run_outcome> run(const std::vector<std::string>& argv, const run_options&
   const auto deadline = started + options.timeout;
   while (out_fd >= 0) {
     int wait_ms = -1;
+    if (options.cancel != nullptr) {
+      if (options.cancel->load()) {
+        outcome.cancelled = true;
+        ::kill(-pid, SIGKILL);
+        break;
+      }
+      wait_ms = 100;
+    }
     if (options.timeout.count() > 0) {
       auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
       if (left.count() <= 0) {
@@ -115,7 +125,7 @@ result<run_outcome> run(const std::vector<std::string>& argv, const run_options&
         ::kill(-pid, SIGKILL);
         break;
       }
-      wait_ms = static_cast<int>(std::min<std::int64_t>(left.count(), 1000));
+      wait_ms = static_cast<int>(std::min<std::int64_t>(left.count(), wait_ms < 0 ? 1000 : wait_ms));
     }
     pollfd p{out_fd, POLLIN, 0};
     const int ready = ::poll(&p, 1, wait_ms);
@@ -128,17 +138,32 @@ result<run_outcome> run(const std::vector<std::string>& argv, const run_options&
       break;
     }
     tail.append(buf, static_cast<std::size_t>(n));
+    if (options.on_output) options.on_output(std::string_view{buf, static_cast<std::size_t>(n)});
     if (tail.size() > 2 * options.output_tail_bytes) tail.erase(0, tail.size() - options.output_tail_bytes);
   }
   close_fd(out_fd);
+  // The command may close its output and go on running: the deadline and
+  // cancellation still hold until it exits.
   int status = 0;
-  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  for (auto pause = std::chrono::milliseconds{1};; pause = std::min(pause * 2, std::chrono::milliseconds{50})) {
+    const auto reaped = ::waitpid(pid, &status, WNOHANG);
+    if (reaped == pid || (reaped < 0 && errno != EINTR)) break;
+    if (reaped == 0 && !outcome.timed_out && !outcome.cancelled) {
+      if (options.cancel != nullptr && options.cancel->load()) {
+        outcome.cancelled = true;
+        ::kill(-pid, SIGKILL);
+      } else if (options.timeout.count() > 0 && std::chrono::steady_clock::now() >= deadline) {
+        outcome.timed_out = true;
+        ::kill(-pid, SIGKILL);
+      }
+    }
+    std::this_thread::sleep_for(pause);
   }
   // Whatever the command left running in its group goes with it.
   ::kill(-pid, SIGKILL);
   if (WIFEXITED(status)) outcome.exit_code = WEXITSTATUS(status);
   if (WIFSIGNALED(status)) outcome.signal = WTERMSIG(status);
-  if (outcome.timed_out) outcome.signal = 0;
+  if (outcome.timed_out || outcome.cancelled) outcome.signal = 0;
   if (tail.size() > options.output_tail_bytes) tail.erase(0, tail.size() - options.output_tail_bytes);
   outcome.output = std::move(tail);
   outcome.duration_ms =

@@ -2,8 +2,10 @@
 
 #include "base/result.hpp"
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -23,6 +25,12 @@ struct run_options {
   std::size_t output_tail_bytes = 64 * 1024;
   /// Written to the child's stdin, which is then closed.
   std::string input;
+  /// When another thread sets it, the command is killed with everything it
+  /// started (within 100 ms) and the outcome says cancelled.
+  const std::atomic<bool>* cancel = nullptr;
+  /// Called with each piece of output as it arrives (a live log), on the
+  /// calling thread.
+  std::function<void(std::string_view)> on_output;
 };
 
 /// How a child process ended.
@@ -30,11 +38,12 @@ struct run_outcome {
   int exit_code = -1;        // when it exited
   int signal = 0;            // when a signal ended it
   bool timed_out = false;
+  bool cancelled = false;
   std::string output;        // the tail of stdout and stderr, interleaved
   std::int64_t duration_ms = 0;
 
-  bool ok() const noexcept { return !timed_out && signal == 0 && exit_code == 0; }
-  /// "exit code 2", "killed by signal 9", "timed out after 30000 ms".
+  bool ok() const noexcept { return !timed_out && !cancelled && signal == 0 && exit_code == 0; }
+  /// "exit code 2", "killed by signal 9", "timed out after 30000 ms", "cancelled".
   std::string describe() const;
 };
 

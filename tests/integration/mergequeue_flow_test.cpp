@@ -12,6 +12,7 @@
 #include <doctest/doctest.h>
 
 #include <filesystem>
+#include <thread>
 
 using namespace keel;
 using namespace keel::runtime;
@@ -84,17 +85,20 @@ struct flow {
     send(enq);
   }
 
-  /// Steps every task until none has anything to do.
+  /// Steps every task until none has anything to do and no build runs (builds
+  /// run in the worker's threads, outside its steps).
   void settle() {
-    for (int round = 0; round < 200; ++round) {
+    const auto deadline = std::chrono::steady_clock::now() + 60s;
+    while (std::chrono::steady_clock::now() < deadline) {
       bool any = false;
       for (auto& e : engines) {
         auto r = e->step();
         REQUIRE_MESSAGE(r, (r ? "" : r.err().message));
-        any = any || r->committed;
+        any = any || r->committed || e->logic().work_in_flight() > 0;
       }
       wall.advance(10);
       if (!any) return;
+      std::this_thread::sleep_for(2ms);  // builds are processes: give them the core
     }
     FAIL("the workflow did not settle");
   }
