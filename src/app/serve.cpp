@@ -476,7 +476,8 @@ http::router make_routes(embedded_log& log, const std::atomic<bool>& ready,
   }
   // Collections across all of a stage's partitions, newest first.
   for (auto [path, stage, collection] : {std::tuple{"/api/v1/breaches", "clients", "breaches"},
-                                         std::tuple{"/api/v1/sagas", "clients", "sagas"}}) {
+                                         std::tuple{"/api/v1/sagas", "clients", "sagas"},
+                                         std::tuple{"/api/v1/builds", "mq-worker", "builds"}}) {
     routes.add(http::bhttp::verb::get, path,
                [&rt, stage = std::string{stage}, collection = std::string{collection}, read_token](
                  const http::request& req, const http::route_params& p) {
@@ -484,6 +485,22 @@ http::router make_routes(embedded_log& log, const std::atomic<bool>& ready,
                  return list_response(rt, stage, collection, p);
                });
   }
+  // One build: its ids hold slashes ("acme/app/main/7"), so the path carries
+  // it percent-encoded. Builds live with their repository's partition; the
+  // query asks every worker task.
+  routes.add(http::bhttp::verb::get, "/api/v1/builds/{id}",
+             [&rt, read_token](const http::request& req, const http::route_params& p) {
+               if (auto denied = check_token(req, read_token)) return std::move(*denied);
+               auto listed = rt.list("mq-worker", "builds", {{"id", p.at("id")}}, 1);
+               if (!listed) return http::error_response(listed.err());
+               auto doc = boost::json::parse(*listed).as_object();
+               auto& items = doc["items"].as_array();
+               if (items.empty())
+                 return http::error_response(http::bhttp::status::not_found, "not_found",
+                                             fmt::format("no build {}", p.at("id")));
+               return http::json_response(http::bhttp::status::ok,
+                                          {{"as_of", std::move(doc["as_of"])}, {"state", std::move(items[0])}});
+             });
   // GitHub-style webhooks: signed with the shared secret, translated into
   // merge-queue records, all of a delivery committed at once or none.
   routes.add(http::bhttp::verb::post, "/api/v1/webhooks/github",

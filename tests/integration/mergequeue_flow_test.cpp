@@ -9,9 +9,13 @@
 #include "support/process.hpp"
 #include "support/temp_dir.hpp"
 
+#include <boost/json.hpp>
 #include <doctest/doctest.h>
 
+#include <csignal>
 #include <filesystem>
+#include <fstream>
+#include <functional>
 #include <thread>
 
 using namespace keel;
@@ -31,7 +35,7 @@ struct flow {
   std::vector<std::unique_ptr<task_engine>> engines;
   std::int64_t offset_seq = 0;
 
-  explicit flow(const std::string& build_command) {
+  explicit flow(const std::string& build_command, const std::function<void(mq_options&)>& tweak = {}) {
     std::filesystem::create_directories(repo_path);
     // main has a file per pull request to touch, and a test script the build runs.
     test::shell(repo_path, "git init -q -b main . && printf 'x\\n' > one.txt && printf 'x\\n' > two.txt && "
@@ -41,6 +45,7 @@ struct flow {
     o.rules.window = 3;
     o.repositories["acme/app"] = {repo_path, build_command};
     o.scratch_dir = dir.file("scratch");
+    if (tweak) tweak(o);
     stages = mergequeue_stages(o);
     log = std::move(*embedded_log::open({.path = dir.file("log.db"), .sync = sqlite::sync_mode::off}));
     REQUIRE(prepare_topics(*log, stages, 1));
@@ -83,6 +88,35 @@ struct flow {
     enq.mutable_enqueue()->set_branch("main");
     enq.mutable_enqueue()->set_number(number);
     send(enq);
+  }
+
+  /// The worker task as after a crash: its logic (and the builds it runs) gone,
+  /// a new one restored from the log.
+  void restart_worker() {
+    engines[1].reset();
+    engines[1] = std::make_unique<task_engine>(stages[1], partition_id{0}, *log, nullptr, wall);
+    REQUIRE(engines[1]->restore());
+  }
+
+  /// Steps every task until `done` holds (at most 30 s).
+  template <class F>
+  void step_until(F done) {
+    const auto deadline = std::chrono::steady_clock::now() + 30s;
+    while (!done()) {
+      REQUIRE(std::chrono::steady_clock::now() < deadline);
+      for (auto& e : engines) REQUIRE(e->step());
+      wall.advance(10);
+      std::this_thread::sleep_for(2ms);
+    }
+  }
+
+  /// The worker's builds, as the REST API lists them.
+  boost::json::array builds(const list_filter& filter = {}) {
+    auto listed = engines[1]->logic().list("builds", filter, 1000);
+    REQUIRE(listed);
+    boost::json::array out;
+    for (const auto& item : *listed) out.push_back(boost::json::parse(item.json));
+    return out;
   }
 
   /// Steps every task until none has anything to do and no build runs (builds
@@ -190,4 +224,80 @@ TEST_CASE("merge queue end to end: a conflict ejects the conflicting pull reques
   for (const auto& e : f.read(mq_topics::build_results))
     if (e.has_target_moved() && !e.target_moved().reason().empty()) moved = true;
   CHECK(moved);
+}
+
+TEST_CASE("a superseded build is killed at once and reports nothing") {
+  test::temp_dir scratch;
+  const auto pid_file = scratch.file("pid");
+  // The build records its process id, then would run for a minute.
+  flow f{fmt::format("echo $$ > {}; sleep 60", pid_file)};
+  const auto pr1 = f.branch_commit("pr1", "one.txt", "one");
+  f.open_and_enqueue(1, pr1);
+  f.step_until([&] { return std::filesystem::exists(pid_file) && std::filesystem::file_size(pid_file) > 0; });
+  const auto running = f.builds({{"status", "running"}});
+  REQUIRE(running.size() == 1);
+  const std::string id{running[0].as_object().at("build_id").as_string()};
+  std::ifstream in{pid_file};
+  pid_t pid = 0;
+  in >> pid;
+  REQUIRE(pid > 0);
+
+  keel::Envelope dequeue;
+  dequeue.mutable_dequeue()->set_repository("acme/app");
+  dequeue.mutable_dequeue()->set_branch("main");
+  dequeue.mutable_dequeue()->set_number(1);
+  f.send(dequeue);
+  const auto asked = std::chrono::steady_clock::now();
+  f.step_until([&] { return f.engines[1]->logic().work_in_flight() == 0 && ::kill(pid, 0) != 0; });
+  CHECK(std::chrono::steady_clock::now() - asked < 5s);  // not the minute the command asked for
+  auto cancelled = f.builds({{"id", id}});
+  REQUIRE(cancelled.size() == 1);
+  CHECK(cancelled[0].as_object().at("status").as_string() == "cancelled");
+  f.settle();
+  for (const auto& e : f.read(mq_topics::build_results)) CHECK_FALSE(e.has_build_finished());
+}
+
+TEST_CASE("a build that outlives its timeout is killed and reported timed out") {
+  flow f{"sleep 60", [](mq_options& o) { o.rules.build_timeout_ms = 300; }};
+  const auto pr1 = f.branch_commit("pr1", "one.txt", "one");
+  f.open_and_enqueue(1, pr1);
+  f.step_until([&] {
+    for (const auto& e : f.read(mq_topics::build_results))
+      if (e.has_build_finished()) return true;
+    return false;
+  });
+  keel::mergequeue::BuildFinished first;
+  for (const auto& e : f.read(mq_topics::build_results))
+    if (e.has_build_finished()) {
+      first = e.build_finished();
+      break;
+    }
+  CHECK(first.status() == keel::mergequeue::BUILD_STATUS_TIMED_OUT);
+  CHECK(first.duration_ms() >= 300);
+  CHECK(first.duration_ms() < 10'000);
+  CHECK(first.log_tail().find("timed out after") != std::string::npos);
+}
+
+TEST_CASE("builds in flight when the worker stops run again when it restores, and report once") {
+  test::temp_dir scratch;
+  const auto runs = scratch.file("runs");
+  // Each run of the build appends a line; the first run is stopped halfway.
+  flow f{fmt::format("echo run >> {}; sleep 0.5", runs), [](mq_options& o) { o.build_slots = 2; }};
+  const auto pr1 = f.branch_commit("pr1", "one.txt", "one");
+  f.open_and_enqueue(1, pr1);
+  f.step_until([&] { return std::filesystem::exists(runs); });
+  REQUIRE(f.engines[1]->logic().work_in_flight() == 1);
+  f.restart_worker();  // the build in flight dies with it
+  f.settle();
+  CHECK(test::shell(scratch.path(), "wc -l < runs") == "2");
+  CHECK(f.file_on_main("one.txt") == "one");
+  int finished = 0;
+  for (const auto& e : f.read(mq_topics::build_results)) finished += e.has_build_finished() ? 1 : 0;
+  CHECK(finished == 1);
+  auto done = f.builds({{"status", "passed"}});
+  REQUIRE(done.size() == 1);
+  CHECK(done[0].as_object().at("log_tail").as_string().find("[keel] exit code 0") != std::string::npos);
+  auto bad = f.engines[1]->logic().list("builds", {{"status", "sideways"}}, 10);
+  REQUIRE_FALSE(bad);
+  CHECK(bad.err().code == errc::invalid_argument);
 }
