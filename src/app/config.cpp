@@ -199,6 +199,7 @@ result<config> load_config_file(const std::string& path, config cfg) {
     if (auto r = t.get("window_floor", cfg.mergequeue.window_floor); !r) return in_file(r.err());
     if (auto r = t.get("batch_max", cfg.mergequeue.batch_max); !r) return in_file(r.err());
     if (auto r = t.get("precheck", cfg.mergequeue.precheck); !r) return in_file(r.err());
+    if (auto r = t.get("lanes", cfg.mergequeue.lanes); !r) return in_file(r.err());
     if (auto r = t.get("infra_retries", cfg.mergequeue.infra_retries); !r) return in_file(r.err());
     if (auto r = t.get("build_timeout_ms", cfg.mergequeue.build_timeout_ms); !r) return in_file(r.err());
     if (auto r = t.get("build_slots", cfg.mergequeue.build_slots); !r) return in_file(r.err());

@@ -61,6 +61,7 @@ struct config {
     std::int32_t window_floor = mq::rules{}.window_floor;
     std::int32_t batch_max = mq::rules{}.batch_max;
     bool precheck = mq::rules{}.precheck;
+    bool lanes = mq::rules{}.lanes;
     std::int32_t infra_retries = mq::rules{}.infra_retries;
     std::int64_t build_timeout_ms = mq::rules{}.build_timeout_ms;
     /// Builds one worker task runs at once (each in a process group of its own).

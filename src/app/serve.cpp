@@ -88,6 +88,7 @@ result<std::vector<runtime::stage_spec>> make_stages(const config& cfg) {
       options.rules.window_floor = cfg.mergequeue.window_floor;
       options.rules.batch_max = cfg.mergequeue.batch_max;
       options.rules.precheck = cfg.mergequeue.precheck;
+      options.rules.lanes = cfg.mergequeue.lanes;
       options.rules.infra_retries = cfg.mergequeue.infra_retries;
       options.rules.build_timeout_ms = cfg.mergequeue.build_timeout_ms;
       options.build_slots = cfg.mergequeue.build_slots;

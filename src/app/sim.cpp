@@ -18,6 +18,8 @@ command_spec sim_spec() {
     {"window", "W", "keel: builds in flight per queue at most (default 8)"},
     {"batch", "B", "keel: items tested together in one build at most (default 4)"},
     {"retries", "N", "infrastructure retries per item (default 2)"},
+    {"areas", "N", "each pull request changes one of N disjoint areas (default 0: paths unknown)"},
+    {"lanes", "0|1", "keel: pull requests disjoint from everything ahead go in lanes of their own (default 0)"},
     {"seed", "N", "random seed (default 1)"},
     {"policy", "NAME", "keel, serial, bors, zuul, or all (default all)"},
   };
@@ -64,7 +66,10 @@ int run_sim(const std::vector<std::string>& args) {
   auto batch = number("batch", mq::rules{}.batch_max, 1, 64);
   auto retries = number("retries", 2, 0, 100);
   auto seed = number("seed", 1, 0, 1e18);
-  if (!hours || !arrivals || !build || !p_fail || !flake || !workers || !window || !batch || !retries || !seed) {
+  auto areas = number("areas", 0, 0, 10'000);
+  auto lanes = number("lanes", 0, 0, 1);
+  if (!hours || !arrivals || !build || !p_fail || !flake || !workers || !window || !batch || !retries || !seed ||
+      !areas || !lanes || (*lanes != 0 && *lanes != 1)) {
     std::fprintf(stderr, "keel sim mergequeue: a numeric flag is malformed or out of range (see --help)\n");
     return exit_usage;
   }
@@ -86,11 +91,14 @@ int run_sim(const std::vector<std::string>& args) {
   o.retries = static_cast<std::int32_t>(*retries);
   o.queue_rules.window = static_cast<std::int32_t>(*window);
   o.queue_rules.batch_max = static_cast<std::int32_t>(*batch);
+  o.queue_rules.lanes = *lanes == 1;
+  o.areas = static_cast<std::int32_t>(*areas);
   o.seed = static_cast<std::uint64_t>(*seed);
   std::printf("keel sim mergequeue: %.0f h, %.1f PRs/h, T=%.1f min (lognormal), p=%.2f, flake=%.2f, %d workers, "
-              "%d retries, keel window %d batch %d, seed %llu\n\n",
+              "%d retries, keel window %d batch %d lanes %s, %d areas, seed %llu\n\n",
               o.hours, o.arrivals_per_hour, o.build_minutes, o.p_fail, o.flake, o.workers, o.retries,
-              o.queue_rules.window, o.queue_rules.batch_max, static_cast<unsigned long long>(o.seed));
+              o.queue_rules.window, o.queue_rules.batch_max, o.queue_rules.lanes ? "on" : "off", o.areas,
+              static_cast<unsigned long long>(o.seed));
   std::printf("%-7s %8s %8s %8s %8s %8s %9s %9s %8s %9s %9s\n", "policy", "arrived", "merged", "ejected", "queued",
               "merges/h", "p50 min", "p95 min", "builds", "min/merge", "wasted");
   bool sound = true;

@@ -107,54 +107,106 @@ std::size_t kept_batch(const queue& q, const std::vector<pr_number>& ready, std:
 }
 
 /// The pipeline as it should be: the ready items in batches, each with the
-/// heads it is to be tested with (root heads, the batches ahead that are not
-/// failing, then its own members).
+/// heads it is to be tested with (root heads, the batches ahead of it in its
+/// lane that are not failing, then its own members).
 struct planned {
   std::vector<pr_number> members;
   std::vector<head> heads;
-  bool failing;  // a single item whose result is a failure at exactly these heads
+  bool failing;      // a single item whose result is a failure at exactly these heads
+  std::size_t lane;  // 0 without rules.lanes
 };
 
-std::vector<planned> plan(const queue& q, const rules& r) {
-  std::vector<planned> out;
-  std::vector<head> ahead = q.root_heads;
-  // With pre-checks, an item joins once its check passed (and its
-  // dependencies joined). The first item joins at once: with nothing ahead,
-  // its build in the pipeline is its check.
-  std::vector<pr_number> ready;
-  std::set<pr_number> joined;
-  for (auto n : ready_items(q)) {
-    if (r.precheck && !q.find_item(n)->checked && !(ready.empty() && q.root_heads.empty())) continue;
-    if (!dependencies_met(q, q.prs.at(n), joined)) continue;
-    joined.insert(n);
-    ready.push_back(n);
-  }
-  auto head_of = [&q](pr_number n) { return head{n, q.prs.at(n).head_sha}; };
-  for (std::size_t i = 0; i < ready.size();) {
-    auto m = kept_batch(q, ready, i, ahead);
-    if (m == 0) {
-      // A new batch: this item and the ones after it that have no grouping
-      // of their own here, as many as every member's cap allows.
-      m = 1;
-      auto cap = static_cast<std::size_t>(cap_of(*q.find_item(ready[i]), r));
-      auto extended = ahead;
-      extended.push_back(head_of(ready[i]));
-      while (i + m < ready.size() && m < cap) {
-        const auto next_cap = static_cast<std::size_t>(cap_of(*q.find_item(ready[i + m]), r));
-        if (next_cap <= m || kept_batch(q, ready, i + m, extended) > 0) break;
-        cap = std::min(cap, next_cap);
-        extended.push_back(head_of(ready[i + m]));
-        ++m;
-      }
+bool overlaps(const std::set<std::string>& paths, const std::vector<std::string>& more) {
+  for (const auto& p : more)
+    if (paths.contains(p)) return true;
+  return false;
+}
+
+/// The lane of each ready item, in queue order (rules.lanes). An item whose
+/// changed paths are known and disjoint from those of every item ahead of it,
+/// and that depends on nothing still queued, starts a lane of its own: it is
+/// built on the target without the items ahead, so their failures cost it
+/// nothing and it lands as soon as its build passed. Any other item joins the
+/// first lane it overlaps (or that holds its dependency), or the first lane
+/// when its paths are unknown; after an item with unknown paths no new lane
+/// starts. Lanes change how items are speculated, never what lands: every
+/// landing is a build of exactly the target plus what it adds.
+std::map<pr_number, std::size_t> lanes_of(const queue& q, const std::vector<pr_number>& ready, const rules& r) {
+  std::map<pr_number, std::size_t> out;
+  std::vector<std::set<std::string>> paths;  // per lane
+  bool unknown_ahead = false;
+  for (auto n : ready) {
+    const auto& pr = q.prs.at(n);
+    std::optional<std::size_t> lane;
+    for (auto d : pr.depends_on)
+      if (auto it = out.find(d); it != out.end() && !lane) lane = it->second;
+    for (std::size_t k = 0; !lane && k < paths.size(); ++k)
+      if (overlaps(paths[k], pr.changed_paths)) lane = k;
+    if (!lane) {
+      const bool own = r.lanes && !pr.changed_paths.empty() && !unknown_ahead;
+      lane = own || paths.empty() ? paths.size() : 0;
     }
-    planned p{{ready.begin() + static_cast<std::ptrdiff_t>(i), ready.begin() + static_cast<std::ptrdiff_t>(i + m)},
-              ahead, false};
-    for (auto n : p.members) p.heads.push_back(head_of(n));
-    p.failing = m == 1 && pending_ejection(q, *q.find_item(ready[i]), p.heads);
-    if (!p.failing) ahead = p.heads;
-    out.push_back(std::move(p));
-    i += m;
+    if (*lane == paths.size()) paths.emplace_back();
+    paths[*lane].insert(pr.changed_paths.begin(), pr.changed_paths.end());
+    unknown_ahead = unknown_ahead || pr.changed_paths.empty();
+    out[n] = *lane;
   }
+  return out;
+}
+
+std::vector<planned> plan(const queue& q, const rules& r) {
+  const auto all = ready_items(q);
+  const auto lane_of = lanes_of(q, all, r);
+  std::size_t lanes = 0;
+  for (const auto& [n, lane] : lane_of) lanes = std::max(lanes, lane + 1);
+  std::map<pr_number, std::size_t> position;
+  for (std::size_t i = 0; i < q.items.size(); ++i) position[q.items[i].number] = i;
+  auto head_of = [&q](pr_number n) { return head{n, q.prs.at(n).head_sha}; };
+  std::vector<planned> out;
+  for (std::size_t lane = 0; lane < lanes; ++lane) {
+    std::vector<head> ahead = q.root_heads;
+    // With pre-checks, an item joins once its check passed (and its
+    // dependencies joined). The first item of a lane joins at once: with
+    // nothing ahead, its build in the pipeline is its check.
+    std::vector<pr_number> ready;
+    std::set<pr_number> joined;
+    for (auto n : all) {
+      if (lane_of.at(n) != lane) continue;
+      if (r.precheck && !q.find_item(n)->checked && !(ready.empty() && q.root_heads.empty())) continue;
+      if (!dependencies_met(q, q.prs.at(n), joined)) continue;
+      joined.insert(n);
+      ready.push_back(n);
+    }
+    for (std::size_t i = 0; i < ready.size();) {
+      auto m = kept_batch(q, ready, i, ahead);
+      if (m == 0) {
+        // A new batch: this item and the ones after it that have no grouping
+        // of their own here, as many as every member's cap allows.
+        m = 1;
+        auto cap = static_cast<std::size_t>(cap_of(*q.find_item(ready[i]), r));
+        auto extended = ahead;
+        extended.push_back(head_of(ready[i]));
+        while (i + m < ready.size() && m < cap) {
+          const auto next_cap = static_cast<std::size_t>(cap_of(*q.find_item(ready[i + m]), r));
+          if (next_cap <= m || kept_batch(q, ready, i + m, extended) > 0) break;
+          cap = std::min(cap, next_cap);
+          extended.push_back(head_of(ready[i + m]));
+          ++m;
+        }
+      }
+      planned p{{ready.begin() + static_cast<std::ptrdiff_t>(i), ready.begin() + static_cast<std::ptrdiff_t>(i + m)},
+                ahead, false, lane};
+      for (auto n : p.members) p.heads.push_back(head_of(n));
+      p.failing = m == 1 && pending_ejection(q, *q.find_item(ready[i]), p.heads);
+      if (!p.failing) ahead = p.heads;
+      out.push_back(std::move(p));
+      i += m;
+    }
+  }
+  // Queue order across lanes: the window goes to the items in front.
+  std::stable_sort(out.begin(), out.end(), [&position](const planned& a, const planned& b) {
+    return position.at(a.members.front()) < position.at(b.members.front());
+  });
   return out;
 }
 
@@ -192,31 +244,52 @@ public:
       if (s_.paused || s_.landing) break;  // one landing at a time
       const auto p = plan(s_, rules_);
       if (p.empty()) break;
-      // A build that passed tested everything ahead of it too. The head lands
-      // on its own build when that passed; otherwise the deepest passed build
-      // of the healthy front of the queue lands, with every item up to it (one
-      // slow or flaky build at the head holds nothing up).
-      std::size_t front = 0;
-      while (front < p.size() && !p[front].failing) ++front;
-      const result_of_build* deepest = nullptr;
-      std::size_t depth = 0;
-      for (std::size_t k = 0; k < front; ++k) {
-        const auto* res = result_at(s_, *s_.find_item(p[k].members.front()), p[k].heads);
-        if (res != nullptr && res->status == build_status::passed) {
-          deepest = res;
-          depth = k + 1;
-          if (k == 0) break;  // the head passed: it lands on its own build, the next ones on theirs
-        }
+      // A build that passed tested everything ahead of it in its lane too.
+      // A lane's head lands on its own build when that passed; otherwise the
+      // deepest passed build of the lane's healthy front lands, with every
+      // item up to it (one slow or flaky build at the head holds nothing up).
+      // Lanes are looked at in the order of their first items.
+      std::vector<std::vector<const planned*>> by_lane;
+      for (const auto& entry : p) {
+        if (entry.lane >= by_lane.size()) by_lane.resize(entry.lane + 1);
+        by_lane[entry.lane].push_back(&entry);
       }
-      if (deepest != nullptr) {
+      std::erase_if(by_lane, [](const auto& lane) { return lane.empty(); });
+      std::stable_sort(by_lane.begin(), by_lane.end(), [this](const auto& a, const auto& b) {
+        return position(a.front()->members.front()) < position(b.front()->members.front());
+      });
+      bool landing = false;
+      for (const auto& lane : by_lane) {
+        std::size_t front = 0;
+        while (front < lane.size() && !lane[front]->failing) ++front;
+        const result_of_build* deepest = nullptr;
+        std::size_t depth = 0;
+        for (std::size_t k = 0; k < front; ++k) {
+          const auto* res = result_at(s_, *s_.find_item(lane[k]->members.front()), lane[k]->heads);
+          if (res != nullptr && res->status == build_status::passed) {
+            deepest = res;
+            depth = k + 1;
+            if (k == 0) break;  // the head passed: it lands on its own build, the next ones on theirs
+          }
+        }
+        if (deepest == nullptr) continue;
         std::vector<pr_number> numbers;
-        for (std::size_t k = 0; k < depth; ++k) numbers.insert(numbers.end(), p[k].members.begin(), p[k].members.end());
+        for (std::size_t k = 0; k < depth; ++k)
+          numbers.insert(numbers.end(), lane[k]->members.begin(), lane[k]->members.end());
         add(merge_started{std::move(numbers), deepest->commit_sha, deepest->build_id, s_.target_sha, now_});
+        landing = true;
         break;
       }
-      // The head failed at exactly what it is expected to hold: ejected.
-      if (!p.front().failing) break;
-      const auto n = p.front().members.front();
+      if (landing) break;
+      // A lane's head that failed at exactly what it is expected to hold: ejected.
+      const planned* failed = nullptr;
+      for (const auto& lane : by_lane)
+        if (lane.front()->failing) {
+          failed = lane.front();
+          break;
+        }
+      if (failed == nullptr) break;
+      const auto n = failed->members.front();
       const auto& r = *s_.find_item(n)->result;
       add(ejected{n, fmt::format("build {} {}{}{}", r.build_id, to_string(r.status), r.reason.empty() ? "" : ": ",
                                  r.reason),
@@ -248,7 +321,18 @@ public:
     // Paused, or the target is not known yet (a new queue): nothing starts.
     if (s_.paused || s_.target_sha.empty()) return;
     request_chain(in_window);
-    if (rules_.precheck) request_checks(p.empty() ? 0 : p.front().members.front());
+    // The first item of each lane needs no pre-check: its pipeline build is one.
+    std::set<pr_number> firsts;
+    std::set<std::size_t> seen;
+    for (const auto& entry : p)
+      if (seen.insert(entry.lane).second) firsts.insert(entry.members.front());
+    if (rules_.precheck) request_checks(firsts);
+  }
+
+  std::size_t position(pr_number n) const {
+    for (std::size_t i = 0; i < s_.items.size(); ++i)
+      if (s_.items[i].number == n) return i;
+    return s_.items.size();
   }
 
   void request_chain(const std::vector<const planned*>& in_window) {
@@ -271,10 +355,10 @@ public:
   /// A pre-check for every ready item that has none and has not passed one
   /// (but the first in the pipeline: its build there is its check): the
   /// root, its dependencies still queued, and itself.
-  void request_checks(pr_number first) {
+  void request_checks(const std::set<pr_number>& firsts) {
     for (auto n : ready_items(s_)) {
       const auto* item = s_.find_item(n);
-      if (n == first || item->checked || !item->check_build_id.empty() ||
+      if (firsts.contains(n) || item->checked || !item->check_build_id.empty() ||
           (item->check_result && terminal_failure(*item->check_result)))
         continue;
       auto heads = s_.root_heads;

@@ -169,6 +169,12 @@ struct rules {
   bool precheck = true;
   /// Infrastructure errors of one item retried before they count as failure.
   std::int32_t infra_retries = 2;
+  /// Pull requests whose changed paths are disjoint from everything ahead of
+  /// them go in lanes of their own, built without the items ahead and landing
+  /// on their own (see lanes_of in mergequeue.cpp). Off by default: every
+  /// landing moves the target, and the builds of the other lanes, made on the
+  /// old target, are rebuilt; lanes pay when failures ahead cost more than that.
+  bool lanes = false;
   /// A build gets this long; the worker enforces it, the queue reports it.
   std::int64_t build_timeout_ms = 30 * 60 * 1000;
 };

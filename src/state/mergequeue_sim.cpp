@@ -189,7 +189,8 @@ tree with(tree t, const std::vector<pr_number>& more) {
 
 class keel_policy final : public policy {
 public:
-  keel_policy(environment& env, const sim_options& o) : env_(env), rules_(o.queue_rules) {
+  keel_policy(environment& env, const sim_options& o)
+    : env_(env), rules_(o.queue_rules), areas_(o.areas), paths_rng_(o.seed ^ 0x9e3779b97f4a7c15ULL) {
     rules_.infra_retries = o.retries;
     q_.repository = "sim/repo";
     q_.branch = "main";
@@ -201,6 +202,7 @@ public:
     pull_request pr;
     pr.number = n;
     pr.head_sha = "h" + std::to_string(n);
+    if (areas_ > 0) pr.changed_paths = {"area" + std::to_string(paths_rng_() % static_cast<std::uint64_t>(areas_)) + "/"};
     apply(pr_opened{pr});
     apply(pr_approved{n});
     apply(enqueue{n, 0});
@@ -254,6 +256,8 @@ private:
 
   environment& env_;
   rules rules_;
+  std::int32_t areas_;
+  std::mt19937_64 paths_rng_;
   queue q_;
   std::map<std::string, tree> trees_;  // by commit
   std::map<std::string, build_ref> refs_;

@@ -45,7 +45,8 @@ struct sim_options {
   double flake = 0.05;              // a build errors for no reason of the tree
   std::int32_t workers = 20;
   std::int32_t retries = 2;         // errored builds retried before they count as failed
-  rules queue_rules;                // keel: window, batching, timeout (infra_retries is `retries`)
+  std::int32_t areas = 0;           // each pull request changes one of this many disjoint areas; 0: paths unknown
+  rules queue_rules;                // keel: window, batching, lanes, timeout (infra_retries is `retries`)
   std::uint64_t seed = 1;
 };
 

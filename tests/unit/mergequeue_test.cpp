@@ -507,6 +507,69 @@ TEST_CASE("merge queue: commands that cannot apply are refused with the reason")
 // and passed, holding exactly the old target's tree plus the merging pull
 // request; no bad pull request is ever merged; every enqueued pull request
 // ends merged, ejected with a reason, or still queued.
+SCENARIO("merge queue lanes: a pull request disjoint from everything ahead is built and lands on its own") {
+  fixture f;
+  f.r.lanes = true;
+  auto open_with = [&f](pr_number n, std::vector<std::string> paths) {
+    pull_request pr;
+    pr.number = n;
+    pr.head_sha = "h" + std::to_string(n);
+    pr.changed_paths = std::move(paths);
+    f.apply(pr_opened{pr});
+    f.apply(pr_approved{n});
+  };
+  open_with(1, {"src/a.cpp"});
+  open_with(2, {"docs/"});
+  open_with(3, {"src/a.cpp", "src/b.cpp"});
+  WHEN("all three are enqueued") {
+    f.apply(enqueue{1, 0});
+    f.apply(enqueue{2, 0});
+    f.apply(enqueue{3, 0});
+    THEN("#2 is built on the target alone; #3, which touches #1's file, on #1") {
+      CHECK(numbers(f.build_of(1).heads) == std::vector<pr_number>{1});
+      CHECK(numbers(f.build_of(2).heads) == std::vector<pr_number>{2});
+      CHECK(numbers(f.build_of(3).heads) == std::vector<pr_number>{1, 3});
+    }
+    AND_WHEN("#1 fails") {
+      const auto lane_build = f.build_of(2).id;
+      auto events = f.finish(1, build_status::failed);
+      THEN("#1 is ejected, #3 is rebuilt without it, and #2's build goes on") {
+        REQUIRE(all_of<ejected>(events).size() == 1);
+        CHECK(all_of<ejected>(events)[0].number == 1);
+        CHECK(numbers(f.build_of(3).heads) == std::vector<pr_number>{3});
+        CHECK(f.build_of(2).id == lane_build);
+        for (const auto& c : all_of<build_cancelled>(events)) CHECK(c.build_id != lane_build);
+      }
+    }
+    AND_WHEN("#2 passes while #1 still builds") {
+      auto events = f.finish(2, build_status::passed, "c2");
+      THEN("#2 lands at once on its own build, and #1 is rebuilt on the new target") {
+        REQUIRE(numbers_of(all_of<merged>(events)) == std::vector<pr_number>{2});
+        CHECK(f.q.target_sha == "c2");
+        CHECK(numbers(f.build_of(1).heads) == std::vector<pr_number>{2, 1});
+        CHECK(numbers(f.build_of(3).heads) == std::vector<pr_number>{2, 1, 3});
+      }
+    }
+  }
+  WHEN("an item with unknown paths is ahead") {
+    open_with(4, {});
+    open_with(5, {"web/"});
+    f.apply(enqueue{4, 0});
+    f.apply(enqueue{5, 0});
+    THEN("nothing behind it starts a lane: it could touch anything") {
+      CHECK(numbers(f.build_of(5).heads) == std::vector<pr_number>{4, 5});
+    }
+  }
+  WHEN("lanes are off") {
+    f.r.lanes = false;
+    f.apply(enqueue{1, 0});
+    f.apply(enqueue{2, 0});
+    THEN("every item is built on everything ahead of it") {
+      CHECK(numbers(f.build_of(2).heads) == std::vector<pr_number>{1, 2});
+    }
+  }
+}
+
 TEST_CASE("merge queue: the target only ever holds tested trees (seeded simulation)") {
   for (std::uint64_t seed = 1; seed <= 30; ++seed) {
     CAPTURE(seed);
@@ -516,6 +579,7 @@ TEST_CASE("merge queue: the target only ever holds tested trees (seeded simulati
     f.r.window_floor = 1 + static_cast<std::int32_t>(rng() % 3);
     f.r.batch_max = 1 + static_cast<std::int32_t>(rng() % 4);
     f.r.precheck = rng() % 2 == 0;
+    f.r.lanes = rng() % 2 == 0;
     f.r.infra_retries = 1;
     std::set<pr_number> bad;
     std::map<std::string, build> seen;  // every build requested
@@ -596,6 +660,9 @@ TEST_CASE("merge queue: the target only ever holds tested trees (seeded simulati
         pr.number = n;
         pr.head_sha = "h" + std::to_string(n);
         if (n > 2 && rng() % 6 == 0) pr.depends_on = {static_cast<pr_number>(1 + rng() % (n - 1))};
+        // Paths from a small set, so lanes form and overlap; some unknown.
+        if (rng() % 5 != 0)
+          for (auto k = 1 + rng() % 2; k > 0; --k) pr.changed_paths.push_back(fmt::format("dir{}/", rng() % 6));
         record(f.apply(pr_opened{pr}));
         record(f.apply(pr_approved{n}));
         record(f.apply(enqueue{n, static_cast<std::int32_t>(rng() % 3)}));
