@@ -270,12 +270,48 @@ public:
       t->set_branch(branch);
       ctx.emit(std::string{topics::build_requests}, repo, out.SerializeAsString());
     }
-    auto& state = repos_.touch(repo);
-    for (const auto& e : *decided) {
-      const auto previous_target = queue_of(state, repo, branch).target_sha;
-      apply_event(state, repo, branch, e);
-      ctx.record(repo, changelog_value(branch, e));
-      emit(ctx, in, repo, branch, previous_target, e);
+    record_all(ctx, repo, branch, *decided,
+               [&] { return envelope_for(ctx, in.topic, in.partition, in.record.offset.value()); });
+    return ok();
+  }
+
+  /// The watchdogs: a build with no result long after its timeout counts as an
+  /// infrastructure error (and is retried); a landing not confirmed in time is
+  /// asked of the workers again (advancing is idempotent). Either covers a
+  /// request a worker could not take (its dead letter) or a worker that is gone.
+  result<void> on_timer(const timer& t, step_context& ctx) override {
+    const auto* state = repos_.find(t.entity_key);
+    if (state == nullptr) return ok();
+    byte_reader r{t.payload};
+    const std::string branch{r.str()};
+    const std::string build_id{r.str()};
+    if (!r.ok()) return make_error(errc::corrupt, "merge-queue timer {} is damaged", t.id);
+    auto found = state->queues.find(branch);
+    if (found == state->queues.end()) return ok();
+    const auto& q = found->second;
+    auto out = [&ctx] {
+      keel::Envelope env;
+      env.set_event_id(ctx.next_event_id());
+      env.set_event_time_ms(ctx.event_time_ms());
+      env.set_schema_version(1);
+      return env;
+    };
+    if (t.id.starts_with(build_timer)) {
+      if (!q.builds.contains(build_id)) return ok();
+      auto decided = mq::decide(q, mq::build_finished{build_id, mq::build_status::error, "",
+                                                      fmt::format("no result from a worker within the build's "
+                                                                  "timeout and {} s more", watchdog_grace_ms / 1000),
+                                                      0},
+                                rules_, ctx.wall_time_ms());
+      if (!decided) return decided.err();
+      record_all(ctx, t.entity_key, branch, *decided, out);
+    } else if (t.id.starts_with(landing_timer)) {
+      if (!q.landing || q.landing->build_id != build_id) return ok();
+      auto env = out();
+      set_merged(*env.mutable_merged(), q.repository, branch, q.landing->numbers.back(), q.landing->commit_sha,
+                 q.landing->build_id, q.landing->started_at_ms, q.landing->previous_sha);
+      ctx.emit(std::string{topics::build_requests}, t.entity_key, env.SerializeAsString());
+      watch(ctx, t.entity_key, branch, std::string{landing_timer}, build_id, ctx.wall_time_ms() + watchdog_grace_ms);
     }
     return ok();
   }
@@ -384,9 +420,45 @@ private:
     return ok();
   }
 
-  void emit(step_context& ctx, const input_record& in, const std::string& repo, const std::string& branch,
+  static constexpr std::string_view build_timer = "build/";
+  static constexpr std::string_view landing_timer = "landing/";
+  static constexpr std::int64_t watchdog_grace_ms = 60'000;
+
+  /// Applies decided events: state, changelog, outputs, watchdogs.
+  template <class MakeEnvelope>
+  void record_all(step_context& ctx, const std::string& repo, const std::string& branch,
+                  const std::vector<mq::event>& events, const MakeEnvelope& out) {
+    auto& state = repos_.touch(repo);
+    for (const auto& e : events) {
+      const auto previous_target = queue_of(state, repo, branch).target_sha;
+      apply_event(state, repo, branch, e);
+      ctx.record(repo, changelog_value(branch, e));
+      emit(ctx, out, repo, branch, previous_target, e);
+      if (const auto* b = std::get_if<mq::build_requested>(&e))
+        watch(ctx, repo, branch, std::string{build_timer}, b->b.id,
+              b->b.requested_at_ms + b->b.timeout_ms + watchdog_grace_ms);
+      else if (const auto* c = std::get_if<mq::build_cancelled>(&e))
+        ctx.cancel(fmt::format("{}{}", build_timer, c->build_id));
+      else if (const auto* m = std::get_if<mq::merge_started>(&e))
+        watch(ctx, repo, branch, std::string{landing_timer}, m->build_id, m->at_ms + watchdog_grace_ms);
+    }
+  }
+
+  static void watch(step_context& ctx, const std::string& repo, const std::string& branch, const std::string& kind,
+                    const std::string& build_id, std::int64_t due_ms) {
+    std::string payload;
+    byte_writer w{payload};
+    w.str(branch);
+    w.str(build_id);
+    // One build watchdog per build (build ids are unique), one landing
+    // watchdog per queue (one landing at a time).
+    ctx.schedule(timer{kind == landing_timer ? fmt::format("{}{}/{}", kind, repo, branch) : kind + build_id,
+                       repo, timer_kind::wall_clock, due_ms, std::move(payload)});
+  }
+
+  template <class MakeEnvelope>
+  void emit(step_context& ctx, const MakeEnvelope& out, const std::string& repo, const std::string& branch,
             const std::string& previous_target, const mq::event& e) {
-    auto out = [&] { return envelope_for(ctx, in.topic, in.partition, in.record.offset.value()); };
     if (const auto* b = std::get_if<mq::build_requested>(&e)) {
       auto env = out();
       auto* m = env.mutable_build_requested();

@@ -301,3 +301,72 @@ TEST_CASE("builds in flight when the worker stops run again when it restores, an
   REQUIRE_FALSE(bad);
   CHECK(bad.err().code == errc::invalid_argument);
 }
+
+TEST_CASE("a landing the worker could not carry out (its repository vanished) is asked again once it is back") {
+  flow f{"true"};
+  const auto pr1 = f.branch_commit("pr1", "one.txt", "one");
+  f.open_and_enqueue(1, pr1);
+  auto& supervisor = *f.engines[0];
+  auto& worker = *f.engines[1];
+  // The supervisor asks for the build; the worker builds it and reports.
+  f.step_until([&] {
+    REQUIRE(supervisor.step());
+    REQUIRE(worker.step());
+    for (const auto& e : f.read(mq_topics::build_results))
+      if (e.has_build_finished()) return true;
+    return false;
+  });
+  // The repository goes away before the worker advances main.
+  const auto moved_away = f.dir.file("app-away");
+  std::filesystem::rename(f.repo_path, moved_away);
+  f.step_until([&] {
+    REQUIRE(supervisor.step());
+    REQUIRE(worker.step());
+    return worker.status().dead_letters_total == 1;
+  });
+  auto dead = f.log->read("mq-worker.dead-letter", partition_id{0}, log_offset{0}, {.max_records = 10});
+  REQUIRE(dead);
+  REQUIRE(dead->size() == 1);
+  std::string reason;
+  for (const auto& h : dead->front().data.headers)
+    if (h.first == "keel-reason") reason = h.second;
+  CHECK(reason.find(f.repo_path) != std::string::npos);
+  CHECK(supervisor.logic().describe("acme/app")->find(R"("merged_total":0)") != std::string::npos);
+
+  // Back again; after the watchdog's minute the landing is asked once more.
+  std::filesystem::rename(moved_away, f.repo_path);
+  f.wall.advance(61'000);
+  f.settle();
+  CHECK(f.file_on_main("one.txt") == "one");
+  CHECK(supervisor.logic().describe("acme/app")->find(R"("merged_total":1)") != std::string::npos);
+}
+
+TEST_CASE("a build no worker answers counts as an infrastructure error after its timeout and is asked again") {
+  flow f{"true", [](mq_options& o) { o.rules.build_timeout_ms = 5'000; }};
+  const auto pr1 = f.branch_commit("pr1", "one.txt", "one");
+  f.open_and_enqueue(1, pr1);
+  auto& supervisor = *f.engines[0];
+  auto requests = [&] {
+    std::vector<keel::mergequeue::BuildRequested> out;
+    for (const auto& e : f.read(mq_topics::build_requests))
+      if (e.has_build_requested()) out.push_back(e.build_requested());
+    return out;
+  };
+  // No worker runs: only the supervisor steps.
+  f.step_until([&] {
+    REQUIRE(supervisor.step());
+    return requests().size() == 1;
+  });
+  f.wall.advance(5'000 + 59'000);
+  REQUIRE(supervisor.step());
+  CHECK(requests().size() == 1);  // not yet
+  f.wall.advance(2'000);
+  REQUIRE(supervisor.step());
+  const auto asked = requests();
+  REQUIRE(asked.size() == 2);
+  CHECK(asked[1].attempt() == 2);
+  CHECK(asked[1].build_id() != asked[0].build_id());
+  // With a worker back, it merges.
+  f.settle();
+  CHECK(f.file_on_main("one.txt") == "one");
+}
