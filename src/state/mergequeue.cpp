@@ -561,8 +561,9 @@ result<std::vector<event>> decide(const queue& q, const command& c, const rules&
       }
     }
     const bool failed = terminal_failure(res);
+    const bool check = b.check;  // `b` is gone once the result is recorded
     d.add(build_recorded{b.item, std::move(res), infra, now_ms});
-    if (failed && !b.check) d.resize(std::max(std::min(r.window_floor, r.window), d.window() / 2));
+    if (failed && !check) d.resize(std::max(std::min(r.window_floor, r.window), d.window() / 2));
   } else if (const auto* t = std::get_if<target_moved>(&c)) {
     if (t->sha.empty()) return make_error(errc::invalid_argument, "target_moved needs a commit");
     if (s.landing && t->sha == s.landing->commit_sha) {

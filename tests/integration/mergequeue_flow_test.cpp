@@ -308,14 +308,19 @@ TEST_CASE("a landing the worker could not carry out (its repository vanished) is
   f.open_and_enqueue(1, pr1);
   auto& supervisor = *f.engines[0];
   auto& worker = *f.engines[1];
-  // The supervisor asks for the build; the worker builds it and reports.
-  f.step_until([&] {
-    REQUIRE(supervisor.step());
-    REQUIRE(worker.step());
+  // The supervisor asks for the build; the worker builds it and reports
+  // (and the supervisor has not seen the report yet).
+  auto reported = [&] {
     for (const auto& e : f.read(mq_topics::build_results))
       if (e.has_build_finished()) return true;
     return false;
-  });
+  };
+  for (const auto deadline = std::chrono::steady_clock::now() + 30s; !reported();) {
+    REQUIRE(std::chrono::steady_clock::now() < deadline);
+    REQUIRE(supervisor.step());
+    REQUIRE(worker.step());
+    std::this_thread::sleep_for(2ms);
+  }
   // The repository goes away before the worker advances main.
   const auto moved_away = f.dir.file("app-away");
   std::filesystem::rename(f.repo_path, moved_away);
