@@ -141,10 +141,14 @@ result<config> load_config_file(const std::string& path, config cfg) {
     if (auto r = t.get("body_bytes_max", cfg.http.body_bytes_max); !r) return in_file(r.err());
     if (auto r = t.get("request_timeout_ms", cfg.http.request_timeout_ms); !r) return in_file(r.err());
     if (auto r = t.get("connections_max", cfg.http.connections_max); !r) return in_file(r.err());
+    if (auto r = t.get("rate_limit_per_s", cfg.http.rate_limit_per_s); !r) return in_file(r.err());
+    if (auto r = t.get("rate_limit_burst", cfg.http.rate_limit_burst); !r) return in_file(r.err());
     if (auto r = t.get("token", cfg.http.token); !r) return in_file(r.err());
     if (auto r = t.get("read_token_required", cfg.http.read_token_required); !r) return in_file(r.err());
     if (auto r = t.finish(); !r) return in_file(r.err());
     if (auto r = parse_listen_address(cfg.http.listen); !r) return in_file(r.err());
+    if (cfg.http.rate_limit_per_s < 0 || cfg.http.rate_limit_burst < 0)
+      return in_file(make_error(errc::invalid_argument, "http.rate_limit_per_s and http.rate_limit_burst must be 0 or more"));
 
   }
   {

@@ -29,6 +29,10 @@ struct config {
     std::size_t body_bytes_max = 1024 * 1024;
     std::int64_t request_timeout_ms = 15'000;
     std::size_t connections_max = 1024;
+    /// Requests per second per client address (bursts up to rate_limit_burst;
+    /// 0: one second's worth); more get 429. 0: no limit.
+    std::int64_t rate_limit_per_s = 0;
+    std::int64_t rate_limit_burst = 0;
     /// Bearer token for mutations (and reads when read_token_required).
     std::string token;
     bool read_token_required = false;

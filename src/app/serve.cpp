@@ -636,6 +636,8 @@ int run_serve(const std::vector<std::string>& args) {
   options.body_bytes_max = cfg->http.body_bytes_max;
   options.request_timeout = std::chrono::milliseconds(cfg->http.request_timeout_ms);
   options.connections_max = cfg->http.connections_max;
+  options.rate_per_s = static_cast<double>(cfg->http.rate_limit_per_s);
+  options.rate_burst = static_cast<double>(cfg->http.rate_limit_burst);
   http_counters counters;
   dashboard_feed::options board;
   for (const auto& [name, repo] : cfg->mergequeue.repositories) board.repositories.push_back(name);

@@ -8,9 +8,12 @@
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 
+#include <algorithm>
+#include <chrono>
 #include <mutex>
 #include <set>
 #include <thread>
+#include <unordered_map>
 #include <vector>
 
 namespace keel::http {
@@ -36,6 +39,36 @@ struct server::impl {
   std::set<std::shared_ptr<session>> sessions; // GUARDED_BY(sessions_mutex)
   std::once_flag stopped;
 
+  /// A token bucket per client address (options.rate_per_s).
+  struct bucket {
+    double tokens = 0;
+    std::chrono::steady_clock::time_point at;
+  };
+  std::mutex buckets_mutex;
+  std::unordered_map<std::string, bucket> buckets;  // GUARDED_BY(buckets_mutex)
+
+  /// Takes a token of `client`'s bucket; false when it has none left.
+  bool admit(const std::string& client) {
+    if (options.rate_per_s <= 0) return true;
+    const double burst = options.rate_burst > 0 ? options.rate_burst : std::max(options.rate_per_s, 1.0);
+    const auto now = std::chrono::steady_clock::now();
+    std::lock_guard lock{buckets_mutex};
+    if (buckets.size() > 100'000) {
+      // Forget the clients that have been quiet long enough to be full again.
+      const auto refill = std::chrono::duration<double>(burst / options.rate_per_s);
+      std::erase_if(buckets, [&](const auto& kv) { return now - kv.second.at > refill; });
+    }
+    auto [it, fresh] = buckets.try_emplace(client, bucket{burst, now});
+    auto& b = it->second;
+    if (!fresh) {
+      b.tokens = std::min(burst, b.tokens + options.rate_per_s * std::chrono::duration<double>(now - b.at).count());
+      b.at = now;
+    }
+    if (b.tokens < 1) return false;
+    b.tokens -= 1;
+    return true;
+  }
+
   explicit impl(server_options o, router r, request_observer obs)
     : options(std::move(o)), routes(std::move(r)), observer(std::move(obs)),
       io(static_cast<int>(options.threads)) {}
@@ -50,7 +83,11 @@ namespace {
 class session : public std::enable_shared_from_this<session> {
 public:
   session(tcp::socket socket, server::impl& owner)
-    : stream_(std::move(socket)), owner_(owner) {}
+    : stream_(std::move(socket)), owner_(owner) {
+    beast::error_code ec;
+    const auto peer = stream_.socket().remote_endpoint(ec);
+    if (!ec) client_ = peer.address().to_string();
+  }
 
   void start(bool over_capacity) {
     if (over_capacity) {
@@ -104,6 +141,14 @@ private:
     }
     auto started = std::chrono::steady_clock::now();
     request req = parser_->release();
+    if (!owner_.admit(client_)) {
+      auto res = error_response(bhttp::status::too_many_requests, "rate_limited",
+                                fmt::format("more than {} requests per second from {}", owner_.options.rate_per_s,
+                                            client_),
+                                11, req.keep_alive());
+      res.set(bhttp::field::retry_after, "1");
+      return send(std::move(res));
+    }
     response res = owner_.routes.dispatch(req);
     if (owner_.stopping) res.keep_alive(false);
     if (req.method() == bhttp::verb::head) {
@@ -193,6 +238,7 @@ private:
   std::shared_ptr<const event_feed> feed_;
   std::uint64_t sent_version_ = 0;
   std::chrono::steady_clock::time_point last_write_;
+  std::string client_;  // the peer's address, for rate limits
   bool writing_ = false;
   bool closed_ = false;
 };

@@ -27,6 +27,10 @@ struct server_options {
   std::chrono::milliseconds write_timeout{15'000};
   /// Connections served at once; more are answered 503 and closed.
   std::size_t connections_max = 1024;
+  /// Requests per second one client address may make on average, with bursts
+  /// up to `rate_burst`; more are answered 429 with Retry-After. 0: no limit.
+  double rate_per_s = 0;
+  double rate_burst = 0;  // 0: one second's worth
   /// How often an open event stream looks for a new frame, and how long it
   /// may stay silent before it sends a keep-alive comment.
   std::chrono::milliseconds feed_poll{100};

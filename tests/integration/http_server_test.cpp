@@ -9,6 +9,8 @@
 #include <boost/json.hpp>
 #include <doctest/doctest.h>
 
+#include <thread>
+
 using namespace keel;
 using namespace std::chrono_literals;
 namespace net = boost::asio;
@@ -145,4 +147,26 @@ TEST_CASE("a port in use is reported as busy; stop closes connections and frees 
   CHECK(idle.closed_by_server(2s));
   auto again = http::server::start(o, test_routes());
   CHECK(again);
+}
+
+TEST_CASE("a client past its request rate gets 429 with Retry-After, and is served again once it slows down") {
+  http::server_options o;
+  o.rate_per_s = 5;
+  o.rate_burst = 3;
+  auto s = start(o);
+  client c{s->port()};
+  for (int i = 0; i < 3; ++i) CHECK(c.request(http::bhttp::verb::get, "/livez").result() == http::bhttp::status::ok);
+  auto refused = c.request(http::bhttp::verb::get, "/livez");
+  CHECK(refused.result() == http::bhttp::status::too_many_requests);
+  CHECK(refused[http::bhttp::field::retry_after] == "1");
+  CHECK(boost::json::parse(refused.body()).at("error").at("code").as_string() == "rate_limited");
+  // The bucket refills at 5 per second: within a second the same connection
+  // is served again.
+  const auto deadline = std::chrono::steady_clock::now() + 2s;
+  bool served = false;
+  while (!served && std::chrono::steady_clock::now() < deadline) {
+    served = c.request(http::bhttp::verb::get, "/livez").result() == http::bhttp::status::ok;
+    if (!served) std::this_thread::sleep_for(50ms);
+  }
+  CHECK(served);
 }
