@@ -88,7 +88,8 @@ public:
     j->request = request;
     jobs_.emplace(request.build_id(), std::move(j));
     waiting_.push_back(request.build_id());
-    if (threads_.size() < static_cast<std::size_t>(options_->build_slots) && busy_ == threads_.size())
+    // A thread per build waiting or running, up to the slots; idle ones wait.
+    if (threads_.size() < static_cast<std::size_t>(options_->build_slots) && threads_.size() < busy_ + waiting_.size())
       threads_.emplace_back([this] { work(); });
     wake_.notify_one();
   }

@@ -157,7 +157,7 @@ webhook_secret = "{}"
   CHECK(send("DELETE", "/api/v1/runtime", "", with_token).status == 405);
 }
 
-TEST_CASE("a client that sends half a request is cut off at the request deadline") {
+TEST_CASE("a client that sends half a request is cut off at the request deadline; webhooks need a secret") {
   test::temp_dir dir;
   test::write_file(dir.file("keel.toml"), "[http]\nrequest_timeout_ms = 800\n");
   auto d = test::daemon::start(dir.file("data"), {"--config", dir.file("keel.toml")});
@@ -190,4 +190,12 @@ TEST_CASE("a client that sends half a request is cut off at the request deadline
   auto r = d.get("/livez");
   REQUIRE(r);
   CHECK(r->status == 200);
+  // Without a webhook secret configured every delivery is refused, signed or not.
+  const std::string body = R"({"action":"opened"})";
+  auto hook = test::http_request("POST", d.host, d.port, "/api/v1/webhooks/github", body,
+                                 {{"Content-Type", "application/json"},
+                                  {"X-GitHub-Event", "pull_request"},
+                                  {"X-Hub-Signature-256", app::github_signature("", body)}});
+  REQUIRE(hook);
+  CHECK(hook->status == 403);
 }

@@ -170,3 +170,16 @@ TEST_CASE("a client past its request rate gets 429 with Retry-After, and is serv
   }
   CHECK(served);
 }
+
+TEST_CASE("request headers over the limit are refused with 431") {
+  auto s = start();
+  client c{s->port()};
+  http::request req{http::bhttp::verb::get, "/livez", 11};
+  req.set(http::bhttp::field::host, "localhost");
+  req.set("X-Padding", std::string(20 * 1024, 'a'));
+  http::bhttp::write(c.stream, req);
+  http::response res;
+  http::bhttp::read(c.stream, c.buffer, res);
+  CHECK(res.result() == http::bhttp::status::request_header_fields_too_large);
+  CHECK(boost::json::parse(res.body()).at("error").at("code").as_string() == "too_large");
+}

@@ -134,6 +134,30 @@ TEST_CASE("an input written to a partition its key does not hash to is dead-lett
   CHECK(dead->front().data.headers.front().second.find("belongs to partition 1, not 0") != std::string::npos);
 }
 
+TEST_CASE("an input whose key starts with a NUL byte (reserved for the runtime) is dead-lettered") {
+  test::temp_dir dir;
+  auto log = std::move(*embedded_log::open({.path = dir.file("log.db"), .sync = sqlite::sync_mode::off}));
+  manual_clock wall;
+  auto spec = counter_stage(1);
+  REQUIRE(prepare_topics(*log, {spec}, 1));
+  commit_batch b;
+  b.records.push_back({std::string{counter_input_topic}, partition_id{0},
+                       record{std::string{"\0t/timer", 8}, R"({"amount": 1})", 1, {}}});
+  b.records.push_back({std::string{counter_input_topic}, partition_id{0}, record{"apples", R"({"amount": 2})", 1, {}}});
+  REQUIRE(log->commit(b));
+  task_engine task{spec, partition_id{0}, *log, nullptr, wall};
+  REQUIRE(task.restore());
+  auto r = task.step();
+  REQUIRE(r);
+  CHECK(r->dead_letters == 1);
+  CHECK(r->records == 2);  // the partition goes on past it
+  auto dead = log->read(spec.dead_letter_topic(), partition_id{0}, log_offset{0});
+  REQUIRE(dead);
+  REQUIRE(dead->size() == 1);
+  CHECK(dead->front().data.headers.front().second.find("reserved") != std::string::npos);
+  CHECK(task.logic().describe("apples").has_value());
+}
+
 namespace {
 /// A broken stage: it records state under a key of its choosing, not the input's.
 class rekeying_logic final : public stateless_logic {
