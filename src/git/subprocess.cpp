@@ -119,7 +119,8 @@ result<run_outcome> run(const std::vector<std::string>& argv, const run_options&
       wait_ms = 100;
     }
     if (options.timeout.count() > 0) {
-      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+      // Rounded up: a command gets its whole timeout, never a millisecond less.
+      auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
       if (left.count() <= 0) {
         outcome.timed_out = true;
         ::kill(-pid, SIGKILL);
