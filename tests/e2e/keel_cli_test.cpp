@@ -9,6 +9,11 @@
 #include <fmt/format.h>
 #include <doctest/doctest.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <csignal>
 #include <ctime>
 #include <filesystem>
@@ -416,4 +421,27 @@ build = "test -f hello.txt"
   CHECK(queue.at("target_sha").as_string() == git("git rev-parse main"));
   CHECK(queue.at("history").as_array().at(0).as_object().at("outcome").as_string() == "merged");
   CHECK(d.get("/api/v1/queues/acme/nothing")->status == 404);
+}
+
+TEST_CASE("keel serve on a port already in use says so, exits 1, and leaves the data directory usable") {
+  test::temp_dir dir;
+  // Something else holds a port.
+  const int holder = ::socket(AF_INET, SOCK_STREAM, 0);
+  REQUIRE(holder >= 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  REQUIRE(::bind(holder, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+  REQUIRE(::listen(holder, 1) == 0);
+  socklen_t len = sizeof addr;
+  REQUIRE(::getsockname(holder, reinterpret_cast<sockaddr*>(&addr), &len) == 0);
+  const auto port = ntohs(addr.sin_port);
+  auto refused = run_keel({"serve", "--data-dir", dir.file("data"), "--http", fmt::format("127.0.0.1:{}", port)});
+  ::close(holder);
+  CHECK(refused.code == 1);
+  CHECK(refused.err.find(fmt::format("cannot listen on 127.0.0.1:{}", port)) != std::string::npos);
+  CHECK(refused.err.find("in use") != std::string::npos);
+  // Nothing was left locked: a daemon starts on the same data directory.
+  auto d = test::daemon::start(dir.file("data"));
+  CHECK(test::eventually([&] { auto r = d.get("/readyz"); return r && r->status == 200; }));
 }
