@@ -319,10 +319,7 @@ public:
     b.set_state(pb::WorkerBuild::STATE_FINISHED);
     *b.mutable_result() = *finished;
     put(ctx, id, std::move(b));
-    keel::Envelope env;
-    env.set_event_id(ctx.next_event_id());
-    env.set_event_time_ms(ctx.event_time_ms());
-    env.set_schema_version(1);
+    auto env = envelope_for(ctx);
     *env.mutable_build_finished() = *finished;
     ctx.emit(std::string{topics::build_results}, finished->repository(), env.SerializeAsString());
     handed_.push_back(id);
@@ -466,10 +463,7 @@ private:
 
   void report_target(step_context& ctx, const std::string& repository, const std::string& branch,
                      const std::string& sha, const std::string& reason) {
-    keel::Envelope env;
-    env.set_event_id(ctx.next_event_id());
-    env.set_event_time_ms(ctx.event_time_ms());
-    env.set_schema_version(1);
+    auto env = envelope_for(ctx);
     auto* t = env.mutable_target_moved();
     t->set_repository(repository);
     t->set_branch(branch);

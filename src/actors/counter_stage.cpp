@@ -1,5 +1,6 @@
 #include "actors/counter_stage.hpp"
 
+#include "actors/envelope.hpp"
 #include "actors/undo_map.hpp"
 #include "base/bytes.hpp"
 #include "keel/envelope.pb.h"
@@ -40,13 +41,7 @@ public:
     for (const auto& event : *decided) {
       next = counter::evolve(next, event);
       counts_.touch(key) = next;
-      keel::Envelope out;
-      out.set_event_id(ctx.next_event_id());
-      out.mutable_source()->set_topic(std::string{in.topic});
-      out.mutable_source()->set_partition(in.partition.value());
-      out.mutable_source()->set_offset(in.record.offset.value());
-      out.set_event_time_ms(ctx.event_time_ms());
-      out.set_schema_version(1);
+      auto out = envelope_for(ctx, in.topic, in.partition, in.record.offset.value());
       auto* changed = out.mutable_count_changed();
       changed->set_key(std::string{key});
       changed->set_count(event.count);

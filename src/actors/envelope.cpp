@@ -17,14 +17,19 @@ result<keel::Envelope> decode_envelope(const std::string& value) {
   return envelope;
 }
 
-keel::Envelope envelope_for(const step_context& ctx, std::string_view topic, partition_id p, std::int64_t offset) {
+keel::Envelope envelope_for(const step_context& ctx) {
   keel::Envelope e;
   e.set_event_id(ctx.next_event_id());
+  e.set_event_time_ms(ctx.event_time_ms());
+  e.set_schema_version(1);
+  return e;
+}
+
+keel::Envelope envelope_for(const step_context& ctx, std::string_view topic, partition_id p, std::int64_t offset) {
+  auto e = envelope_for(ctx);
   e.mutable_source()->set_topic(std::string{topic});
   e.mutable_source()->set_partition(p.value());
   e.mutable_source()->set_offset(offset);
-  e.set_event_time_ms(ctx.event_time_ms());
-  e.set_schema_version(1);
   return e;
 }
 

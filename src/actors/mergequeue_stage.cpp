@@ -289,13 +289,7 @@ public:
     auto found = state->queues.find(branch);
     if (found == state->queues.end()) return ok();
     const auto& q = found->second;
-    auto out = [&ctx] {
-      keel::Envelope env;
-      env.set_event_id(ctx.next_event_id());
-      env.set_event_time_ms(ctx.event_time_ms());
-      env.set_schema_version(1);
-      return env;
-    };
+    auto out = [&ctx] { return envelope_for(ctx); };
     if (t.id.starts_with(build_timer)) {
       if (!q.builds.contains(build_id)) return ok();
       auto decided = mq::decide(q, mq::build_finished{build_id, mq::build_status::error, "",
