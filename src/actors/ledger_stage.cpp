@@ -838,10 +838,13 @@ public:
     const auto client_id = wanted("client");
     const auto currency = wanted("currency");
     const auto status = wanted("status");
+    if (collection != "breaches" && collection != "sagas")
+      return make_error(errc::not_found, "the clients stage keeps breaches and sagas, not {}", collection);
+    for (const auto& [name, _] : filter)
+      if (name != "status" && name != "client" && name != "currency")
+        return make_error(errc::invalid_argument, "{} are filtered by status, client and currency, not {}", collection,
+                          name);
     if (collection == "breaches") {
-      for (const auto& [name, _] : filter)
-        if (name != "status" && name != "client" && name != "currency")
-          return make_error(errc::invalid_argument, "breaches are filtered by status, client and currency, not {}", name);
       if (status && *status != "open" && *status != "closed")
         return make_error(errc::invalid_argument, "a breach's status is open or closed, not '{}'", *status);
       auto one = [&](const std::string& id, const client& c) {
@@ -857,10 +860,7 @@ public:
       } else {
         for (const auto& [id, c] : clients_.items()) one(id, c);
       }
-    } else if (collection == "sagas") {
-      for (const auto& [name, _] : filter)
-        if (name != "status" && name != "client" && name != "currency")
-          return make_error(errc::invalid_argument, "sagas are filtered by status, client and currency, not {}", name);
+    } else {
       if (status && *status != to_string(saga_status::reversal_requested) &&
           *status != to_string(saga_status::completed) && *status != to_string(saga_status::stuck))
         return make_error(errc::invalid_argument,
@@ -873,8 +873,6 @@ public:
         if (currency && *currency != sg.currency) continue;
         keep(sg.started_at_ms, saga_json(owner, sg));
       }
-    } else {
-      return make_error(errc::not_found, "the clients stage keeps breaches and sagas, not {}", collection);
     }
     std::sort(out.begin(), out.end(), [](const list_item& a, const list_item& b) { return a.at_ms > b.at_ms; });
     if (out.size() > limit) out.resize(limit);
