@@ -381,9 +381,10 @@ public:
   /// A build by id (the REST API finds builds with list(), since builds are
   /// partitioned by repository, not by id).
   std::optional<std::string> describe(std::string_view key) const override {
-    const auto* b = builds_.find(std::string{key});
+    const std::string id{key};
+    const auto* b = builds_.find(id);
     if (b == nullptr) return std::nullopt;
-    return build_json(std::string{key}, *b);
+    return build_json(id, *b, live_of(id, *b));
   }
 
   /// "builds" (filters: id, repository, branch, status waiting|running|passed|
@@ -409,10 +410,11 @@ public:
     };
     std::vector<list_item> out;
     for (const auto& [id, b] : builds_.items()) {
-      if (!wanted("id", id) || !wanted("repository", b.request().repository()) ||
-          !wanted("branch", b.request().branch()) || !wanted("status", status_of(id, b)))
+      if (!wanted("id", id) || !wanted("repository", b.request().repository()) || !wanted("branch", b.request().branch()))
         continue;
-      out.push_back({b.accepted_at_ms(), build_json(id, b)});
+      const auto live = live_of(id, b);
+      if (!wanted("status", status_of(b, live))) continue;
+      out.push_back({b.accepted_at_ms(), build_json(id, b, live)});
     }
     std::sort(out.begin(), out.end(), [](const list_item& a, const list_item& b) { return a.at_ms > b.at_ms; });
     if (out.size() > limit) out.resize(limit);
@@ -495,18 +497,22 @@ private:
     }
   }
 
-  std::string status_of(const std::string& id, const pb::WorkerBuild& b) const {
+  /// What the pool says of a build it may be running (accepted builds only).
+  std::optional<build_pool::view> live_of(const std::string& id, const pb::WorkerBuild& b) const {
+    if (b.state() != pb::WorkerBuild::STATE_ACCEPTED) return std::nullopt;
+    return pool_.peek(id);
+  }
+
+  static std::string status_of(const pb::WorkerBuild& b, const std::optional<build_pool::view>& live) {
     switch (b.state()) {
       case pb::WorkerBuild::STATE_FINISHED: return std::string{status_name(b.result().status())};
       case pb::WorkerBuild::STATE_CANCELLED: return "cancelled";
-      default: {
-        auto live = pool_.peek(id);
-        return live && live->running ? "running" : "waiting";
-      }
+      default: return live && live->running ? "running" : "waiting";
     }
   }
 
-  std::string build_json(const std::string& id, const pb::WorkerBuild& b) const {
+  std::string build_json(const std::string& id, const pb::WorkerBuild& b,
+                         const std::optional<build_pool::view>& live) const {
     const auto& m = b.request();
     std::string heads;
     for (const auto& h : m.heads())
@@ -520,18 +526,16 @@ private:
       started = finished - duration;
       log_tail = b.result().log_tail();
       commit = b.result().commit_sha();
-    } else if (b.state() == pb::WorkerBuild::STATE_ACCEPTED) {
-      if (auto live = pool_.peek(id); live && live->running) {
-        started = live->started_at_ms;
-        duration = wall_ms() - started;
-        log_tail = live->output;
-        keep_tail(log_tail, log_tail_bytes);
-      }
+    } else if (live && live->running) {
+      started = live->started_at_ms;
+      duration = wall_ms() - started;
+      log_tail = live->output;
+      keep_tail(log_tail, log_tail_bytes);
     }
     return fmt::format(
       R"({{"build_id":{},"repository":{},"branch":{},"base_sha":{},"heads":[{}],"attempt":{},"status":"{}","accepted_at_ms":{},"started_at_ms":{},"finished_at_ms":{},"elapsed_ms":{},"commit_sha":{},"cancel_reason":{},"log_tail":{}}})",
       json_quote(id), json_quote(m.repository()), json_quote(m.branch()), json_quote(m.base_sha()), heads,
-      m.attempt(), status_of(id, b), b.accepted_at_ms(), started, finished, duration, json_quote(commit),
+      m.attempt(), status_of(b, live), b.accepted_at_ms(), started, finished, duration, json_quote(commit),
       json_quote(b.cancel_reason()), json_quote(log_tail));
   }
 
