@@ -249,15 +249,14 @@ public:
       // deepest passed build of the lane's healthy front lands, with every
       // item up to it (one slow or flaky build at the head holds nothing up).
       // Lanes are looked at in the order of their first items.
+      // The plan is in queue order, so lanes come in the order of their first items.
       std::vector<std::vector<const planned*>> by_lane;
+      std::map<std::size_t, std::size_t> slot;  // lane -> index in by_lane
       for (const auto& entry : p) {
-        if (entry.lane >= by_lane.size()) by_lane.resize(entry.lane + 1);
-        by_lane[entry.lane].push_back(&entry);
+        auto [it, fresh] = slot.try_emplace(entry.lane, by_lane.size());
+        if (fresh) by_lane.emplace_back();
+        by_lane[it->second].push_back(&entry);
       }
-      std::erase_if(by_lane, [](const auto& lane) { return lane.empty(); });
-      std::stable_sort(by_lane.begin(), by_lane.end(), [this](const auto& a, const auto& b) {
-        return position(a.front()->members.front()) < position(b.front()->members.front());
-      });
       bool landing = false;
       for (const auto& lane : by_lane) {
         std::size_t front = 0;
@@ -327,12 +326,6 @@ public:
     for (const auto& entry : p)
       if (seen.insert(entry.lane).second) firsts.insert(entry.members.front());
     if (rules_.precheck) request_checks(firsts);
-  }
-
-  std::size_t position(pr_number n) const {
-    for (std::size_t i = 0; i < s_.items.size(); ++i)
-      if (s_.items[i].number == n) return i;
-    return s_.items.size();
   }
 
   void request_chain(const std::vector<const planned*>& in_window) {
