@@ -432,9 +432,19 @@ result<std::optional<std::string>> runtime::query(const std::string& stage, cons
   return std::optional<std::string>{std::move(*json)};
 }
 
-result<std::string> runtime::list(const std::string& stage, const std::string& collection,
-                                  const list_filter& filter, std::size_t limit,
-                                  std::chrono::milliseconds timeout) const {
+std::string runtime::listing::json() const {
+  std::string out = fmt::format(R"({{"as_of":{},"count":{},"items":[)", as_of, items.size());
+  for (std::size_t i = 0; i < items.size(); ++i) {
+    if (i > 0) out += ',';
+    out += items[i].json;
+  }
+  out += "]}";
+  return out;
+}
+
+result<runtime::listing> runtime::list(const std::string& stage, const std::string& collection,
+                                       const list_filter& filter, std::size_t limit,
+                                       std::chrono::milliseconds timeout) const {
   auto tasks = tasks_->of(stage);
   if (!tasks) return make_error(errc::not_found, "no stage {}", stage);
   for (const auto& task : *tasks)
@@ -461,13 +471,7 @@ result<std::string> runtime::list(const std::string& stage, const std::string& c
   }
   std::stable_sort(items.begin(), items.end(), [](const list_item& a, const list_item& b) { return a.at_ms > b.at_ms; });
   if (items.size() > limit) items.resize(limit);
-  std::string out = fmt::format(R"({{"as_of":{{{}}},"count":{},"items":[)", as_of, items.size());
-  for (std::size_t i = 0; i < items.size(); ++i) {
-    if (i > 0) out += ',';
-    out += items[i].json;
-  }
-  out += "]}";
-  return out;
+  return listing{"{" + as_of + "}", std::move(items)};
 }
 
 result<void> runtime::stop(std::chrono::milliseconds timeout) {

@@ -66,13 +66,21 @@ public:
   result<std::optional<std::string>> query(const std::string& stage, const std::string& key,
                                            std::chrono::milliseconds timeout = std::chrono::seconds(2)) const;
 
+  /// What a list query found: the items, newest first, and the input
+  /// positions each task's part reflects.
+  struct listing {
+    std::string as_of;  // {"task": {"input topic": position, ...}, ...}
+    std::vector<list_item> items;
+    /// {"as_of": ..., "count": N, "items": [...]}
+    std::string json() const;
+  };
+
   /// A list query over every partition of a stage (stage_logic::list), merged
-  /// newest first and cut at `limit`:
-  /// {"as_of": {task: {input topic: position}}, "items": [...]}.
-  /// errc::not_found for an unknown stage or collection, errc::invalid_argument
-  /// for a bad filter, errc::unavailable while a task restores, errc::timeout.
-  result<std::string> list(const std::string& stage, const std::string& collection, const list_filter& filter,
-                           std::size_t limit, std::chrono::milliseconds timeout = std::chrono::seconds(2)) const;
+  /// newest first and cut at `limit`. errc::not_found for an unknown stage or
+  /// collection, errc::invalid_argument for a bad filter, errc::unavailable
+  /// while a task restores, errc::timeout.
+  result<listing> list(const std::string& stage, const std::string& collection, const list_filter& filter,
+                       std::size_t limit, std::chrono::milliseconds timeout = std::chrono::seconds(2)) const;
 
   /// Stops every task: each finishes and commits the batch in flight, snapshots,
   /// and exits. errc::timeout if that takes longer than `timeout`.

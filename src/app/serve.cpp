@@ -334,7 +334,7 @@ http::response list_response(const runtime::runtime& rt, const std::string& stag
   if (!listed) return http::error_response(listed.err());
   http::response res{http::bhttp::status::ok, 11};
   res.set(http::bhttp::field::content_type, "application/json");
-  res.body() = std::move(*listed);
+  res.body() = listed->json();
   res.body() += '\n';
   res.prepare_payload();
   return res;
@@ -494,13 +494,15 @@ http::router make_routes(embedded_log& log, const std::atomic<bool>& ready,
                if (auto denied = check_token(req, read_token)) return std::move(*denied);
                auto listed = rt.list("mq-worker", "builds", {{"id", p.at("id")}}, 1);
                if (!listed) return http::error_response(listed.err());
-               auto doc = boost::json::parse(*listed).as_object();
-               auto& items = doc["items"].as_array();
-               if (items.empty())
+               if (listed->items.empty())
                  return http::error_response(http::bhttp::status::not_found, "not_found",
                                              fmt::format("no build {}", p.at("id")));
-               return http::json_response(http::bhttp::status::ok,
-                                          {{"as_of", std::move(doc["as_of"])}, {"state", std::move(items[0])}});
+               http::response res{http::bhttp::status::ok, 11};
+               res.set(http::bhttp::field::content_type, "application/json");
+               res.body() = fmt::format(R"({{"as_of":{},"state":{}}})", listed->as_of, listed->items.front().json);
+               res.body() += '\n';
+               res.prepare_payload();
+               return res;
              });
   // GitHub-style webhooks: signed with the shared secret, translated into
   // merge-queue records, all of a delivery committed at once or none.

@@ -421,6 +421,23 @@ build = "test -f hello.txt"
   CHECK(queue.at("target_sha").as_string() == git("git rev-parse main"));
   CHECK(queue.at("history").as_array().at(0).as_object().at("outcome").as_string() == "merged");
   CHECK(d.get("/api/v1/queues/acme/nothing")->status == 404);
+  // The build that merged it, by id (percent-encoded: ids hold slashes) and in the list.
+  const std::string build_id{queue.at("history").as_array().at(0).as_object().at("build_id").as_string()};
+  std::string encoded;
+  for (char c : build_id) encoded += c == '/' ? std::string{"%2F"} : std::string(1, c);
+  auto build = d.get("/api/v1/builds/" + encoded);
+  REQUIRE(build);
+  REQUIRE(build->status == 200);
+  auto state = boost::json::parse(build->body).at("state").as_object();
+  CHECK(state.at("build_id").as_string() == build_id);
+  CHECK(state.at("status").as_string() == "passed");
+  CHECK(state.at("commit_sha").as_string() == git("git rev-parse main"));
+  CHECK(state.at("log_tail").as_string().find("[keel] exit code 0") != std::string::npos);
+  auto passed = d.get("/api/v1/builds?repository=acme/app&status=passed");
+  REQUIRE(passed);
+  auto listed = boost::json::parse(passed->body).as_object();
+  CHECK(listed.at("count").as_int64() >= 1);
+  CHECK(listed.at("items").as_array().at(0).at("status").as_string() == "passed");
 }
 
 TEST_CASE("keel serve on a port already in use says so, exits 1, and leaves the data directory usable") {
