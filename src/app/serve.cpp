@@ -301,12 +301,7 @@ http::response entity_response(const runtime::runtime& rt, const std::string& st
   auto found = rt.query(stage, key);
   if (!found) return http::error_response(found.err());
   if (!*found) return http::error_response(http::bhttp::status::not_found, "not_found", missing);
-  http::response res{http::bhttp::status::ok, 11};
-  res.set(http::bhttp::field::content_type, "application/json");
-  res.body() = std::move(**found);
-  res.body() += '\n';
-  res.prepare_payload();
-  return res;
+  return http::json_text_response(http::bhttp::status::ok, std::move(**found));
 }
 
 /// A list query over every partition of a stage: `limit` (1-1000, default 100)
@@ -332,12 +327,7 @@ http::response list_response(const runtime::runtime& rt, const std::string& stag
   }
   auto listed = rt.list(stage, collection, filter, limit);
   if (!listed) return http::error_response(listed.err());
-  http::response res{http::bhttp::status::ok, 11};
-  res.set(http::bhttp::field::content_type, "application/json");
-  res.body() = listed->json();
-  res.body() += '\n';
-  res.prepare_payload();
-  return res;
+  return http::json_text_response(http::bhttp::status::ok, listed->json());
 }
 
 /// The token check for event streams: a browser's EventSource cannot set
@@ -416,12 +406,7 @@ http::router make_routes(embedded_log& log, const std::atomic<bool>& ready,
                if (!frame.data)
                  return http::error_response(http::bhttp::status::service_unavailable, "unavailable",
                                              "the dashboard is being prepared");
-               http::response res{http::bhttp::status::ok, 11};
-               res.set(http::bhttp::field::content_type, "application/json");
-               res.body() = *frame.data;
-               res.body() += '\n';
-               res.prepare_payload();
-               return res;
+               return http::json_text_response(http::bhttp::status::ok, *frame.data);
              });
   routes.add_feed("/api/v1/dashboard/events", dashboard,
                   [read_token](const http::request& req, const http::route_params& p) {
@@ -497,12 +482,9 @@ http::router make_routes(embedded_log& log, const std::atomic<bool>& ready,
                if (listed->items.empty())
                  return http::error_response(http::bhttp::status::not_found, "not_found",
                                              fmt::format("no build {}", p.at("id")));
-               http::response res{http::bhttp::status::ok, 11};
-               res.set(http::bhttp::field::content_type, "application/json");
-               res.body() = fmt::format(R"({{"as_of":{},"state":{}}})", listed->as_of, listed->items.front().json);
-               res.body() += '\n';
-               res.prepare_payload();
-               return res;
+               return http::json_text_response(
+                 http::bhttp::status::ok,
+                 fmt::format(R"({{"as_of":{},"state":{}}})", listed->as_of, listed->items.front().json));
              });
   // GitHub-style webhooks: signed with the shared secret, translated into
   // merge-queue records, all of a delivery committed at once or none.

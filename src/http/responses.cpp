@@ -29,16 +29,20 @@ bhttp::status status_for(errc code) noexcept {
   return bhttp::status::internal_server_error;
 }
 
-response json_response(bhttp::status status, const boost::json::value& body, unsigned version,
-                       bool keep_alive) {
+response json_text_response(bhttp::status status, std::string json, unsigned version, bool keep_alive) {
   response res{status, version};
   res.set(bhttp::field::content_type, "application/json");
   res.set(bhttp::field::cache_control, "no-store");
   res.keep_alive(keep_alive);
-  res.body() = boost::json::serialize(body);
+  res.body() = std::move(json);
   res.body() += '\n';
   res.prepare_payload();
   return res;
+}
+
+response json_response(bhttp::status status, const boost::json::value& body, unsigned version,
+                       bool keep_alive) {
+  return json_text_response(status, boost::json::serialize(body), version, keep_alive);
 }
 
 response error_response(bhttp::status status, std::string_view code, std::string_view message,

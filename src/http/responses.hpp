@@ -20,6 +20,9 @@ bhttp::status status_for(errc code) noexcept;
 response json_response(bhttp::status status, const boost::json::value& body,
                        unsigned version = 11, bool keep_alive = true);
 
+/// A JSON response whose body is already JSON text (state rendered by an actor).
+response json_text_response(bhttp::status status, std::string json, unsigned version = 11, bool keep_alive = true);
+
 /// `{"error": {"code": code, "message": message}}` with the given status.
 response error_response(bhttp::status status, std::string_view code, std::string_view message,
                         unsigned version = 11, bool keep_alive = true);
