@@ -109,53 +109,34 @@ SCENARIO("the supervisor runs, restarts and stops tasks") {
   }
 }
 
-TEST_CASE("an input written to a partition its key does not hash to is dead-lettered") {
+TEST_CASE("inputs with a key of another partition, or a key reserved for the runtime, are dead-lettered") {
   test::temp_dir dir;
   auto log = std::move(*embedded_log::open({.path = dir.file("log.db"), .sync = sqlite::sync_mode::off}));
   manual_clock wall;
   // The counter stage records state under the input's key; an input whose key
-  // hashes elsewhere but sits in partition 0 is refused as misplaced input.
+  // hashes elsewhere but sits in partition 0 is refused as misplaced input,
+  // and keys starting with a NUL byte name the runtime's own records.
   auto spec = counter_stage(2);
   REQUIRE(prepare_topics(*log, {spec}, 2));
-  std::string foreign;
-  for (int i = 0; foreign.empty(); ++i)
-    if (partition_for_key("key" + std::to_string(i), 2) == partition_id{1}) foreign = "key" + std::to_string(i);
+  std::string mine, foreign;
+  for (int i = 0; mine.empty() || foreign.empty(); ++i)
+    (partition_for_key("key" + std::to_string(i), 2) == partition_id{1} ? foreign : mine) = "key" + std::to_string(i);
   commit_batch b;
-  b.records.push_back({std::string{counter_input_topic}, partition_id{0}, record{foreign, R"({"amount": 1})", 1, {}}});
+  for (const auto& key : {foreign, std::string{"\0t/timer", 8}, mine})
+    b.records.push_back({std::string{counter_input_topic}, partition_id{0}, record{key, R"({"amount": 1})", 1, {}}});
   REQUIRE(log->commit(b));
   task_engine task{spec, partition_id{0}, *log, nullptr, wall};
   REQUIRE(task.restore());
   auto r = task.step();
   REQUIRE(r);
-  CHECK(r->dead_letters == 1);
+  CHECK(r->dead_letters == 2);
+  CHECK(r->records == 3);  // the partition goes on past them
   auto dead = log->read(spec.dead_letter_topic(), partition_id{0}, log_offset{0});
   REQUIRE(dead);
-  REQUIRE(dead->size() == 1);
-  CHECK(dead->front().data.headers.front().second.find("belongs to partition 1, not 0") != std::string::npos);
-}
-
-TEST_CASE("an input whose key starts with a NUL byte (reserved for the runtime) is dead-lettered") {
-  test::temp_dir dir;
-  auto log = std::move(*embedded_log::open({.path = dir.file("log.db"), .sync = sqlite::sync_mode::off}));
-  manual_clock wall;
-  auto spec = counter_stage(1);
-  REQUIRE(prepare_topics(*log, {spec}, 1));
-  commit_batch b;
-  b.records.push_back({std::string{counter_input_topic}, partition_id{0},
-                       record{std::string{"\0t/timer", 8}, R"({"amount": 1})", 1, {}}});
-  b.records.push_back({std::string{counter_input_topic}, partition_id{0}, record{"apples", R"({"amount": 2})", 1, {}}});
-  REQUIRE(log->commit(b));
-  task_engine task{spec, partition_id{0}, *log, nullptr, wall};
-  REQUIRE(task.restore());
-  auto r = task.step();
-  REQUIRE(r);
-  CHECK(r->dead_letters == 1);
-  CHECK(r->records == 2);  // the partition goes on past it
-  auto dead = log->read(spec.dead_letter_topic(), partition_id{0}, log_offset{0});
-  REQUIRE(dead);
-  REQUIRE(dead->size() == 1);
-  CHECK(dead->front().data.headers.front().second.find("reserved") != std::string::npos);
-  CHECK(task.logic().describe("apples").has_value());
+  REQUIRE(dead->size() == 2);
+  CHECK((*dead)[0].data.headers.front().second.find("belongs to partition 1, not 0") != std::string::npos);
+  CHECK((*dead)[1].data.headers.front().second.find("reserved") != std::string::npos);
+  CHECK(task.logic().describe(mine).has_value());
 }
 
 namespace {
