@@ -108,24 +108,21 @@ result<run_outcome> run(const std::vector<std::string>& argv, const run_options&
   std::string tail;
   char buf[16384];
   const auto deadline = started + options.timeout;
+  // Cancelled, or past the deadline: the whole group is killed and the
+  // outcome says why.
+  auto stop_if_due = [&] {
+    if (options.cancel != nullptr && options.cancel->load()) outcome.cancelled = true;
+    else if (options.timeout.count() > 0 && std::chrono::steady_clock::now() >= deadline) outcome.timed_out = true;
+    else return false;
+    ::kill(-pid, SIGKILL);
+    return true;
+  };
   while (out_fd >= 0) {
-    int wait_ms = -1;
-    if (options.cancel != nullptr) {
-      if (options.cancel->load()) {
-        outcome.cancelled = true;
-        ::kill(-pid, SIGKILL);
-        break;
-      }
-      wait_ms = 100;
-    }
+    if (stop_if_due()) break;
+    int wait_ms = options.cancel != nullptr ? 100 : -1;
     if (options.timeout.count() > 0) {
       // Rounded up: a command gets its whole timeout, never a millisecond less.
       auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
-      if (left.count() <= 0) {
-        outcome.timed_out = true;
-        ::kill(-pid, SIGKILL);
-        break;
-      }
       wait_ms = static_cast<int>(std::min<std::int64_t>(left.count(), wait_ms < 0 ? 1000 : wait_ms));
     }
     pollfd p{out_fd, POLLIN, 0};
@@ -149,15 +146,7 @@ result<run_outcome> run(const std::vector<std::string>& argv, const run_options&
   for (auto pause = std::chrono::milliseconds{1};; pause = std::min(pause * 2, std::chrono::milliseconds{50})) {
     const auto reaped = ::waitpid(pid, &status, WNOHANG);
     if (reaped == pid || (reaped < 0 && errno != EINTR)) break;
-    if (reaped == 0 && !outcome.timed_out && !outcome.cancelled) {
-      if (options.cancel != nullptr && options.cancel->load()) {
-        outcome.cancelled = true;
-        ::kill(-pid, SIGKILL);
-      } else if (options.timeout.count() > 0 && std::chrono::steady_clock::now() >= deadline) {
-        outcome.timed_out = true;
-        ::kill(-pid, SIGKILL);
-      }
-    }
+    if (reaped == 0 && !outcome.timed_out && !outcome.cancelled) stop_if_due();
     std::this_thread::sleep_for(pause);
   }
   // Whatever the command left running in its group goes with it.
