@@ -103,14 +103,19 @@ result<void> parse_format(std::string_view text, log_format& out) {
 } // namespace
 
 result<config> load_config_file(const std::string& path, config cfg) {
+  std::ifstream in{path, std::ios::binary};
+  if (!in) return make_error(errc::not_found, "cannot read config file {}", path);
+  std::string text{std::istreambuf_iterator<char>{in}, std::istreambuf_iterator<char>{}};
+  if (in.bad()) return make_error(errc::io_error, "cannot read config file {}", path);
+  return load_config_text(text, path, std::move(cfg));
+}
+
+result<config> load_config_text(std::string_view text, const std::string& path, config cfg) {
   toml::table root;
   try {
-    root = toml::parse_file(path);
+    root = toml::parse(text, path);
   } catch (const toml::parse_error& e) {
     const auto& where = e.source().begin;
-    // parse_file also fails on a missing file; tell the two apart.
-    if (!std::ifstream(path))
-      return make_error(errc::not_found, "cannot read config file {}", path);
     return make_error(errc::invalid_argument, "{}:{}:{}: {}", path, where.line, where.column,
                       e.description());
   }

@@ -90,6 +90,8 @@ struct config {
 /// Loads a TOML file over the defaults. Unknown keys and wrong types are errors
 /// naming the key, so a typo never silently falls back to a default.
 result<config> load_config_file(const std::string& path, config base = {});
+/// The same for TOML text; `path` names it in error messages.
+result<config> load_config_text(std::string_view text, const std::string& path, config base = {});
 
 /// Applies KEEL_* environment variables (KEEL_DATA_DIR, KEEL_HTTP_LISTEN,
 /// KEEL_HTTP_TOKEN, KEEL_LOG_LEVEL, KEEL_LOG_FORMAT, KEEL_SYNCHRONOUS).

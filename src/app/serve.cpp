@@ -6,6 +6,7 @@
 #include "http/server.hpp"
 #include "actors/counter_stage.hpp"
 #include "actors/mergequeue_stage.hpp"
+#include "app/rest_commands.hpp"
 #include "app/webhook.hpp"
 #include "actors/ledger_stage.hpp"
 #include "actors/runtime.hpp"
@@ -141,72 +142,16 @@ std::optional<http::response> check_token(const http::request& req, const std::s
   return std::nullopt;
 }
 
-/// A command accepted over REST: parsed from the protobuf JSON of its message,
-/// checked for the fields its key and id come from, appended to its topic.
-struct command_route {
-  const char* path;
-  const char* topic;
-  keel::Envelope::BodyCase body;
-};
-
+/// Appends a command accepted over REST to its topic (see parse_command).
 http::response accept_command(embedded_log& log, const http::request& req, const command_route& route) {
-  keel::Envelope envelope;
-  google::protobuf::Message* message = nullptr;
-  switch (route.body) {
-    case keel::Envelope::kOpenAccount: message = envelope.mutable_open_account(); break;
-    case keel::Envelope::kPostTransaction: message = envelope.mutable_post_transaction(); break;
-    case keel::Envelope::kSetLimit: message = envelope.mutable_set_limit(); break;
-    case keel::Envelope::kEnqueue: message = envelope.mutable_enqueue(); break;
-    case keel::Envelope::kDequeue: message = envelope.mutable_dequeue(); break;
-    case keel::Envelope::kSetPriority: message = envelope.mutable_set_priority(); break;
-    case keel::Envelope::kPauseQueue: message = envelope.mutable_pause_queue(); break;
-    case keel::Envelope::kResumeQueue: message = envelope.mutable_resume_queue(); break;
-    case keel::Envelope::kPullRequestOpened: message = envelope.mutable_pull_request_opened(); break;
-    case keel::Envelope::kPullRequestSynchronized: message = envelope.mutable_pull_request_synchronized(); break;
-    case keel::Envelope::kPullRequestApproved: message = envelope.mutable_pull_request_approved(); break;
-    case keel::Envelope::kPullRequestClosed: message = envelope.mutable_pull_request_closed(); break;
-    case keel::Envelope::kPullRequestLabeled: message = envelope.mutable_pull_request_labeled(); break;
-    default: return http::error_response(make_error(errc::internal, "no such command"));
-  }
-  auto parsed = google::protobuf::util::JsonStringToMessage(req.body(), message);
-  if (!parsed.ok())
-    return http::error_response(http::bhttp::status::bad_request, "invalid_argument",
-                                fmt::format("the body is not a valid {}: {}", message->GetDescriptor()->name(),
-                                            parsed.message().as_string()));
-  std::string key, id;
-  if (envelope.has_open_account()) key = envelope.open_account().account_id(), id = key;
-  if (envelope.has_post_transaction()) key = envelope.post_transaction().account_id(), id = envelope.post_transaction().transaction_id();
-  if (envelope.has_set_limit()) key = envelope.set_limit().client_id(), id = envelope.set_limit().request_id();
-  // Merge-queue commands and pull-request events: keyed by repository.
-  const auto* reflection = message->GetReflection();
-  const auto* descriptor = message->GetDescriptor();
-  if (const auto* repo = descriptor->FindFieldByName("repository")) {
-    key = reflection->GetString(*message, repo);
-    if (const auto* rid = descriptor->FindFieldByName("request_id")) id = reflection->GetString(*message, rid);
-  }
-  if (key.empty())
-    return http::error_response(http::bhttp::status::bad_request, "invalid_argument",
-                                "the command needs its account_id (client_id for limits, repository for queues)");
-  if (descriptor->FindFieldByName("branch") != nullptr &&
-      reflection->GetString(*message, descriptor->FindFieldByName("branch")).empty())
-    return http::error_response(http::bhttp::status::bad_request, "invalid_argument", "the command needs its branch");
-  if (descriptor->FindFieldByName("number") != nullptr &&
-      reflection->GetInt64(*message, descriptor->FindFieldByName("number")) <= 0)
-    return http::error_response(http::bhttp::status::bad_request, "invalid_argument",
-                                "the command needs a positive pull request number");
-  if (envelope.has_post_transaction() && id.empty())
-    return http::error_response(http::bhttp::status::bad_request, "invalid_argument",
-                                "a transaction needs a transaction_id: it is its idempotency key");
   const auto now = now_ms();
-  if (envelope.has_post_transaction() && envelope.post_transaction().booking_time_ms() == 0)
-    envelope.mutable_post_transaction()->set_booking_time_ms(now);
-  if (id.empty()) id = fmt::format("{}-{}", key, now);
-  envelope.set_event_id(id);
-  envelope.set_event_time_ms(now);
-  envelope.set_schema_version(1);
+  auto command = parse_command(req.body(), route.body, now);
+  if (!command) return http::error_response(command.err());
+  const auto id = command->id;
   commit_batch batch;
   batch.records.push_back({route.topic, std::nullopt,
-                           record{key, envelope.SerializeAsString(), now, {{"keel-event-id", id}}}});
+                           record{std::move(command->key), command->envelope.SerializeAsString(), now,
+                                  {{"keel-event-id", id}}}});
   auto receipt = log.commit(batch);
   if (!receipt) return http::error_response(receipt.err());
   const auto& [partition, offset] = receipt->placements.front();
@@ -358,22 +303,7 @@ http::router make_routes(embedded_log& log, const std::atomic<bool>& ready,
              });
   // Mutations are appended to the log, never applied to actor state directly;
   // the stages decide them like any other command (duplicates by id change nothing).
-  for (const auto& route : {command_route{"/api/v1/accounts", "ledger.transactions", keel::Envelope::kOpenAccount},
-                            command_route{"/api/v1/transactions", "ledger.transactions", keel::Envelope::kPostTransaction},
-                            command_route{"/api/v1/limits", "ledger.limits", keel::Envelope::kSetLimit},
-                            command_route{"/api/v1/queues/enqueue", "mq.commands", keel::Envelope::kEnqueue},
-                            command_route{"/api/v1/queues/dequeue", "mq.commands", keel::Envelope::kDequeue},
-                            command_route{"/api/v1/queues/priority", "mq.commands", keel::Envelope::kSetPriority},
-                            command_route{"/api/v1/queues/pause", "mq.commands", keel::Envelope::kPauseQueue},
-                            command_route{"/api/v1/queues/resume", "mq.commands", keel::Envelope::kResumeQueue},
-                            command_route{"/api/v1/pull-requests/opened", "mq.commands", keel::Envelope::kPullRequestOpened},
-                            command_route{"/api/v1/pull-requests/synchronized", "mq.commands",
-                                          keel::Envelope::kPullRequestSynchronized},
-                            command_route{"/api/v1/pull-requests/approved", "mq.commands",
-                                          keel::Envelope::kPullRequestApproved},
-                            command_route{"/api/v1/pull-requests/closed", "mq.commands", keel::Envelope::kPullRequestClosed},
-                            command_route{"/api/v1/pull-requests/labeled", "mq.commands",
-                                          keel::Envelope::kPullRequestLabeled}}) {
+  for (const auto& route : command_routes()) {
     routes.add(http::bhttp::verb::post, route.path,
                [&log, route, token = cfg.http.token](const http::request& req, const http::route_params&) {
                  if (auto denied = check_token(req, token)) return std::move(*denied);
