@@ -169,22 +169,28 @@ SCENARIO("poison input goes to the dead-letter topic in the same step") {
 }
 
 SCENARIO("a failed commit rolls the state back so the retry is exact") {
-  fixture f;
-  f.produce("a", R"({"amount": 4})");
-  auto engine = f.engine();
-  GIVEN("the log is busy at the commit") {
-    f.log->fail_next_commit(errc::busy);
-    auto r = engine->step();
-    REQUIRE_FALSE(r);
-    CHECK_FALSE(is_fatal(r.err()));
-    THEN("nothing changed in memory or in the log, and the retry commits once") {
-      CHECK(engine->logic().describe("a") == std::nullopt);
-      CHECK(f.read_all(std::string{counter_output_topic}).empty());
-      auto retry = engine->step();
-      REQUIRE(retry);
-      CHECK(retry->outputs == 1);
-      CHECK(engine->logic().describe("a") == std::optional<std::string>{R"({"count":4})"});
-      CHECK(f.read_all(std::string{counter_output_topic}).size() == 1);
+  // SQLite busy, the disk full, the storage gone read-only, an I/O error: the
+  // task keeps its partition and retries once the fault is gone.
+  for (auto fault : {errc::busy, errc::disk_full, errc::read_only, errc::io_error}) {
+    CAPTURE(fault);
+    fixture f;
+    f.produce("a", R"({"amount": 4})");
+    auto engine = f.engine();
+    GIVEN("the log fails the commit") {
+      f.log->fail_next_commit(fault);
+      auto r = engine->step();
+      REQUIRE_FALSE(r);
+      CHECK(r.err().code == fault);
+      CHECK_FALSE(is_fatal(r.err()));
+      THEN("nothing changed in memory or in the log, and the retry commits once") {
+        CHECK(engine->logic().describe("a") == std::nullopt);
+        CHECK(f.read_all(std::string{counter_output_topic}).empty());
+        auto retry = engine->step();
+        REQUIRE(retry);
+        CHECK(retry->outputs == 1);
+        CHECK(engine->logic().describe("a") == std::optional<std::string>{R"({"count":4})"});
+        CHECK(f.read_all(std::string{counter_output_topic}).size() == 1);
+      }
     }
   }
 }
