@@ -7,6 +7,7 @@
 #include <fstream>
 #include <functional>
 #include <set>
+#include <utility>
 
 namespace keel::app {
 namespace {
@@ -31,10 +32,11 @@ public:
       }
       return wrong(key, "a boolean");
     } else if constexpr (std::is_integral_v<T>) {
+      // The type first: toml++ converts a float to an integer without a range check.
+      if (!node->is_integer()) return wrong(key, "an integer");
       auto v = node->value<std::int64_t>();
-      if (!v || !node->is_integer()) return wrong(key, "an integer");
-      if (*v < static_cast<std::int64_t>(std::numeric_limits<T>::min()) ||
-          static_cast<std::uint64_t>(*v) > static_cast<std::uint64_t>(std::numeric_limits<T>::max()))
+      if (!v) return wrong(key, "an integer");
+      if (!std::in_range<T>(*v))
         return make_error(errc::invalid_argument, "{}{} = {} is out of range", prefix_, key, *v);
       out = static_cast<T>(*v);
       return ok();

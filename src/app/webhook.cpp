@@ -23,14 +23,15 @@ std::string hex(const unsigned char* data, std::size_t n) {
   return out;
 }
 
-// Typed access to a payload, each failure naming the path.
+// Typed access to a payload, each failure naming the path. What keel reads
+// from it are names and numbers: an empty name or a number below 1 is missing.
 class payload {
 public:
   explicit payload(const boost::json::object& o) : o_(o) {}
 
   result<std::string> str(std::initializer_list<std::string_view> path) const {
     auto v = find(path);
-    if (v == nullptr || !v->is_string()) return missing(path, "a string");
+    if (v == nullptr || !v->is_string() || v->as_string().empty()) return missing(path, "a non-empty string");
     return std::string{v->as_string()};
   }
   std::string str_or(std::initializer_list<std::string_view> path, std::string fallback) const {
@@ -39,7 +40,7 @@ public:
   }
   result<std::int64_t> integer(std::initializer_list<std::string_view> path) const {
     auto v = find(path);
-    if (v == nullptr || !v->is_int64()) return missing(path, "an integer");
+    if (v == nullptr || !v->is_int64() || v->as_int64() < 1) return missing(path, "a positive integer");
     return v->as_int64();
   }
   bool flag(std::initializer_list<std::string_view> path) const {

@@ -15,6 +15,8 @@
 #include <unistd.h>
 
 #include <limits>
+#include <cerrno>
+#include <cstring>
 #include <memory>
 #include <vector>
 #include <string>
@@ -80,6 +82,7 @@ std::string exchange(std::string_view bytes) {
   char buf[16 * 1024];
   for (std::size_t sent = 0; sent < bytes.size();) {
     const auto n = ::send(fd, bytes.data() + sent, bytes.size() - sent, MSG_NOSIGNAL);
+    if (n < 0 && errno == EINTR) continue;  // libFuzzer's timer
     if (n <= 0) break;  // the server refused more (a limit) and closed
     sent += static_cast<std::size_t>(n);
   }
@@ -87,7 +90,9 @@ std::string exchange(std::string_view bytes) {
   for (;;) {
     const auto n = ::recv(fd, buf, sizeof buf, 0);
     if (n == 0) break;
+    if (n < 0 && errno == EINTR) continue;
     if (n < 0) {
+      if (errno != ECONNRESET) std::fprintf(stderr, "recv: %s\n", std::strerror(errno));
       FUZZ_CHECK(errno == ECONNRESET);  // a timeout (EAGAIN) means the server stalled
       break;
     }

@@ -101,6 +101,17 @@ default_partitions = 8
   REQUIRE_FALSE(wrong);
   CHECK(wrong.err().message.find("log.default_partitions must be an integer") != std::string::npos);
 
+  // A float is not an integer, however large (it was once converted unchecked).
+  auto huge = load_config_text("[ledger]\nsaga_timeout_ms = 6.0e66\n", "t.toml");
+  REQUIRE_FALSE(huge);
+  CHECK(huge.err().message.find("ledger.saga_timeout_ms must be an integer") != std::string::npos);
+  auto negative = load_config_text("[http]\nthreads = -1\n", "t.toml");
+  REQUIRE_FALSE(negative);
+  CHECK(negative.err().message.find("http.threads = -1 is out of range") != std::string::npos);
+  auto unusable = load_config_text("[log]\ndefault_partitions = -3\n", "t.toml");
+  REQUIRE_FALSE(unusable);
+  CHECK(unusable.err().message.find("log.default_partitions must be 1 to 10000") != std::string::npos);
+
   test::write_file(path, "[log]\nsynchronous = \"sometimes\"\n");
   CHECK_FALSE(load_config_file(path));
 
