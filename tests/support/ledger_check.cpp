@@ -1,0 +1,180 @@
+#include "support/ledger_check.hpp"
+
+#include <boost/json.hpp>
+#include <doctest/doctest.h>
+#include <google/protobuf/util/json_util.h>
+
+#include <fstream>
+#include <set>
+
+namespace keel::test {
+
+namespace {
+
+std::optional<boost::json::value> get_json(const daemon& d, const std::string& target) {
+  auto r = d.get(target);
+  if (!r || r->status != 200) return std::nullopt;
+  return boost::json::parse(r->body);
+}
+
+/// Envelopes of a topic, REQUIRE-checked to carry each event id once.
+std::vector<keel::Envelope> read_unique(embedded_log& log, const std::string& topic) {
+  auto all = read_topic(log, topic);
+  std::set<std::string> ids;
+  for (const auto& e : all) REQUIRE_MESSAGE(ids.insert(e.event_id()).second, topic << ": event " << e.event_id() << " twice");
+  return all;
+}
+
+} // namespace
+
+std::vector<workload_record> load_workload(const std::string& path, const std::string& topic) {
+  std::vector<workload_record> out;
+  std::ifstream in(path);
+  REQUIRE_MESSAGE(in, "cannot read " << path);
+  for (std::string line; std::getline(in, line);) {
+    auto doc = boost::json::parse(line);
+    workload_record r;
+    r.topic = topic;
+    r.key = std::string{doc.as_object().at("key").as_string()};
+    auto status = google::protobuf::util::JsonStringToMessage(boost::json::serialize(doc.as_object().at("value")), &r.envelope);
+    REQUIRE(status.ok());
+    out.push_back(std::move(r));
+  }
+  return out;
+}
+
+bool append_workload(embedded_log& log, std::vector<workload_record>::const_iterator from,
+                     std::vector<workload_record>::const_iterator to) {
+  commit_batch b;
+  for (auto it = from; it != to; ++it)
+    b.records.push_back({it->topic, std::nullopt,
+                         record{it->key, it->envelope.SerializeAsString(), it->envelope.event_time_ms(),
+                                {{"keel-event-id", it->envelope.event_id()}}}});
+  result<commit_receipt> r = log.commit(b);
+  while (!r && r.err().code == errc::busy) r = log.commit(b);
+  return r.has_value();
+}
+
+std::vector<keel::Envelope> read_topic(embedded_log& log, const std::string& topic) {
+  std::vector<keel::Envelope> out;
+  auto spec = log.describe_topic(topic);
+  REQUIRE(spec);
+  for (std::int32_t p = 0; p < spec->partitions; ++p)
+    for (log_offset next{0};;) {
+      auto page = log.read(topic, partition_id{p}, next, {.max_records = 50'000, .max_bytes = 64 << 20});
+      REQUIRE(page);
+      if (page->empty()) break;
+      for (const auto& rec : *page) {
+        keel::Envelope e;
+        REQUIRE(e.ParseFromString(*rec.data.value));
+        out.push_back(std::move(e));
+      }
+      next = log_offset{page->back().offset.value() + 1};
+    }
+  return out;
+}
+
+progress progress_of(const daemon& d) {
+  auto runtime = get_json(d, "/api/v1/runtime");
+  auto topics = get_json(d, "/api/v1/topics");
+  if (!runtime || !topics) return {};
+  std::map<std::string, std::vector<std::int64_t>> ends;
+  for (const auto& t : topics->as_object()["topics"].as_array())
+    for (const auto& p : t.as_object().at("partitions").as_array())
+      ends[std::string{t.as_object().at("name").as_string()}].push_back(p.as_object().at("end_offset").as_int64());
+  progress out;
+  out.drained = true;
+  for (const auto& task : runtime->as_object()["tasks"].as_array()) {
+    const auto& o = task.as_object();
+    const std::string name{o.at("task").as_string()};
+    const auto partition = std::stoi(name.substr(name.find('/') + 1));
+    for (const auto& [topic, position] : o.at("positions").as_object()) {
+      out.consumed += position.as_int64();
+      if (position.as_int64() != ends[std::string{topic}].at(static_cast<std::size_t>(partition))) out.drained = false;
+    }
+    if (!o.at("restored").as_bool()) out.drained = false;
+  }
+  return out;
+}
+
+std::map<std::string, std::int64_t> held_balances(const daemon& d, const std::vector<std::string>& accounts) {
+  std::map<std::string, std::int64_t> held;
+  for (const auto& id : accounts) {
+    auto state = get_json(d, "/api/v1/accounts/" + id);
+    REQUIRE_MESSAGE(state, "no account " << id);
+    const auto& s = state->as_object().at("state").as_object();
+    std::int64_t balance = s.at("balance_minor").as_int64();
+    const auto& projected = s.at("projected").as_array();
+    if (!projected.empty()) balance = projected.back().as_object().at("balance_minor").as_int64();
+    held[id] = balance;
+  }
+  return held;
+}
+
+ledger_figures check_ledger(embedded_log& log, const std::vector<workload_record>& commands, std::size_t opens,
+                            const std::map<std::string, std::int64_t>& held) {
+  ledger_figures figures;
+  // Each transaction of the input is decided exactly once (duplicates change nothing).
+  std::map<std::string, int> decided;
+  std::map<std::string, std::int64_t> reversed_amount;  // breaching txn -> reversal amount
+  for (const auto& e : read_unique(log, "ledger.transaction-events")) {
+    if (e.has_transaction_posted()) {
+      const auto& t = e.transaction_posted().transaction();
+      decided[t.transaction_id()] += 1;
+      if (!t.reverses_transaction_id().empty()) reversed_amount[t.reverses_transaction_id()] += t.amount_minor();
+    } else if (e.has_transaction_rejected()) {
+      decided[e.transaction_rejected().transaction().transaction_id()] += 1;
+    }
+  }
+  std::map<std::string, std::int64_t> expected;
+  std::map<std::string, std::int64_t> amount_of;
+  std::set<std::string> seen;
+  for (std::size_t i = opens; i < commands.size(); ++i) {
+    const auto& t = commands[i].envelope.post_transaction();
+    if (!seen.insert(t.transaction_id()).second) continue;  // a duplicate submission
+    ++figures.transactions;
+    CHECK_MESSAGE(decided[t.transaction_id()] == 1, t.transaction_id() << " decided " << decided[t.transaction_id()] << " times");
+    expected[t.account_id()] += t.amount_minor();
+    amount_of[t.transaction_id()] = t.amount_minor();
+  }
+  // Sagas: one per breaching transaction, each with exactly one reversal of the
+  // whole amount; no reversal without a saga.
+  std::map<std::string, int> sagas;
+  std::map<std::string, std::string> saga_account;
+  for (const auto& e : read_unique(log, "ledger.sagas"))
+    if (e.has_saga_started()) {
+      sagas[e.saga_started().transaction_id()] += 1;
+      saga_account[e.saga_started().transaction_id()] = e.saga_started().account_id();
+    }
+  for (const auto& [txn, n] : sagas) {
+    CHECK(n == 1);
+    CHECK_MESSAGE(reversed_amount[txn] == -amount_of[txn], "saga of " << txn << " reversed " << reversed_amount[txn]);
+    expected[saga_account[txn]] -= amount_of[txn];
+  }
+  for (const auto& [txn, amount] : reversed_amount) CHECK_MESSAGE(sagas.contains(txn), "reversal of " << txn << " without a saga");
+  figures.breaching = static_cast<std::int64_t>(sagas.size());
+  // Balances equal the recomputation, and money is conserved.
+  std::int64_t held_total = 0, expected_total = 0;
+  for (const auto& [account, balance] : held) {
+    CHECK_MESSAGE(balance == expected[account], account);
+    held_total += balance;
+    expected_total += expected[account];
+  }
+  CHECK(held_total == expected_total);
+  // One breach event per episode, closed at most once.
+  std::map<std::string, int> breach_events, closes;
+  for (const auto& e : read_unique(log, "ledger.limit-breaches")) {
+    if (e.has_breach_detected()) breach_events[e.breach_detected().episode_id()] += 1;
+    if (e.has_back_within_limit()) closes[e.back_within_limit().episode_id()] += 1;
+  }
+  for (const auto& [episode, n] : breach_events) CHECK(n == 1);
+  for (const auto& [episode, n] : closes) {
+    CHECK(n == 1);
+    CHECK(breach_events.contains(episode));
+  }
+  figures.episodes = static_cast<std::int64_t>(breach_events.size());
+  read_unique(log, "ledger.client-balances");
+  return figures;
+}
+
+} // namespace keel::test

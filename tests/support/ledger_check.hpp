@@ -1,0 +1,62 @@
+#pragma once
+// The liquidity-limits workflow's invariants, checked against an independent
+// recomputation from the workload file (`keel gen ledger`), for the tests that
+// crash the daemon while it runs the workflow.
+
+#include "keel/envelope.pb.h"
+#include "log/embedded_log.hpp"
+#include "support/daemon.hpp"
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace keel::test {
+
+/// One command of a workload file: where it goes and what it is.
+struct workload_record {
+  std::string topic;
+  std::string key;
+  keel::Envelope envelope;
+};
+
+/// The records of a JSON-lines workload file (`keel gen ledger --out`).
+std::vector<workload_record> load_workload(const std::string& path, const std::string& topic);
+
+/// Appends records to the log in one commit, retrying while it is busy.
+bool append_workload(embedded_log& log, std::vector<workload_record>::const_iterator from,
+                     std::vector<workload_record>::const_iterator to);
+
+/// Every envelope of a topic, all partitions.
+std::vector<keel::Envelope> read_topic(embedded_log& log, const std::string& topic);
+
+/// How far the daemon's tasks are: the sum of their input positions, and
+/// whether every task has restored and consumed its inputs to their ends.
+struct progress {
+  std::int64_t consumed = 0;
+  bool drained = false;
+};
+progress progress_of(const daemon& d);
+
+/// Each account's balance as the daemon holds it (the last projected one when
+/// it has future-dated transactions). REQUIRE-fails on an account it lacks.
+std::map<std::string, std::int64_t> held_balances(const daemon& d, const std::vector<std::string>& accounts);
+
+struct ledger_figures {
+  std::int64_t transactions = 0;  // distinct transactions in the input
+  std::int64_t breaching = 0;     // sagas started
+  std::int64_t episodes = 0;      // breach episodes
+};
+
+/// Checks (doctest CHECKs) the log of a stopped daemon against the input
+/// transactions (`commands` from `opens` on; duplicates allowed) and the
+/// balances it held: every transaction decided exactly once; one saga per
+/// breaching transaction with exactly one reversal of its whole amount, and no
+/// reversal without one; every balance equal to the recomputation, the total
+/// conserved; one breach event per episode, closed at most once; no event id
+/// twice in any output topic.
+ledger_figures check_ledger(embedded_log& log, const std::vector<workload_record>& commands, std::size_t opens,
+                            const std::map<std::string, std::int64_t>& held);
+
+} // namespace keel::test
