@@ -262,7 +262,7 @@ public:
     // is inherited along the chain of records and would not move.
     auto decided = mq::decide(q, cmd, rules_, ctx.wall_time_ms());
     if (!decided) return decided.err();
-    if (existing == r.queues.end()) {
+    if (existing == r.queues.end() && !decided->empty()) {
       // A new queue asks the workers where its target branch is.
       auto out = envelope_for(ctx, in.topic, in.partition, in.record.offset.value());
       auto* t = out.mutable_target_requested();
@@ -422,6 +422,7 @@ private:
   template <class MakeEnvelope>
   void record_all(step_context& ctx, const std::string& repo, const std::string& branch,
                   const std::vector<mq::event>& events, const MakeEnvelope& out) {
+    if (events.empty()) return;  // nothing decided: no entity comes to be without a changelog event
     auto& state = repos_.touch(repo);
     for (const auto& e : events) {
       const auto previous_target = queue_of(state, repo, branch).target_sha;
