@@ -1,5 +1,7 @@
 #include "actors/task_engine.hpp"
 
+#include "base/json.hpp"
+
 #include "base/bytes.hpp"
 #include "base/logging.hpp"
 #include "keel/runtime.pb.h"
@@ -446,7 +448,7 @@ result<step_result> task_engine::step() {
       dl.set_source_topic(topic);
       dl.set_source_partition(partition_.value());
       dl.set_source_offset(rec->offset.value());
-      dl.set_reason(handled.err().message);
+      dl.set_reason(to_utf8(handled.err().message));  // a protobuf string; the reason may quote the input
       if (rec->data.key) dl.set_original_key(*rec->data.key);
       if (rec->data.value) dl.set_original_value(*rec->data.value);
       dl.set_failed_at_ms(wall_.now_ms());

@@ -1,15 +1,13 @@
 #pragma once
 
+#include "base/json.hpp"
+
 #include <boost/json/value.hpp>
 
 #include <string>
 #include <string_view>
 
 namespace keel::app {
-
-/// True when `bytes` is well-formed UTF-8 (no overlongs, surrogates or values
-/// beyond U+10FFFF).
-bool is_utf8(std::string_view bytes) noexcept;
 
 /// Standard base64 (RFC 4648) with padding.
 std::string base64_encode(std::string_view bytes);

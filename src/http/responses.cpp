@@ -1,5 +1,7 @@
 #include "http/responses.hpp"
 
+#include "base/json.hpp"
+
 #include <boost/json/serialize.hpp>
 
 namespace keel::http {
@@ -49,7 +51,7 @@ response error_response(bhttp::status status, std::string_view code, std::string
                         unsigned version, bool keep_alive) {
   boost::json::object inner;
   inner["code"] = code;
-  inner["message"] = message;
+  inner["message"] = to_utf8(message);  // it may quote what the client sent
   boost::json::object body;
   body["error"] = std::move(inner);
   return json_response(status, body, version, keep_alive);

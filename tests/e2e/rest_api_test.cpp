@@ -199,3 +199,69 @@ TEST_CASE("a client that sends half a request is cut off at the request deadline
   REQUIRE(hook);
   CHECK(hook->status == 403);
 }
+
+TEST_CASE("unicode edge cases: ill-formed UTF-8 is refused as JSON that is itself UTF-8; ids are exact bytes") {
+  test::temp_dir dir;
+  test::write_file(dir.file("keel.toml"), fmt::format("[mergequeue]\nwebhook_secret = \"{}\"\n", webhook_secret));
+  auto d = test::daemon::start(dir.file("data"), {"--config", dir.file("keel.toml")});
+  REQUIRE(test::eventually([&] { auto r = d.get("/readyz"); return r && r->status == 200; }));
+  const std::map<std::string, std::string> json{{"Content-Type", "application/json"}};
+  // An answer's body must parse as JSON, which Boost.JSON refuses for ill-formed UTF-8.
+  auto answer = [&](const std::string& method, const std::string& target, const std::string& body,
+                    const std::map<std::string, std::string>& headers) {
+    auto r = test::http_request(method, d.host, d.port, target, body, headers);
+    REQUIRE(r);
+    INFO(target << " " << body << " -> " << r->status << " " << r->body);
+    boost::system::error_code ec;
+    auto parsed = boost::json::parse(r->body, ec);
+    REQUIRE_MESSAGE(!ec, "not JSON (or not UTF-8): " << r->body);
+    return std::pair{r->status, parsed};
+  };
+  auto open_account = [&](const std::string& id_json) {
+    return answer("POST", "/api/v1/accounts",
+                  R"({"accountId":")" + id_json + R"(","clientId":"c1","currency":"EUR"})", json);
+  };
+  // Refused, with the reason.
+  for (const std::string bad : {std::string{"a\xff"}, std::string{"\xc0\xaf"},   // a stray byte, an overlong '/'
+                                std::string{"\xed\xa0\xbd\xed\xb8\x80"},           // a surrogate pair as bytes (CESU-8)
+                                std::string{"\xf4\x90\x80\x80"},                   // beyond U+10FFFF
+                                std::string{"\\ud800"}, std::string{"x\\udc00y"}}) {  // lone surrogates, escaped
+    auto [status, body] = open_account(bad);
+    CHECK(status == 400);
+    CHECK(body.at("error").at("code").as_string() == "invalid_argument");
+  }
+  // Accepted and kept byte for byte: an emoji (escaped and raw), a
+  // right-to-left override, a combining accent, NUL.
+  const std::vector<std::pair<std::string, std::string>> ids{
+    {"\\ud83d\\ude00-escaped", "\xf0\x9f\x98\x80-escaped"},
+    {"caf\xc3\xa9 \xe2\x80\xae", "caf\xc3\xa9 \xe2\x80\xae"},
+    {"cafe\xcc\x81", "cafe\xcc\x81"},  // the same word as the one above, decomposed: another id
+    {"a\\u0000b", std::string{"a\0b", 3}}};
+  auto percent = [](const std::string& bytes) {
+    std::string out;
+    for (unsigned char c : bytes) out += fmt::format("%{:02X}", c);
+    return out;
+  };
+  for (const auto& [as_json, bytes] : ids) {
+    auto [status, body] = open_account(as_json);
+    CHECK(status == 202);
+  }
+  for (const auto& [as_json, bytes] : ids) {
+    std::pair<int, boost::json::value> got;
+    REQUIRE(test::eventually([&] {
+      got = answer("GET", "/api/v1/accounts/" + percent(bytes), "", {});
+      return got.first == 200;
+    }));
+    CHECK(got.second.at("state").at("account_id").as_string() == bytes);
+  }
+  // A path naming ill-formed bytes: 404, and the message quoting it is UTF-8.
+  auto [missing, body] = answer("GET", "/api/v1/accounts/%FF%FE", "", {});
+  CHECK(missing == 404);
+  CHECK(std::string{body.at("error").at("message").as_string()}.find("\xef\xbf\xbd") != std::string::npos);
+  // A signed webhook whose payload is not UTF-8: refused as such.
+  const std::string payload = "{\"action\":\"opened\",\"repository\":{\"full_name\":\"a\xff\"}}";
+  auto [hook, hook_body] = answer("POST", "/api/v1/webhooks/github", payload,
+                                  {{"Content-Type", "application/json"}, {"X-GitHub-Event", "pull_request"},
+                                   {"X-Hub-Signature-256", app::github_signature(webhook_secret, payload)}});
+  CHECK(hook == 400);
+}

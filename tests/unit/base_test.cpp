@@ -1,4 +1,5 @@
 #include "base/bytes.hpp"
+#include "base/json.hpp"
 #include "base/named_type.hpp"
 #include "base/result.hpp"
 
@@ -106,4 +107,26 @@ TEST_CASE("varints round-trip at every width, and truncated ones fail instead of
   byte_reader past{two};
   CHECK(past.raw(3).empty());
   CHECK_FALSE(past.ok());
+}
+
+TEST_CASE("text that must be UTF-8 keeps what is well-formed and replaces the rest with U+FFFD") {
+  CHECK(is_utf8(""));
+  CHECK(is_utf8("caf\xc3\xa9 \xf0\x9f\x98\x80 \xe2\x80\xae"));  // é, an emoji, a right-to-left override
+  CHECK(is_utf8(std::string("a\0b", 3)));                   // NUL is a character
+  CHECK_FALSE(is_utf8("\xff"));
+  CHECK_FALSE(is_utf8("\xc0\xaf"));          // overlong '/'
+  CHECK_FALSE(is_utf8("\xe0\x80\xaf"));      // overlong, three bytes
+  CHECK_FALSE(is_utf8("\xed\xa0\x80"));      // a lone surrogate
+  CHECK_FALSE(is_utf8("\xf4\x90\x80\x80"));  // beyond U+10FFFF
+  CHECK_FALSE(is_utf8("\xe2\x82"));          // truncated
+  const std::string fffd = "\xef\xbf\xbd";
+  CHECK(to_utf8("caf\xc3\xa9") == "caf\xc3\xa9");
+  CHECK(to_utf8("a\xff" "b") == "a" + fffd + "b");
+  CHECK(to_utf8("\xc0\xaf") == fffd + fffd);  // each byte of an ill-formed sequence
+  CHECK(to_utf8("x\xe2\x82") == "x" + fffd + fffd);
+  CHECK(is_utf8(to_utf8("\xed\xa0\x80\xf4\x90\x80\x80\xfe")));
+  // JSON string literals: escapes for controls, U+FFFD for ill-formed bytes.
+  CHECK(json_quote(std::string("a\0\"\\\n", 5)) == R"("a\u0000\"\\\n")");
+  CHECK(json_quote("no account \xff\xfe") == "\"no account " + fffd + fffd + "\"");
+  CHECK(json_quote("\xf0\x9f\x98\x80") == "\"\xf0\x9f\x98\x80\"");
 }

@@ -1,6 +1,7 @@
 #include "actors/counter_stage.hpp"
 #include "actors/runtime.hpp"
 #include "actors/task_engine.hpp"
+#include "base/json.hpp"
 #include "actors/undo_map.hpp"
 #include "keel/envelope.pb.h"
 #include "log/embedded_log.hpp"
@@ -153,6 +154,22 @@ SCENARIO("poison input goes to the dead-letter topic in the same step") {
         CHECK(dl.original_value() == R"({"amount": "lots"})");
         CHECK(f.real->position("counter", std::string{counter_input_topic}, partition_id{0}).value() == log_offset{3});
       }
+    }
+  }
+  GIVEN("a record of ill-formed UTF-8, which the reason quotes") {
+    f.produce("a", "{\"amount\": \"\xff\xfe\xc0\xaf\"}");
+    auto engine = f.engine();
+    auto r = engine->step();
+    REQUIRE(r);
+    CHECK(r->dead_letters == 1);
+    THEN("the dead letter still parses: its reason is UTF-8, the original bytes are kept as they were") {
+      auto dead = f.read_all(f.spec.dead_letter_topic());
+      REQUIRE(dead.size() == 1);
+      keel::runtime::DeadLetter dl;
+      REQUIRE(dl.ParseFromString(*dead[0].data.value));
+      CHECK(is_utf8(dl.reason()));
+      CHECK_FALSE(dl.reason().empty());
+      CHECK(dl.original_value() == "{\"amount\": \"\xff\xfe\xc0\xaf\"}");
     }
   }
   GIVEN("records without a key, with a reserved key, or overflowing the count") {
