@@ -4,6 +4,7 @@
 //
 //   ledger_bench [--transactions N] [--accounts N] [--clients N]
 //                [--synchronous normal|full] [--partitions N] [--batch N] [--dir DIR]
+//                [--snapshots background|inline]
 //
 // 1. Throughput: N transactions appended up front; time until the clients stage
 //    has committed the limit decision for every one.
@@ -54,6 +55,7 @@ struct bench {
   std::int64_t accounts = 10'000, clients = 1'000, transactions = 300'000;
   std::int32_t partitions = 4;
   std::size_t batch = 5000;
+  bool snapshot_in_background = true;
   sqlite::sync_mode sync = sqlite::sync_mode::normal;
   std::mt19937_64 rng{7};
   std::int64_t next_id = 0;
@@ -154,6 +156,7 @@ struct bench {
     runtime::runtime_options rt_options;
     rt_options.idle_poll = 1ms;
     rt_options.task.batch_max = batch;
+    rt_options.task.snapshot_in_background = snapshot_in_background;
     rt_options.default_partitions = partitions;
     const auto started = std::chrono::steady_clock::now();
     auto rt = runtime::runtime::start(system, log, snapshots->get(), wall, runtime::ledger_stages(options), rt_options);
@@ -246,13 +249,15 @@ int main(int argc, char** argv) {
     else if (a == "--partitions") b.partitions = std::atoi(argv[i + 1]);
     else if (a == "--batch") b.batch = static_cast<std::size_t>(std::atoll(argv[i + 1]));
     else if (a == "--dir") b.dir = argv[i + 1];
+    else if (a == "--snapshots") b.snapshot_in_background = std::string_view{argv[i + 1]} != "inline";
     else if (a == "--synchronous") {
       auto m = sqlite::parse_sync_mode(argv[i + 1]);
       if (!m) die(m.err());
       b.sync = *m;
     } else {
       std::fprintf(stderr, "usage: ledger_bench [--transactions N] [--accounts N] [--clients N] "
-                           "[--synchronous normal|full] [--partitions N] [--batch N] [--dir DIR]\n");
+                           "[--synchronous normal|full] [--partitions N] [--batch N] [--dir DIR] "
+                           "[--snapshots background|inline]\n");
       return 2;
     }
   }

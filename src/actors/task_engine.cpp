@@ -558,6 +558,9 @@ result<step_result> task_engine::step() {
 
 result<void> task_engine::snapshot() {
   if (snapshots_ == nullptr) return ok();
+  // A snapshot written in the background failed: its changes are in no
+  // stored snapshot, so the chain starts again with a full one.
+  if (snapshot_write_failed_->exchange(false)) deltas_since_full_ = -1;
   std::string engine_state, logic_state, state;
   encode_engine_state(engine_state);
   bool delta = deltas_since_full_ >= 0 && deltas_since_full_ < options_.snapshot_deltas_max &&
@@ -578,11 +581,22 @@ result<void> task_engine::snapshot() {
   meta.entity_count = logic_->entity_count();
   meta.created_ms = wall_.now_ms();
   meta.delta = delta;
-  KEEL_TRY(snapshots_->save(meta, state));
+  if (options_.snapshot_in_background) {
+    snapshots_->save_later(std::move(meta), std::move(state),
+                           [failed = snapshot_write_failed_, name = name_](const result<void>& written) {
+                             if (written) return;
+                             failed->store(true);
+                             log(log_level::warn, "runtime", "{}: snapshot not written, the next one is full: {}",
+                                 name, written.err());
+                           });
+  } else if (auto saved = snapshots_->save(meta, state); !saved) {
+    deltas_since_full_ = -1;  // the store refuses deltas after a failed write
+    return saved;
+  }
   logic_->snapshot_taken();
   deltas_since_full_ = delta ? deltas_since_full_ + 1 : 0;
   events_since_snapshot_ = 0;
-  last_snapshot_ms_ = meta.created_ms;
+  last_snapshot_ms_ = wall_.now_ms();
   return ok();
 }
 

@@ -6,6 +6,7 @@
 #include "log/log.hpp"
 #include "log/snapshot_store.hpp"
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <map>
@@ -27,6 +28,10 @@ struct task_options {
   /// stages that support them; 0 makes every snapshot full. A delta costs time
   /// proportional to the entities changed, a full one to all of them.
   std::int64_t snapshot_deltas_max = 16;
+  /// Hand snapshots to the store's writer thread instead of waiting while
+  /// they are written: the task stops only to serialise its state. A write
+  /// that fails is logged, and the next snapshot is a full one.
+  bool snapshot_in_background = false;
 };
 
 /// What one step did.
@@ -136,6 +141,9 @@ private:
   std::int64_t events_since_snapshot_ = 0;
   std::int64_t last_snapshot_ms_ = 0;
   std::int64_t deltas_since_full_ = -1;  // -1: no full snapshot to build on
+  /// Set by the store's writer thread when a snapshot handed over in the
+  /// background could not be written (shared: the write may outlive the task).
+  std::shared_ptr<std::atomic<bool>> snapshot_write_failed_ = std::make_shared<std::atomic<bool>>(false);
   std::int64_t restore_ms_ = 0;
   std::vector<std::int64_t> commit_latency_counts_;
   double commit_latency_sum_s_ = 0;

@@ -536,6 +536,7 @@ int run_serve(const std::vector<std::string>& args) {
   rt_options.task.snapshot_every_events = cfg->runtime.snapshot_every_events;
   rt_options.task.snapshot_deltas_max = cfg->runtime.snapshot_deltas_max;
   rt_options.task.snapshot_every_ms = cfg->runtime.snapshot_every_ms;
+  rt_options.task.snapshot_in_background = true;  // tasks do not wait for the disk
   rt_options.idle_poll = std::chrono::milliseconds(cfg->runtime.idle_poll_ms);
   rt_options.default_partitions = cfg->log.default_partitions;
   auto rt = runtime::runtime::start(system, log_store, snapshots->get(), wall, std::move(*stages), rt_options);

@@ -63,7 +63,70 @@ result<std::unique_ptr<snapshot_store>> snapshot_store::open(const std::string& 
   return std::unique_ptr<snapshot_store>{new snapshot_store(std::move(*db), keep)};
 }
 
+snapshot_store::~snapshot_store() {
+  {
+    std::lock_guard lock{queue_mutex_};
+    stopping_ = true;
+  }
+  queue_changed_.notify_all();
+  if (writer_.joinable()) writer_.join();
+}
+
+void snapshot_store::save_later(snapshot_meta meta, std::string state, written_fn written) {
+  {
+    std::lock_guard lock{queue_mutex_};
+    if (!writer_.joinable()) writer_ = std::thread{[this] { run_writer(); }};
+    queue_.push_back({std::move(meta), std::move(state), std::move(written)});
+    ++queued_;
+  }
+  queue_changed_.notify_all();
+}
+
 result<void> snapshot_store::save(const snapshot_meta& meta, std::string_view state) {
+  std::mutex done_mutex;
+  std::condition_variable done_changed;
+  std::optional<result<void>> outcome;
+  save_later(meta, std::string{state}, [&](const result<void>& r) {
+    std::lock_guard lock{done_mutex};
+    outcome.emplace(r);
+    done_changed.notify_all();
+  });
+  std::unique_lock lock{done_mutex};
+  done_changed.wait(lock, [&] { return outcome.has_value(); });
+  return std::move(*outcome);
+}
+
+void snapshot_store::flush() {
+  std::unique_lock lock{queue_mutex_};
+  const auto target = queued_;
+  queue_changed_.wait(lock, [&] { return written_ >= target; });
+}
+
+void snapshot_store::run_writer() {
+  std::unique_lock lock{queue_mutex_};
+  for (;;) {
+    queue_changed_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
+    if (queue_.empty()) return;  // stopping, and everything is written
+    auto next = std::move(queue_.front());
+    queue_.pop_front();
+    lock.unlock();
+    result<void> r = ok();
+    if (next.meta.delta && broken_.contains(next.meta.task)) {
+      r = make_error(errc::conflict, "snapshot of {} not written: a snapshot before it failed, and a delta needs "
+                     "the chain whole until the next full snapshot", next.meta.task);
+    } else {
+      r = write(next.meta, next.state);
+      if (!r) broken_.insert(next.meta.task);
+      else if (!next.meta.delta) broken_.erase(next.meta.task);
+    }
+    if (next.written) next.written(r);
+    lock.lock();
+    ++written_;
+    queue_changed_.notify_all();
+  }
+}
+
+result<void> snapshot_store::write(const snapshot_meta& meta, std::string_view state) {
   std::lock_guard lock{mutex_};
   auto txn = sqlite::transaction::begin(db_);
   if (!txn) return with_context(std::move(txn).err(), "save snapshot of " + meta.task);

@@ -3,11 +3,16 @@
 #include "base/result.hpp"
 #include "log/sqlite.hpp"
 
+#include <condition_variable>
 #include <cstdint>
+#include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace keel {
@@ -38,13 +43,32 @@ struct snapshot_chain {
 /// is a cache: losing it costs a longer replay, never correctness, so it is
 /// written with synchronous=NORMAL whatever the log uses. The newest `keep`
 /// full snapshots of each task are kept, with the deltas after the newest.
+///
+/// Snapshots are written on a thread of the store's own, in the order they are
+/// handed over, so a task need not wait for the disk (save_later). A write that
+/// fails breaks its task's chain: the task's deltas after it are refused
+/// (errc::conflict) until a full snapshot of the task is written, because they
+/// would build on a base that lacks what the failed one held.
 class snapshot_store {
 public:
   static result<std::unique_ptr<snapshot_store>> open(const std::string& path, int keep = 2);
+  /// Writes what is queued, then closes.
+  ~snapshot_store();
+  snapshot_store(const snapshot_store&) = delete;
+  snapshot_store& operator=(const snapshot_store&) = delete;
 
-  /// Stores a snapshot (state in chunks) and drops what is no longer needed. A
-  /// delta needs a full snapshot of the task before it (errc::not_found).
+  /// Stores a snapshot (state in chunks) and drops what is no longer needed,
+  /// after everything queued before it. A delta needs a full snapshot of the
+  /// task before it (errc::not_found).
   result<void> save(const snapshot_meta& meta, std::string_view state);
+
+  using written_fn = std::function<void(const result<void>&)>;
+  /// Queues a snapshot and returns at once; `written` is called on the
+  /// writer's thread with the outcome (it must be quick and must not call
+  /// back into the store).
+  void save_later(snapshot_meta meta, std::string state, written_fn written = {});
+  /// Waits until every snapshot queued so far is written.
+  void flush();
 
   /// The newest snapshot (full or delta) of a task, if any.
   result<std::optional<snapshot_meta>> latest(std::string_view task);
@@ -55,9 +79,26 @@ public:
 private:
   explicit snapshot_store(sqlite::connection db, int keep) : db_(std::move(db)), keep_(keep) {}
   result<std::string> load_state(std::int64_t id, std::int64_t bytes, std::string_view task);
+  result<void> write(const snapshot_meta& meta, std::string_view state);
+  void run_writer();
+
   std::mutex mutex_;
   sqlite::connection db_;  // GUARDED_BY(mutex_)
   int keep_;
+
+  struct pending {
+    snapshot_meta meta;
+    std::string state;
+    written_fn written;
+  };
+  std::mutex queue_mutex_;
+  std::condition_variable queue_changed_;
+  std::deque<pending> queue_;          // GUARDED_BY(queue_mutex_)
+  std::uint64_t queued_ = 0;           // GUARDED_BY(queue_mutex_): snapshots ever queued
+  std::uint64_t written_ = 0;          // GUARDED_BY(queue_mutex_): of those, written or refused
+  bool stopping_ = false;              // GUARDED_BY(queue_mutex_)
+  std::set<std::string> broken_;      // writer thread only: tasks whose last write failed
+  std::thread writer_;                 // started by the first save
 };
 
 } // namespace keel

@@ -11,6 +11,8 @@
 
 #include <doctest/doctest.h>
 
+#include <mutex>
+
 #include <random>
 #include <set>
 
@@ -313,6 +315,63 @@ SCENARIO("incremental snapshots: deltas hold only what changed, and a chain rest
   CHECK((*after)->delta);
   auto again = f.engine();
   CHECK(again->logic().describe("k0") == R"({"count":103})");
+}
+
+SCENARIO("snapshots written in the background: in order, and a failed write breaks its task's chain until a full one") {
+  fixture f;
+  auto meta = [](std::string task, bool delta, std::int64_t changelog_next) {
+    snapshot_meta m;
+    m.task = std::move(task);
+    m.delta = delta;
+    m.changelog_next = changelog_next;
+    return m;
+  };
+  std::vector<std::pair<std::string, errc>> outcomes;  // written on the writer's thread, read after flush()
+  std::mutex mutex;
+  auto note = [&](std::string what) {
+    return [&, what](const result<void>& r) {
+      std::lock_guard lock{mutex};
+      outcomes.emplace_back(what, r ? errc{} : r.err().code);
+    };
+  };
+  GIVEN("a delta of a task with no full snapshot (it fails), then more of the same task and of another") {
+    f.snapshots->save_later(meta("a/0", true, 1), "d1", note("a delta without a base"));
+    f.snapshots->save_later(meta("a/0", true, 2), "d2", note("a delta after the failure"));
+    f.snapshots->save_later(meta("b/0", false, 1), "f1", note("another task's full"));
+    f.snapshots->save_later(meta("a/0", false, 3), "f3", note("a full"));
+    f.snapshots->save_later(meta("a/0", true, 4), "d4", note("a delta after the full"));
+    f.snapshots->flush();
+    THEN("each outcome arrives in order, and the chain is whole again from the full one") {
+      const std::vector<std::pair<std::string, errc>> want{{"a delta without a base", errc::not_found},
+                                                           {"a delta after the failure", errc::conflict},
+                                                           {"another task's full", errc{}},
+                                                           {"a full", errc{}},
+                                                           {"a delta after the full", errc{}}};
+      CHECK(outcomes == want);
+      auto chain = f.snapshots->load_chain("a/0");
+      REQUIRE(chain);
+      REQUIRE(*chain);
+      CHECK((*chain)->full == "f3");
+      CHECK((*chain)->deltas == std::vector<std::string>{"d4"});
+      CHECK((*chain)->meta.changelog_next == 4);
+    }
+  }
+  GIVEN("a task that snapshots in the background") {
+    for (int i = 0; i < 40; ++i) f.produce("k" + std::to_string(i % 9), R"({"amount": 2})");
+    auto engine = f.engine({.batch_max = 7, .snapshot_deltas_max = 3, .snapshot_in_background = true});
+    while (engine->step()->committed) REQUIRE(engine->snapshot());
+    f.snapshots->flush();
+    THEN("a task restored from what was written holds the same state") {
+      auto chain = f.snapshots->load_chain("counter/0");
+      REQUIRE(chain);
+      REQUIRE(*chain);
+      CHECK_FALSE((*chain)->deltas.empty());
+      auto restored = f.engine();
+      for (int k = 0; k < 9; ++k)
+        CHECK(restored->logic().describe("k" + std::to_string(k)) == engine->logic().describe("k" + std::to_string(k)));
+      CHECK(restored->status().positions == engine->status().positions);
+    }
+  }
 }
 
 namespace {
