@@ -94,7 +94,8 @@ result<config> load_config_file(const std::string& path, config base = {});
 result<config> load_config_text(std::string_view text, const std::string& path, config base = {});
 
 /// Applies KEEL_* environment variables (KEEL_DATA_DIR, KEEL_HTTP_LISTEN,
-/// KEEL_HTTP_TOKEN, KEEL_LOG_LEVEL, KEEL_LOG_FORMAT, KEEL_SYNCHRONOUS).
+/// KEEL_HTTP_TOKEN, KEEL_WEBHOOK_SECRET, KEEL_LOG_LEVEL, KEEL_LOG_FORMAT,
+/// KEEL_SYNCHRONOUS).
 result<void> apply_environment(config& cfg);
 
 /// Splits "host:port" ("[::1]:8080" for IPv6); errc::invalid_argument otherwise.

@@ -364,7 +364,7 @@ webhook_secret = "hook-secret"
 path = "{}"
 build = "test -f hello.txt"
 )", repo));
-  auto d = test::daemon::start(dir.file("data"), {"--config", dir.file("keel.toml")});
+  auto d = test::daemon::start(dir.file("data"), {"--config", dir.file("keel.toml"), "--log-level", "debug"});
   REQUIRE(test::eventually([&] { auto r = d.get("/readyz"); return r && r->status == 200; }));
   auto post = [&](const std::string& path, const std::string& body) {
     auto r = test::http_request("POST", d.host, d.port, path, body,
@@ -438,6 +438,24 @@ build = "test -f hello.txt"
   auto listed = boost::json::parse(passed->body).as_object();
   CHECK(listed.at("count").as_int64() >= 1);
   CHECK(listed.at("items").as_array().at(0).at("status").as_string() == "passed");
+  // A guessed token is refused; no secret, right or wrong, is ever in the
+  // daemon's output, even at debug level.
+  auto guessed = test::http_request("GET", d.host, d.port, "/api/v1/queues/acme/app?access_token=guessed-token", {},
+                                    {{"Authorization", "Bearer guessed-token"}});
+  REQUIRE(guessed);
+  CHECK(guessed->status == 200);  // reads need no token unless http.read_token_required
+  CHECK(post("/api/v1/queues/pause", R"({"repository":"acme/app","branch":"main"})").status == 202);
+  auto forged = test::http_request("POST", d.host, d.port, "/api/v1/queues/resume",
+                                   R"({"repository":"acme/app","branch":"main"})",
+                                   {{"Content-Type", "application/json"}, {"Authorization", "Bearer guessed-token"}});
+  REQUIRE(forged);
+  CHECK(forged->status == 403);
+  d.proc.kill(SIGTERM);
+  REQUIRE(d.proc.wait(30s) == std::optional<int>{0});
+  const auto output = d.proc.drain_stdout() + d.proc.drain_stderr();
+  CHECK(output.find("serving http://") != std::string::npos);  // the output was read
+  for (const char* secret : {"s3cret", "hook-secret", "guessed-token"})
+    CHECK_MESSAGE(output.find(secret) == std::string::npos, secret << " appears in the daemon's output");
 }
 
 TEST_CASE("keel serve on a port already in use says so, exits 1, and leaves the data directory usable") {
