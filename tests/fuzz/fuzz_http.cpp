@@ -10,6 +10,7 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <unistd.h>
@@ -81,7 +82,13 @@ std::string exchange(std::string_view bytes) {
   // not use up the ephemeral ports in TIME_WAIT.
   linger no_time_wait{1, 0};
   ::setsockopt(fd, SOL_SOCKET, SO_LINGER, &no_time_wait, sizeof no_time_wait);
-  const int connected = ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+  int connected = ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+  while (connected != 0 && (errno == EINTR || errno == EALREADY)) {  // libFuzzer's timer
+    pollfd writable{fd, POLLOUT, 0};
+    ::poll(&writable, 1, 1000);
+    connected = ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+    if (connected != 0 && errno == EISCONN) connected = 0;
+  }
   if (connected != 0) std::fprintf(stderr, "connect: %s\n", std::strerror(errno));
   FUZZ_CHECK(connected == 0);
   std::string answer;
