@@ -47,16 +47,6 @@ constexpr int pull_requests = 60;
 bool breaks_build(int n) { return n % 5 == 0; }
 bool touches_predecessor(int n) { return n % 9 == 0; }
 
-std::vector<std::string> lines(const std::string& text) {
-  std::vector<std::string> out;
-  for (std::size_t at = 0; at < text.size();) {
-    auto nl = text.find('\n', at);
-    out.push_back(text.substr(at, nl == std::string::npos ? std::string::npos : nl - at));
-    at = nl == std::string::npos ? text.size() : nl + 1;
-  }
-  return out;
-}
-
 /// REST reads while the daemon lives and dies: what it answered, by class.
 struct hammer_counts {
   std::atomic<std::int64_t> answered{0};      // 2xx and 404
@@ -274,12 +264,12 @@ build = "! grep -q broken *.txt"
     CHECK_MESSAGE(outcomes[n] == 1, "#" << n << " has " << outcomes[n] << " outcomes");
     if (breaks_build(n)) CHECK_MESSAGE(ejected.contains(n), "#" << n << " breaks the build and was not ejected");
   }
-  const auto pointed = lines(git("git reflog show --format=%H refs/heads/main"));
+  const auto pointed = test::lines(git("git reflog show --format=%H refs/heads/main"));
   for (const auto& c : pointed) {
     if (c == base) break;  // newest first; before the queue, main was the base
     CHECK_MESSAGE(tested.contains(c), "main pointed at an untested commit " << c);
   }
-  const auto history = lines(git("git rev-list --first-parent " + base + "..main"));
+  const auto history = test::lines(git("git rev-list --first-parent " + base + "..main"));
   CHECK(history.size() == merged.size());
   CHECK(git("grep -l broken main -- '*.txt' || true").empty());
   for (int n : merged)

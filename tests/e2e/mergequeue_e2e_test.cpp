@@ -130,18 +130,9 @@ build = "! grep -q broken *.txt"
   // once (a batch, or the items ahead of a deeper build that passed): main
   // then moves straight to the last of them. Every commit main pointed at
   // (its reflog) is one a build tested.
-  auto lines = [](const std::string& text) {
-    std::vector<std::string> out;
-    for (std::size_t at = 0; at < text.size();) {
-      auto nl = text.find('\n', at);
-      out.push_back(text.substr(at, nl == std::string::npos ? std::string::npos : nl - at));
-      at = nl == std::string::npos ? text.size() : nl + 1;
-    }
-    return out;
-  };
-  const auto commits = lines(r.git("git rev-list --first-parent --reverse " + base + "..main"));
+  const auto commits = test::lines(r.git("git rev-list --first-parent --reverse " + base + "..main"));
   CHECK(commits.size() == expected_merged.size());
-  const auto pointed = lines(r.git("git reflog show --format=%H refs/heads/main"));
+  const auto pointed = test::lines(r.git("git reflog show --format=%H refs/heads/main"));
   REQUIRE_FALSE(pointed.empty());
   for (const auto& c : pointed) {
     if (c == base) break;  // the reflog is newest first; before the queue, main was the base

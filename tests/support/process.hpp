@@ -66,4 +66,7 @@ run_result run(const std::vector<std::string>& argv, const std::string& input = 
 /// Returns its stdout without trailing newlines.
 std::string shell(const std::string& dir, const std::string& script);
 
+/// The lines of `text` (git's lists of commits, say), without their newlines.
+std::vector<std::string> lines(const std::string& text);
+
 } // namespace keel::test
