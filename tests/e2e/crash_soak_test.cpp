@@ -39,8 +39,6 @@ using namespace std::chrono_literals;
 
 namespace {
 
-constexpr int pull_requests = 60;
-
 /// PR n changes f<n>.txt; every fifth writes what the build refuses; every
 /// ninth also changes its predecessor's file, and conflicts with it when that
 /// one lands first.
@@ -67,7 +65,9 @@ TEST_CASE("crash soak: both workflows under SIGKILL and REST load keep every inv
   const auto data = dir.file("data");
   const auto work = dir.file("workload");
 
-  // The repository and its pull requests, made before the daemon runs.
+  // The repository and its pull requests, made before the daemon runs: about
+  // two for every daemon run, so the queue is busy until the end.
+  const int pull_requests = std::max(60, seconds * 6 / 5);
   const auto repo = dir.file("app");
   std::filesystem::create_directories(repo);
   auto git = [&](const std::string& script) { return test::shell(repo, script); };
@@ -75,15 +75,22 @@ TEST_CASE("crash soak: both workflows under SIGKILL and REST load keep every inv
                   "git commit -qm base",
                   pull_requests));
   const auto base = git("git rev-parse main");
-  std::map<int, std::string> heads;
+  // Each pull request a branch off main, made in one script (one process per
+  // git command, not per pull request, would take minutes for an hour's soak).
+  std::string script;
   for (int n = 1; n <= pull_requests; ++n) {
     const std::string content = breaks_build(n) ? "broken" : fmt::format("pr{}", n);
     std::string edit = fmt::format("echo {} > f{}.txt", content, n);
     if (touches_predecessor(n)) edit += fmt::format(" && echo pr{} > f{}.txt", n, n - 1);
-    heads[n] = git(fmt::format("git checkout -qb pr{0} main && {1} && git commit -qam 'pr {0}' && git rev-parse HEAD && "
-                               "git checkout -q main",
-                               n, edit));
+    script += fmt::format("git checkout -qb pr{0} main && {1} && git commit -qam 'pr {0}' && git checkout -q main\n", n, edit);
   }
+  git(script);
+  std::map<int, std::string> heads;
+  for (const auto& line : test::lines(git("git for-each-ref --format='%(refname:short) %(objectname)' 'refs/heads/pr*'"))) {
+    const auto space = line.find(' ');
+    heads[std::stoi(line.substr(2, space - 2))] = line.substr(space + 1);
+  }
+  REQUIRE(heads.size() == static_cast<std::size_t>(pull_requests));
   test::write_file(dir.file("keel.toml"), fmt::format(R"([http]
 token = "t0ken"
 [runtime]
