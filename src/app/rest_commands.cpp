@@ -1,6 +1,7 @@
 #include "app/rest_commands.hpp"
 
 #include <fmt/format.h>
+#include <google/protobuf/descriptor.h>
 #include <google/protobuf/util/json_util.h>
 
 namespace keel::app {
@@ -27,23 +28,12 @@ std::span<const command_route> command_routes() {
 result<parsed_command> parse_command(std::string_view json, keel::Envelope::BodyCase body, std::int64_t now_ms) {
   parsed_command out;
   auto& envelope = out.envelope;
-  google::protobuf::Message* message = nullptr;
-  switch (body) {
-    case keel::Envelope::kOpenAccount: message = envelope.mutable_open_account(); break;
-    case keel::Envelope::kPostTransaction: message = envelope.mutable_post_transaction(); break;
-    case keel::Envelope::kSetLimit: message = envelope.mutable_set_limit(); break;
-    case keel::Envelope::kEnqueue: message = envelope.mutable_enqueue(); break;
-    case keel::Envelope::kDequeue: message = envelope.mutable_dequeue(); break;
-    case keel::Envelope::kSetPriority: message = envelope.mutable_set_priority(); break;
-    case keel::Envelope::kPauseQueue: message = envelope.mutable_pause_queue(); break;
-    case keel::Envelope::kResumeQueue: message = envelope.mutable_resume_queue(); break;
-    case keel::Envelope::kPullRequestOpened: message = envelope.mutable_pull_request_opened(); break;
-    case keel::Envelope::kPullRequestSynchronized: message = envelope.mutable_pull_request_synchronized(); break;
-    case keel::Envelope::kPullRequestApproved: message = envelope.mutable_pull_request_approved(); break;
-    case keel::Envelope::kPullRequestClosed: message = envelope.mutable_pull_request_closed(); break;
-    case keel::Envelope::kPullRequestLabeled: message = envelope.mutable_pull_request_labeled(); break;
-    default: return make_error(errc::internal, "no command is a body case {}", static_cast<int>(body));
-  }
+  // A body case is the number of its field in the Envelope's oneof.
+  const auto* field = keel::Envelope::descriptor()->FindFieldByNumber(static_cast<int>(body));
+  if (field == nullptr || field->containing_oneof() == nullptr ||
+      field->type() != google::protobuf::FieldDescriptor::TYPE_MESSAGE)
+    return make_error(errc::internal, "no command is a body case {}", static_cast<int>(body));
+  google::protobuf::Message* message = envelope.GetReflection()->MutableMessage(&envelope, field);
   auto parsed = google::protobuf::util::JsonStringToMessage(
       google::protobuf::StringPiece{json.data(), json.size()}, message);
   if (!parsed.ok())
