@@ -581,6 +581,7 @@ result<void> task_engine::snapshot() {
   meta.entity_count = logic_->entity_count();
   meta.created_ms = wall_.now_ms();
   meta.delta = delta;
+  const auto created_ms = meta.created_ms;  // meta moves to the writer
   if (options_.snapshot_in_background) {
     snapshots_->save_later(std::move(meta), std::move(state),
                            [failed = snapshot_write_failed_, name = name_](const result<void>& written) {
@@ -589,14 +590,14 @@ result<void> task_engine::snapshot() {
                              log(log_level::warn, "runtime", "{}: snapshot not written, the next one is full: {}",
                                  name, written.err());
                            });
-  } else if (auto saved = snapshots_->save(meta, state); !saved) {
+  } else if (auto saved = snapshots_->save(meta, std::move(state)); !saved) {
     deltas_since_full_ = -1;  // the store refuses deltas after a failed write
     return saved;
   }
   logic_->snapshot_taken();
   deltas_since_full_ = delta ? deltas_since_full_ + 1 : 0;
   events_since_snapshot_ = 0;
-  last_snapshot_ms_ = wall_.now_ms();
+  last_snapshot_ms_ = created_ms;
   return ok();
 }
 

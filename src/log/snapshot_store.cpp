@@ -82,11 +82,11 @@ void snapshot_store::save_later(snapshot_meta meta, std::string state, written_f
   queue_changed_.notify_all();
 }
 
-result<void> snapshot_store::save(const snapshot_meta& meta, std::string_view state) {
+result<void> snapshot_store::save(const snapshot_meta& meta, std::string state) {
   std::mutex done_mutex;
   std::condition_variable done_changed;
   std::optional<result<void>> outcome;
-  save_later(meta, std::string{state}, [&](const result<void>& r) {
+  save_later(meta, std::move(state), [&](const result<void>& r) {
     std::lock_guard lock{done_mutex};
     outcome.emplace(r);
     done_changed.notify_all();

@@ -60,7 +60,7 @@ public:
   /// Stores a snapshot (state in chunks) and drops what is no longer needed,
   /// after everything queued before it. A delta needs a full snapshot of the
   /// task before it (errc::not_found).
-  result<void> save(const snapshot_meta& meta, std::string_view state);
+  result<void> save(const snapshot_meta& meta, std::string state);
 
   using written_fn = std::function<void(const result<void>&)>;
   /// Queues a snapshot and returns at once; `written` is called on the
