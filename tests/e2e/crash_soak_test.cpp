@@ -230,9 +230,7 @@ build = "! grep -q broken *.txt"
     return stable >= 3;
   }, 600s, 50ms);
   REQUIRE_MESSAGE(drained, "did not drain: " << queue_body);
-  std::vector<std::string> account_ids;
-  for (std::size_t a = 0; a < opens; ++a) account_ids.push_back(commands[a].key);
-  const auto held = test::held_balances(d, account_ids);
+  const auto held = test::held_balances(d, commands, opens);
   d.proc.kill(SIGTERM);
   REQUIRE(d.proc.wait(60s) == std::optional<int>{0});
 

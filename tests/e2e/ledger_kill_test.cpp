@@ -99,9 +99,7 @@ TEST_CASE("the ledger survives repeated SIGKILL: each transaction once, conserve
     return stable >= 3;
   }, 600s, 20ms));
   // Every account as the daemon holds it.
-  std::vector<std::string> account_ids;
-  for (std::size_t a = 0; a < opens; ++a) account_ids.push_back(commands[a].key);
-  const auto held = test::held_balances(d, account_ids);
+  const auto held = test::held_balances(d, commands, opens);
   d.proc.kill(SIGTERM);
   REQUIRE(d.proc.wait(60s) == std::optional<int>{0});
 

@@ -222,7 +222,7 @@ TEST_CASE("unicode edge cases: ill-formed UTF-8 is refused as JSON that is itsel
                   R"({"accountId":")" + id_json + R"(","clientId":"c1","currency":"EUR"})", json);
   };
   // Refused, with the reason.
-  for (const std::string bad : {std::string{"a\xff"}, std::string{"\xc0\xaf"},   // a stray byte, an overlong '/'
+  for (const std::string& bad : {std::string{"a\xff"}, std::string{"\xc0\xaf"},   // a stray byte, an overlong '/'
                                 std::string{"\xed\xa0\xbd\xed\xb8\x80"},           // a surrogate pair as bytes (CESU-8)
                                 std::string{"\xf4\x90\x80\x80"},                   // beyond U+10FFFF
                                 std::string{"\\ud800"}, std::string{"x\\udc00y"}}) {  // lone surrogates, escaped

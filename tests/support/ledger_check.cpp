@@ -97,9 +97,11 @@ progress progress_of(const daemon& d) {
   return out;
 }
 
-std::map<std::string, std::int64_t> held_balances(const daemon& d, const std::vector<std::string>& accounts) {
+std::map<std::string, std::int64_t> held_balances(const daemon& d, const std::vector<workload_record>& commands,
+                                                  std::size_t opens) {
   std::map<std::string, std::int64_t> held;
-  for (const auto& id : accounts) {
+  for (std::size_t a = 0; a < opens; ++a) {
+    const auto& id = commands.at(a).key;
     auto state = get_json(d, "/api/v1/accounts/" + id);
     REQUIRE_MESSAGE(state, "no account " << id);
     const auto& s = state->as_object().at("state").as_object();

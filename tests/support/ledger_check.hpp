@@ -39,9 +39,11 @@ struct progress {
 };
 progress progress_of(const daemon& d);
 
-/// Each account's balance as the daemon holds it (the last projected one when
-/// it has future-dated transactions). REQUIRE-fails on an account it lacks.
-std::map<std::string, std::int64_t> held_balances(const daemon& d, const std::vector<std::string>& accounts);
+/// The balance the daemon holds (the last projected one when there are
+/// future-dated transactions) of each account the first `opens` commands open.
+/// REQUIRE-fails on an account it lacks.
+std::map<std::string, std::int64_t> held_balances(const daemon& d, const std::vector<workload_record>& commands,
+                                                  std::size_t opens);
 
 struct ledger_figures {
   std::int64_t transactions = 0;  // distinct transactions in the input
