@@ -19,7 +19,6 @@ namespace {
 constexpr std::int64_t application_id = 0x6b65656c;
 // 2: records packed in batches.
 constexpr std::int64_t schema_version = 2;
-constexpr std::size_t topic_name_max = 249; // Kafka's limit
 
 // Records live in batches (see record_batch.hpp), one row per partition per
 // commit, in one rowid table keyed by (log_id << offset_bits) | last offset,
@@ -101,28 +100,6 @@ result<bool> check_file_header(const std::string& path) {
 }
 
 } // namespace
-
-result<void> validate_topic_spec(const topic_spec& spec) {
-  if (spec.name.empty() || spec.name.size() > topic_name_max)
-    return make_error(errc::invalid_argument, "topic name must have 1 to {} characters",
-                      topic_name_max);
-  for (char c : spec.name) {
-    bool allowed = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-                   c == '.' || c == '_' || c == '-';
-    if (!allowed)
-      return make_error(errc::invalid_argument,
-                        "topic name '{}' may only hold letters, digits, '.', '_' and '-'",
-                        spec.name);
-  }
-  if (spec.partitions < 1 || spec.partitions > 10000)
-    return make_error(errc::invalid_argument, "topic '{}': partitions must be 1 to 10000, got {}",
-                      spec.name, spec.partitions);
-  if (spec.retention_ms < -1 || spec.retention_bytes < -1 || spec.tombstone_retention_ms < 0)
-    return make_error(errc::invalid_argument,
-                      "topic '{}': retention limits must be -1 (none) or non-negative",
-                      spec.name);
-  return ok();
-}
 
 struct embedded_log::reader {
   sqlite::connection db;

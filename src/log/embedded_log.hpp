@@ -137,7 +137,4 @@ struct embedded_log::topic_info {
   std::vector<std::int64_t> log_ids;  // indexed by partition
 };
 
-/// Validates a topic spec (name charset and length, partition count, policies).
-result<void> validate_topic_spec(const topic_spec& spec);
-
 } // namespace keel

@@ -3,11 +3,27 @@
 #include "base/result.hpp"
 #include "log/record.hpp"
 
+#include <memory>
 #include <optional>
 #include <string_view>
 #include <vector>
 
 namespace keel {
+
+/// The one writer of a task: the stage's changelog partition is written
+/// through it alone. Embedded: the backend's own commit. Kafka: a
+/// transactional producer whose transactional.id names the task, so that a
+/// newer instance of the task fences an older one at the broker.
+///
+/// Thread: one at a time (the task's).
+class log_writer {
+public:
+  virtual ~log_writer() = default;
+
+  /// log_backend::commit, through this writer. errc::fenced once a newer
+  /// writer with the same id took over: the task must stop.
+  virtual result<commit_receipt> commit(const commit_batch& batch) = 0;
+};
 
 /// Partitioned, append-only topics with consumer positions: the contract both
 /// backends (embedded SQLite, Kafka) keep.
@@ -46,6 +62,23 @@ public:
   virtual result<std::optional<log_offset>> position(std::string_view group,
                                                      std::string_view topic,
                                                      partition_id partition) = 0;
+
+  /// Opens the writer of one task ("stage/partition"). The default commits
+  /// through commit() above.
+  virtual result<std::unique_ptr<log_writer>> open_writer(std::string_view writer_id);
+
+  /// Whether a commit is trusted whole: applied with its positions in one
+  /// atomic step whose compare-and-set fences a zombie writer, and invisible
+  /// to readers if it failed (embedded: one SQLite transaction). When false
+  /// (Kafka: librdkafka's mock cluster neither hides aborted transactions nor
+  /// fences an older producer), the task engine keeps its positions in its
+  /// changelog, claims the changelog partition with an epoch at restore, and
+  /// replays only complete steps of the current epoch.
+  virtual bool trusted_commits() const noexcept { return true; }
 };
+
+/// Validates a topic spec: a name Kafka accepts (1 to 249 of letters, digits,
+/// '.', '_', '-'), 1 to 10000 partitions, retention limits -1 or above.
+result<void> validate_topic_spec(const topic_spec& spec);
 
 } // namespace keel
