@@ -19,6 +19,10 @@ constexpr std::string_view kind_timer = "timer";              // value: encoded 
 constexpr std::string_view kind_timer_done = "timer-done";    // value: fire sequence or empty
 constexpr std::string_view kind_applied = "applied";          // value: offset/index
 constexpr std::string_view kind_completion = "completion";    // names the handling of a completion
+// Only where commits are not trusted whole (log_backend::trusted_commits):
+constexpr std::string_view kind_claim = "claim";  // a task instance took the partition; its offset is its epoch
+constexpr std::string_view kind_step = "step";    // ends a step: sequence, record count, input positions
+constexpr std::string_view epoch_header = "keel-epoch";  // on every changelog record but claims
 /// Names the layout of a snapshot item; a snapshot of another layout is
 /// ignored and the changelog replayed (it holds every event).
 constexpr std::string_view snapshot_magic = "keel-snapshot-2";
@@ -77,6 +81,35 @@ std::string origin_of(std::string_view topic, partition_id p, std::int64_t offse
 bool parse_int(std::string_view text, std::int64_t& out) {
   auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), out);
   return ec == std::errc{} && end == text.data() + text.size();
+}
+
+/// What a step marker says: the step's sequence (the changelog position it
+/// started from, the same for every attempt), how many changelog records of
+/// its epoch precede it in the step, and the input positions after it.
+struct step_marker {
+  std::int64_t sequence = 0;
+  std::int64_t records = 0;
+  std::vector<std::int64_t> positions;
+};
+
+std::string encode_step(const step_marker& m) {
+  std::string out;
+  byte_writer w{out};
+  w.i64(m.sequence);
+  w.i64(m.records);
+  w.u64(m.positions.size());
+  for (auto p : m.positions) w.i64(p);
+  return out;
+}
+
+std::optional<step_marker> decode_step(std::string_view in) {
+  byte_reader r{in};
+  step_marker m;
+  m.sequence = r.i64();
+  m.records = r.i64();
+  for (auto n = r.u64(); r.ok() && n > 0 && n < 4096; --n) m.positions.push_back(r.i64());
+  if (!r.ok() || !r.done()) return std::nullopt;
+  return m;
 }
 
 } // namespace
@@ -179,7 +212,7 @@ public:
 
   std::int64_t event_time_ms() const override { return event_time_ms_; }
   std::int64_t stream_time_ms() const override { return engine_.stream_time_ms_; }
-  std::int64_t wall_time_ms() const override { return engine_.wall_.now_ms(); }
+  std::int64_t wall_time_ms() const override { return engine_.step_now_ms_; }
 
   append_entry changelog_entry(std::string key, std::string value, std::string_view kind) const {
     append_entry e;
@@ -189,6 +222,7 @@ public:
     e.data.value = std::move(value);
     e.data.timestamp_ms = event_time_ms_;
     if (!kind.empty()) e.data.headers.emplace_back(std::string{kind_header}, std::string{kind});
+    if (!engine_.trusted_) e.data.headers.emplace_back(std::string{epoch_header}, std::to_string(engine_.epoch_));
     return e;
   }
 
@@ -222,6 +256,8 @@ void task_engine::encode_engine_state(std::string& out) const {
   }
   w.u64(timers_.size());
   for (const auto& [id, t] : timers_.items()) encode_timer(w, t);
+  w.i64(epoch_);
+  w.i64(last_step_);
 }
 
 result<void> task_engine::decode_engine_state(std::string_view in) {
@@ -240,7 +276,14 @@ result<void> task_engine::decode_engine_state(std::string_view in) {
     if (!decode_timer(r, t)) break;
     timers[t.id] = std::move(t);
   }
+  std::int64_t epoch = 0, last_step = -1;
+  if (r.ok() && !r.done()) {  // absent from snapshots of older versions
+    epoch = r.i64();
+    last_step = r.i64();
+  }
   if (!r.ok() || !r.done()) return make_error(errc::corrupt, "{}: damaged runtime state in snapshot", name_);
+  epoch_ = epoch;
+  last_step_ = last_step;
   applied_.reset(std::move(applied));
   timers_.reset(std::move(timers));
   return ok();
@@ -255,9 +298,24 @@ result<void> task_engine::restore() {
   timers_.reset();
   stream_time_ms_ = 0;
   changelog_next_ = 0;
+  epoch_ = 0;
+  last_step_ = -1;
+  retry_.reset();
+  trusted_ = log_.trusted_commits();
+  writer_.reset();
+  auto writer = log_.open_writer(name_);
+  if (!writer) return with_context(std::move(writer).err(), "restore " + name_);
+  writer_ = std::move(*writer);
 
+  // Trusted commits keep the positions in the log, atomically with the
+  // records; otherwise they live in the changelog's step markers (and the
+  // snapshot), and a task that has neither starts at the beginning.
   positions_.clear();
   for (const auto& input : spec_.inputs) {
+    if (!trusted_) {
+      positions_.push_back(log_offset{0});
+      continue;
+    }
     auto pos = log_.position(spec_.name, input, partition_);
     if (!pos) return with_context(std::move(pos).err(), "restore " + name_);
     positions_.push_back(pos->value_or(log_offset{0}));
@@ -279,7 +337,7 @@ result<void> task_engine::restore() {
       bool consistent = meta.changelog_next <= changelog_end->end.value();
       for (const auto& [topic, offset] : meta.positions)
         for (std::size_t i = 0; i < spec_.inputs.size(); ++i)
-          if (spec_.inputs[i] == topic && offset > positions_[i].value()) consistent = false;
+          if (spec_.inputs[i] == topic && trusted_ && offset > positions_[i].value()) consistent = false;
       // A snapshot of an older layout (written before an upgrade) cannot be read.
       byte_reader peek{chain.full};
       const auto magic = peek.str();
@@ -310,6 +368,10 @@ result<void> task_engine::restore() {
             return with_context(std::move(l).err(), "restore " + name_);
         }
         KEEL_TRY(decode_engine_state(engine_state));  // the newest
+        if (!trusted_)
+          for (const auto& [topic, offset] : meta.positions)
+            for (std::size_t i = 0; i < spec_.inputs.size(); ++i)
+              if (spec_.inputs[i] == topic) positions_[i] = log_offset{offset};
         logic_->snapshot_taken();  // what is loaded is saved; replay marks what is not
         changelog_next_ = meta.changelog_next;
         last_snapshot_ms_ = meta.created_ms;
@@ -321,9 +383,42 @@ result<void> task_engine::restore() {
       }
     }
   }
-  KEEL_TRY(replay_changelog(changelog_next_));
+  if (trusted_) {
+    KEEL_TRY(replay_changelog(changelog_next_));
+  } else {
+    KEEL_TRY(claim());
+  }
   restored_ = true;
   restore_ms_ = wall_.now_ms() - started;
+  return ok();
+}
+
+result<void> task_engine::apply_changelog_record(const stored_record& rec) {
+  const auto& topic = spec_.changelog_topic();
+  const auto& data = rec.data;
+  auto kind = header(data, kind_header);
+  const std::string_view key = data.key ? std::string_view{*data.key} : std::string_view{};
+  const std::string_view value = data.value ? std::string_view{*data.value} : std::string_view{};
+  if (!kind) {
+    if (auto r = logic_->apply(key, value); !r)
+      return with_context(std::move(r).err(), fmt::format("replay {}[{}] at {}", topic, partition_, rec.offset));
+  } else if (*kind == kind_timer) {
+    byte_reader r{value};
+    timer t;
+    if (!decode_timer(r, t))
+      return make_error(errc::corrupt, "replay {}[{}] at {}: damaged timer", topic, partition_, rec.offset);
+    timers_.touch(t.id) = std::move(t);
+  } else if (*kind == kind_timer_done) {
+    timers_.erase(std::string{key.substr(std::min<std::size_t>(2, key.size()))});
+  } else if (*kind == kind_applied) {
+    auto slash = value.find('/');
+    std::int64_t offset = 0, index = 0;
+    if (slash == std::string_view::npos || !parse_int(value.substr(0, slash), offset) ||
+        !parse_int(value.substr(slash + 1), index))
+      return make_error(errc::corrupt, "replay {}[{}] at {}: damaged marker", topic, partition_, rec.offset);
+    applied_.touch(std::string{key.substr(std::min<std::size_t>(2, key.size()))}) = {offset, index};
+  }
+  stream_time_ms_ = std::max(stream_time_ms_, data.timestamp_ms);
   return ok();
 }
 
@@ -335,35 +430,118 @@ result<void> task_engine::replay_changelog(std::int64_t from) {
     if (!page) return with_context(std::move(page).err(), "replay changelog of " + name_);
     if (page->empty()) break;
     for (const auto& rec : *page) {
-      const auto& data = rec.data;
-      auto kind = header(data, kind_header);
-      const std::string_view key = data.key ? std::string_view{*data.key} : std::string_view{};
-      const std::string_view value = data.value ? std::string_view{*data.value} : std::string_view{};
-      if (!kind) {
-        if (auto r = logic_->apply(key, value); !r)
-          return with_context(std::move(r).err(),
-                              fmt::format("replay {}[{}] at {}", topic, partition_, rec.offset));
-      } else if (*kind == kind_timer) {
-        byte_reader r{value};
-        timer t;
-        if (!decode_timer(r, t))
-          return make_error(errc::corrupt, "replay {}[{}] at {}: damaged timer", topic, partition_, rec.offset);
-        timers_.touch(t.id) = std::move(t);
-      } else if (*kind == kind_timer_done) {
-        timers_.erase(std::string{key.substr(std::min<std::size_t>(2, key.size()))});
-      } else if (*kind == kind_applied) {
-        auto slash = value.find('/');
-        std::int64_t offset = 0, index = 0;
-        if (slash == std::string_view::npos || !parse_int(value.substr(0, slash), offset) ||
-            !parse_int(value.substr(slash + 1), index))
-          return make_error(errc::corrupt, "replay {}[{}] at {}: damaged marker", topic, partition_, rec.offset);
-        applied_.touch(std::string{key.substr(std::min<std::size_t>(2, key.size()))}) = {offset, index};
-      }
-      stream_time_ms_ = std::max(stream_time_ms_, data.timestamp_ms);
+      KEEL_TRY(apply_changelog_record(rec));
       next = log_offset{rec.offset.value() + 1};
     }
   }
   changelog_next_ = next.value();
+  return ok();
+}
+
+result<void> task_engine::claim() {
+  // The claim: a record whose offset becomes this instance's epoch. Records
+  // of an older epoch after it are a zombie's, and replay skips them.
+  commit_batch batch;
+  append_entry e;
+  e.topic = spec_.changelog_topic();
+  e.partition = partition_;
+  e.data.key = reserved_key('e', "");
+  e.data.value = std::string{};
+  e.data.timestamp_ms = wall_.now_ms();
+  e.data.headers.emplace_back(std::string{kind_header}, std::string{kind_claim});
+  batch.records.push_back(std::move(e));
+  auto receipt = writer_->commit(batch);
+  if (!receipt) return with_context(std::move(receipt).err(), "claim " + name_);
+  const auto claimed = receipt->placements.front().second.value();
+
+  // Replay up to the claim: everything committed before it is then read.
+  // Each step is applied only when its marker shows it whole, of the epoch
+  // current at that point, and not applied before (an aborted attempt a
+  // broker still shows, followed by the attempt that committed).
+  const auto topic = spec_.changelog_topic();
+  std::vector<stored_record> pending;
+  std::int64_t epoch = epoch_;
+  log_offset next{changelog_next_};
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  std::int64_t skipped = 0, incomplete = 0;
+  while (next.value() <= claimed) {
+    auto page = log_.read(topic, partition_, next, {.max_records = 10000, .max_bytes = 16 << 20});
+    if (!page) return with_context(std::move(page).err(), "replay changelog of " + name_);
+    if (page->empty()) {
+      if (std::chrono::steady_clock::now() > deadline)
+        return make_error(errc::unavailable, "replay changelog of {}: its claim at {} is not readable, stopped at {}",
+                          name_, claimed, next);
+      continue;
+    }
+    for (auto& rec : *page) {
+      if (rec.offset.value() > claimed) break;
+      next = log_offset{rec.offset.value() + 1};
+      auto kind = header(rec.data, kind_header);
+      if (kind && *kind == kind_claim) {
+        epoch = rec.offset.value();
+        incomplete += static_cast<std::int64_t>(pending.size());
+        pending.clear();
+        continue;
+      }
+      std::int64_t record_epoch = epoch;
+      if (auto h = header(rec.data, epoch_header); h && !parse_int(*h, record_epoch))
+        return make_error(errc::corrupt, "replay {}[{}] at {}: damaged epoch", topic, partition_, rec.offset);
+      if (record_epoch < epoch) {
+        ++skipped;
+        continue;
+      }
+      if (!kind || *kind != kind_step) {
+        pending.push_back(std::move(rec));
+        continue;
+      }
+      auto marker = decode_step(rec.data.value.value_or(""));
+      if (!marker || marker->positions.size() != spec_.inputs.size())
+        return make_error(errc::corrupt, "replay {}[{}] at {}: damaged step marker", topic, partition_, rec.offset);
+      // The step is the `records` records before its marker: a writer sends
+      // its marker only once they are all written, and an earlier attempt of
+      // this epoch that failed had written all it ever would before this one
+      // began, so what precedes them is such an attempt's.
+      const auto step_records = static_cast<std::size_t>(std::max<std::int64_t>(marker->records, 0));
+      if (step_records <= pending.size() && marker->sequence > last_step_) {
+        incomplete += static_cast<std::int64_t>(pending.size() - step_records);
+        for (auto r = pending.end() - static_cast<std::ptrdiff_t>(step_records); r != pending.end(); ++r)
+          KEEL_TRY(apply_changelog_record(*r));
+        for (std::size_t i = 0; i < positions_.size(); ++i) positions_[i] = log_offset{marker->positions[i]};
+        last_step_ = marker->sequence;
+        stream_time_ms_ = std::max(stream_time_ms_, rec.data.timestamp_ms);
+      } else {
+        incomplete += static_cast<std::int64_t>(pending.size());
+      }
+      pending.clear();
+    }
+  }
+  incomplete += static_cast<std::int64_t>(pending.size());
+  if (skipped > 0 || incomplete > 0)
+    log(log_level::info, "runtime", "{}: replay skipped {} records of older epochs and {} of incomplete or repeated steps",
+        name_, skipped, incomplete);
+  epoch_ = claimed;
+  changelog_next_ = claimed + 1;
+  return ok();
+}
+
+result<void> task_engine::check_claims(std::int64_t expected, std::int64_t first) {
+  // Records between the end of this task's last commit and the start of
+  // this one were written by someone else: a newer claim fences this task.
+  log_offset next{expected};
+  while (next.value() < first) {
+    auto page = log_.read(spec_.changelog_topic(), partition_, next,
+                          {.max_records = static_cast<std::size_t>(first - next.value())});
+    if (!page) return with_context(std::move(page).err(), "check claims of " + name_);
+    if (page->empty()) return ok();  // transaction markers, not records
+    for (const auto& rec : *page) {
+      if (rec.offset.value() >= first) return ok();
+      auto kind = header(rec.data, kind_header);
+      if (kind && *kind == kind_claim && rec.offset.value() > epoch_)
+        return make_error(errc::fenced, "{}: another instance claimed the partition at {} (this one holds {})",
+                          name_, rec.offset, epoch_);
+      next = log_offset{rec.offset.value() + 1};
+    }
+  }
   return ok();
 }
 
@@ -378,11 +556,31 @@ result<step_result> task_engine::step() {
   };
   std::vector<std::vector<stored_record>> batches(spec_.inputs.size());
   std::vector<pending> order;
+  step_now_ms_ = retry_ ? retry_->now_ms : wall_.now_ms();
   for (std::size_t i = 0; i < spec_.inputs.size(); ++i) {
-    auto page = log_.read(spec_.inputs[i], partition_, positions_[i],
-                          {.max_records = options_.batch_max, .max_bytes = 16 << 20});
-    if (!page) return with_context(std::move(page).err(), "poll " + name_);
-    batches[i] = std::move(*page);
+    if (retry_) {
+      // The retry of a failed step reads exactly what the failed attempt read.
+      const auto end = retry_->ends[i];
+      const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+      while ((batches[i].empty() ? positions_[i].value() : batches[i].back().offset.value() + 1) < end) {
+        const log_offset from{batches[i].empty() ? positions_[i].value() : batches[i].back().offset.value() + 1};
+        auto page = log_.read(spec_.inputs[i], partition_, from,
+                              {.max_records = static_cast<std::size_t>(end - from.value()), .max_bytes = 16 << 20});
+        if (!page) return with_context(std::move(page).err(), "poll " + name_);
+        if (page->empty() && std::chrono::steady_clock::now() > deadline)
+          return make_error(errc::unavailable, "poll {}: {} is not readable up to {}", name_, spec_.inputs[i], end);
+        for (auto& rec : *page) {
+          if (rec.offset.value() >= end) break;
+          batches[i].push_back(std::move(rec));
+        }
+        if (!page->empty() && page->back().offset.value() >= end - 1) break;
+      }
+    } else {
+      auto page = log_.read(spec_.inputs[i], partition_, positions_[i],
+                            {.max_records = options_.batch_max, .max_bytes = 16 << 20});
+      if (!page) return with_context(std::move(page).err(), "poll " + name_);
+      batches[i] = std::move(*page);
+    }
     for (const auto& rec : batches[i]) order.push_back({i, &rec});
   }
   // Joined inputs are handled in event-time order (ties: input, then offset).
@@ -451,7 +649,7 @@ result<step_result> task_engine::step() {
       dl.set_reason(to_utf8(handled.err().message));  // a protobuf string; the reason may quote the input
       if (rec->data.key) dl.set_original_key(*rec->data.key);
       if (rec->data.value) dl.set_original_value(*rec->data.value);
-      dl.set_failed_at_ms(wall_.now_ms());
+      dl.set_failed_at_ms(step_now_ms_);
       append_entry e;
       e.topic = spec_.dead_letter_topic();
       e.partition = partition_;
@@ -470,7 +668,7 @@ result<step_result> task_engine::step() {
 
   // Fire due timers, earliest first, in the same step.
   std::vector<timer> due;
-  const auto now = wall_.now_ms();
+  const auto now = step_now_ms_;
   for (const auto& [tid, t] : timers_.items())
     if ((t.kind == timer_kind::stream_time && t.due_ms <= stream_time_ms_) ||
         (t.kind == timer_kind::wall_clock && t.due_ms <= now))
@@ -528,25 +726,47 @@ result<step_result> task_engine::step() {
   for (const auto& [source, seq] : applied_now)
     batch.records.push_back(ctx.changelog_entry(reserved_key('a', source), fmt::format("{}/{}", seq.first, seq.second),
                                                 kind_applied));
-  const std::size_t changelog_count = batch.records.size() - changelog_first;
   std::vector<log_offset> next_positions = positions_;
   for (std::size_t i = 0; i < spec_.inputs.size(); ++i) {
     if (batches[i].empty()) continue;
     next_positions[i] = log_offset{batches[i].back().offset.value() + 1};
     batch.positions.push_back({spec_.name, spec_.inputs[i], partition_, next_positions[i], positions_[i]});
   }
+  if (!trusted_) {
+    // The step's marker: it makes the step whole on replay, and holds the
+    // positions, which a broker's offset store may not keep.
+    step_marker marker{changelog_next_, static_cast<std::int64_t>(batch.records.size() - changelog_first), {}};
+    for (const auto& p : next_positions) marker.positions.push_back(p.value());
+    batch.records.push_back(ctx.changelog_entry(reserved_key('s', ""), encode_step(marker), kind_step));
+  }
+  const std::size_t changelog_count = batch.records.size() - changelog_first;
 
   const auto commit_started = std::chrono::steady_clock::now();
-  auto receipt = log_.commit(batch);
+  auto receipt = writer_->commit(batch);
   observe_commit(std::chrono::steady_clock::now() - commit_started);
   if (!receipt) {
     undo();
+    if (!trusted_) {
+      std::vector<std::int64_t> ends;
+      for (std::size_t i = 0; i < spec_.inputs.size(); ++i)
+        ends.push_back(batches[i].empty() ? positions_[i].value() : batches[i].back().offset.value() + 1);
+      retry_ = pinned_step{step_now_ms_, std::move(ends)};
+    }
     return with_context(std::move(receipt).err(), "commit " + name_);
   }
   keep();
+  retry_.reset();
   positions_ = std::move(next_positions);
+  const auto expected_first = changelog_next_;
   if (changelog_count > 0)
     changelog_next_ = receipt->placements[changelog_first + changelog_count - 1].second.value() + 1;
+  if (!trusted_) {
+    last_step_ = expected_first;
+    if (options_.check_claims && changelog_count > 0) {
+      const auto first = receipt->placements[changelog_first].second.value();
+      if (first != expected_first) KEEL_TRY(check_claims(expected_first, first));
+    }
+  }
   out.committed = true;
   records_total_ += out.records;
   outputs_total_ += out.outputs;

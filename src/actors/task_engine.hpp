@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -28,6 +29,12 @@ struct task_options {
   /// stages that support them; 0 makes every snapshot full. A delta costs time
   /// proportional to the entities changed, a full one to all of them.
   std::int64_t snapshot_deltas_max = 16;
+  /// Where commits are not trusted whole (see log_backend::trusted_commits):
+  /// after each commit, read any records another writer put into this task's
+  /// changelog partition, and stop (errc::fenced) if one is a newer claim.
+  /// Needed where the broker does not fence an older producer (librdkafka's
+  /// mock); a broker that does makes it redundant.
+  bool check_claims = true;
   /// Hand snapshots to the store's writer thread instead of waiting while
   /// they are written: the task stops only to serialise its state. A write
   /// that fails is logged, and the next snapshot is a full one.
@@ -111,6 +118,9 @@ public:
 
 private:
   void observe_commit(std::chrono::steady_clock::duration took);
+  result<void> claim();
+  result<void> apply_changelog_record(const stored_record& rec);
+  result<void> check_claims(std::int64_t expected, std::int64_t first);
 
   class context;
   void encode_engine_state(std::string& out) const;
@@ -135,6 +145,22 @@ private:
   std::int64_t stream_time_ms_ = 0;
   std::int64_t changelog_next_ = 0;
   bool restored_ = false;
+  std::unique_ptr<log_writer> writer_;
+  /// The backend's commits are trusted whole (log_backend::trusted_commits).
+  bool trusted_ = true;
+  /// Untrusted commits: this instance's epoch (the offset of its claim), and
+  /// the sequence of the last step applied.
+  std::int64_t epoch_ = 0;
+  std::int64_t last_step_ = -1;
+  /// Untrusted commits: a step whose commit failed is retried on the same
+  /// inputs at the same wall time, so that an attempt a broker shows although
+  /// it was aborted is the attempt that commits.
+  struct pinned_step {
+    std::int64_t now_ms;
+    std::vector<std::int64_t> ends;  // per input: the offset after its last record
+  };
+  std::optional<pinned_step> retry_;
+  std::int64_t step_now_ms_ = 0;  // the wall time of the step in progress
 
   std::int64_t records_total_ = 0, outputs_total_ = 0, dead_letters_total_ = 0;
   std::int64_t duplicates_total_ = 0;

@@ -301,29 +301,36 @@ public:
     ++generation_;  // reports of an earlier, aborted commit are told apart by it
     delivery_error_ = RD_KAFKA_RESP_ERR_NO_ERROR;
     delivery_failed_ = 0;
-    for (std::size_t i = 0; i < batch.records.size(); ++i) {
-      if (auto produced = produce(batch.records[i], i); !produced) {
+    // Every record but the last, then the last once they are all acknowledged
+    // (see log_writer::commit); every delivery report before the offsets and
+    // the commit: a record that failed to deliver aborts the transaction.
+    const std::size_t n = batch.records.size();
+    for (std::size_t part = 0; part < 2; ++part) {
+      const std::size_t begin = part == 0 ? 0 : (n == 0 ? 0 : n - 1);
+      const std::size_t end = part == 0 ? (n == 0 ? 0 : n - 1) : n;
+      if (begin == end) continue;
+      for (std::size_t i = begin; i < end; ++i) {
+        if (auto produced = produce(batch.records[i], i); !produced) {
+          placements_ = nullptr;
+          drain();
+          if (exactly_once) KEEL_TRY(abort(produced.err().message));
+          return produced.err();
+        }
+      }
+      const auto flushed = rd_kafka_flush(producer_.get(), o.message_timeout_ms + 5000);
+      if (flushed != RD_KAFKA_RESP_ERR_NO_ERROR || delivery_failed_ > 0) {
         placements_ = nullptr;
+        auto err = flushed != RD_KAFKA_RESP_ERR_NO_ERROR
+                     ? kafka_error(flushed, "deliver records")
+                     : kafka_error(delivery_error_, fmt::format("deliver {} of {} records", delivery_failed_, n));
         drain();
-        if (exactly_once) KEEL_TRY(abort(produced.err().message));
-        return produced.err();
+        if (err.code == errc::fenced) broken_ = err;
+        if (exactly_once && !broken_) KEEL_TRY(abort(err.message));
+        if (err.code != errc::fenced && err.code != errc::too_large) err.code = errc::unavailable;
+        return with_context(std::move(err), id_);
       }
     }
-    // Every delivery report, before the offsets and the commit: a record that
-    // failed to deliver aborts the transaction.
-    const auto flushed = rd_kafka_flush(producer_.get(), o.message_timeout_ms + 5000);
     placements_ = nullptr;
-    if (flushed != RD_KAFKA_RESP_ERR_NO_ERROR || delivery_failed_ > 0) {
-      auto err = flushed != RD_KAFKA_RESP_ERR_NO_ERROR
-                   ? kafka_error(flushed, "deliver records")
-                   : kafka_error(delivery_error_, fmt::format("deliver {} of {} records", delivery_failed_,
-                                                              batch.records.size()));
-      drain();
-      if (err.code == errc::fenced) broken_ = err;
-      if (exactly_once && !broken_) KEEL_TRY(abort(err.message));
-      if (err.code != errc::fenced && err.code != errc::too_large) err.code = errc::unavailable;
-      return with_context(std::move(err), id_);
-    }
     if (!exactly_once) return receipt;
 
     if (!batch.positions.empty()) KEEL_TRY(send_offsets(batch.positions));

@@ -21,16 +21,7 @@ constexpr std::int16_t api_produce = 0;
 constexpr std::int16_t api_init_producer_id = 22;
 constexpr std::int16_t api_end_txn = 26;
 
-kafka_options options_for(const test::mock_kafka& cluster) {
-  kafka_options o;
-  o.bootstrap_servers = cluster.bootstrap();
-  o.application_id = "kafka-log-test";
-  o.request_timeout_ms = 10'000;
-  o.message_timeout_ms = 5'000;
-  o.transaction_timeout_ms = 10'000;
-  o.properties["log_level"] = "3";
-  return o;
-}
+kafka_options options_for(const test::mock_kafka& cluster) { return cluster.options("kafka-log-test"); }
 
 std::unique_ptr<kafka_log> open_log(const test::mock_kafka& cluster) {
   auto log = kafka_log::open(options_for(cluster));

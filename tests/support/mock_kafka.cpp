@@ -49,4 +49,25 @@ void mock_kafka::push_errors(std::int16_t api_key, const std::vector<int>& error
 
 void mock_kafka::clear_errors(std::int16_t api_key) { rd_kafka_mock_clear_request_errors(cluster_, api_key); }
 
+kafka_options mock_kafka::options(std::string application_id) const {
+  kafka_options o;
+  o.bootstrap_servers = bootstrap();
+  o.application_id = std::move(application_id);
+  o.request_timeout_ms = 10'000;
+  o.message_timeout_ms = 5'000;
+  o.transaction_timeout_ms = 10'000;
+  o.properties["log_level"] = "3";
+  return o;
+}
+
+void mock_kafka::push_broker_error(int broker, std::int16_t api_key, int error) {
+  check(rd_kafka_mock_broker_push_request_error_rtts(cluster_, broker, api_key, 1,
+                                                     static_cast<rd_kafka_resp_err_t>(error), 0),
+        "push broker error");
+}
+
+void mock_kafka::set_leader(const std::string& topic, int partition, int broker) {
+  check(rd_kafka_mock_partition_set_leader(cluster_, topic.c_str(), partition, broker), "set leader");
+}
+
 } // namespace keel::test

@@ -1,5 +1,7 @@
 #pragma once
 
+#include "log/kafka_log.hpp"
+
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -33,8 +35,16 @@ public:
   /// The next requests of `api_key` (any broker) fail with these errors, in order.
   void push_errors(std::int16_t api_key, const std::vector<int>& errors);
   void clear_errors(std::int16_t api_key);
+  /// The next request of `api_key` to one broker fails with `error`.
+  void push_broker_error(int broker, std::int16_t api_key, int error);
+  /// Moves the leadership of a partition to `broker`.
+  void set_leader(const std::string& topic, int partition, int broker);
 
   rd_kafka_mock_cluster_s* cluster() const { return cluster_; }
+
+  /// Settings for keel's Kafka backend on this cluster, with timeouts short
+  /// enough for tests and librdkafka's logging quiet but for errors.
+  kafka_options options(std::string application_id) const;
 
 private:
   rd_kafka_s* handle_ = nullptr;
