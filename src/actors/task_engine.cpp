@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <charconv>
+#include <limits>
 
 namespace keel::runtime {
 namespace {
@@ -460,6 +461,19 @@ result<void> task_engine::claim() {
   // broker still shows, followed by the attempt that committed).
   const auto topic = spec_.changelog_topic();
   std::vector<stored_record> pending;
+  unsealed_firings_.clear();
+  // Records of a step that never got its marker are dropped, but its outputs
+  // may be visible (an aborted transaction the broker still shows): the
+  // timers it fired keep the ids it gave them, so that firing them again does
+  // not emit the same outputs under new ids.
+  auto drop = [this, &pending](std::size_t count, std::int64_t& dropped) {
+    for (std::size_t i = 0; i < count; ++i) {
+      auto kind = header(pending[i].data, kind_header);
+      if (kind && *kind == kind_timer_done && pending[i].data.key && pending[i].data.key->size() > 2)
+        unsealed_firings_[pending[i].data.key->substr(2)] = pending[i].offset.value();
+    }
+    dropped += static_cast<std::int64_t>(count);
+  };
   std::int64_t epoch = epoch_;
   log_offset next{changelog_next_};
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
@@ -479,7 +493,7 @@ result<void> task_engine::claim() {
       auto kind = header(rec.data, kind_header);
       if (kind && *kind == kind_claim) {
         epoch = rec.offset.value();
-        incomplete += static_cast<std::int64_t>(pending.size());
+        drop(pending.size(), incomplete);
         pending.clear();
         continue;
       }
@@ -503,19 +517,21 @@ result<void> task_engine::claim() {
       // began, so what precedes them is such an attempt's.
       const auto step_records = static_cast<std::size_t>(std::max<std::int64_t>(marker->records, 0));
       if (step_records <= pending.size() && marker->sequence > last_step_) {
+        // Earlier attempts of this step are superseded by the whole one.
         incomplete += static_cast<std::int64_t>(pending.size() - step_records);
+        unsealed_firings_.clear();
         for (auto r = pending.end() - static_cast<std::ptrdiff_t>(step_records); r != pending.end(); ++r)
           KEEL_TRY(apply_changelog_record(*r));
         for (std::size_t i = 0; i < positions_.size(); ++i) positions_[i] = log_offset{marker->positions[i]};
         last_step_ = marker->sequence;
         stream_time_ms_ = std::max(stream_time_ms_, rec.data.timestamp_ms);
       } else {
-        incomplete += static_cast<std::int64_t>(pending.size());
+        drop(pending.size(), incomplete);
       }
       pending.clear();
     }
   }
-  incomplete += static_cast<std::int64_t>(pending.size());
+  drop(pending.size(), incomplete);
   if (skipped > 0 || incomplete > 0)
     log(log_level::info, "runtime", "{}: replay skipped {} records of older epochs and {} of incomplete or repeated steps",
         name_, skipped, incomplete);
@@ -557,7 +573,18 @@ result<step_result> task_engine::step() {
   std::vector<std::vector<stored_record>> batches(spec_.inputs.size());
   std::vector<pending> order;
   step_now_ms_ = retry_ ? retry_->now_ms : wall_.now_ms();
-  for (std::size_t i = 0; i < spec_.inputs.size(); ++i) {
+  // Where commits are not trusted whole, due timers fire in a step of their
+  // own: what they emit then does not depend on where a batch of inputs
+  // ended, so firing them again after a crash emits the same.
+  bool timers_only = false;
+  if (!trusted_ && !retry_)
+    for (const auto& [tid, t] : timers_.items())
+      if ((t.kind == timer_kind::stream_time && t.due_ms <= stream_time_ms_) ||
+          (t.kind == timer_kind::wall_clock && t.due_ms <= step_now_ms_)) {
+        timers_only = true;
+        break;
+      }
+  for (std::size_t i = 0; i < spec_.inputs.size() && !timers_only; ++i) {
     if (retry_) {
       // The retry of a failed step reads exactly what the failed attempt read.
       const auto end = retry_->ends[i];
@@ -677,12 +704,21 @@ result<step_result> task_engine::step() {
     return a.due_ms != b.due_ms ? a.due_ms < b.due_ms : a.id < b.id;
   });
   if (due.size() > options_.batch_max) due.resize(options_.batch_max);
+  if (!unsealed_firings_.empty())  // those fired before a crash first, in the order they fired
+    std::stable_sort(due.begin(), due.end(), [this](const timer& a, const timer& b) {
+      auto ia = unsealed_firings_.find(a.id), ib = unsealed_firings_.find(b.id);
+      const auto ka = ia == unsealed_firings_.end() ? std::numeric_limits<std::int64_t>::max() : ia->second;
+      const auto kb = ib == unsealed_firings_.end() ? std::numeric_limits<std::int64_t>::max() : ib->second;
+      return ka < kb;
+    });
   for (const auto& t : due) {
     // Remove first: the handler may schedule a timer with the same id again.
     // The removal's changelog offset is known before the commit (this task is
     // the partition's only writer) and names the firing: outputs of a timer get
     // ids as deterministic as those of an input record.
-    const auto done_offset = changelog_next_ + static_cast<std::int64_t>(ctx.changelog.size());
+    auto done_offset = changelog_next_ + static_cast<std::int64_t>(ctx.changelog.size());
+    if (auto fired_before = unsealed_firings_.find(t.id); fired_before != unsealed_firings_.end())
+      done_offset = fired_before->second;
     ctx.changelog.push_back(ctx.changelog_entry(reserved_key('t', t.id), "", kind_timer_done));
     ctx.begin_input(origin_of(spec_.changelog_topic(), partition_, done_offset), t.due_ms);
     timers_.erase(t.id);
@@ -756,6 +792,7 @@ result<step_result> task_engine::step() {
   }
   keep();
   retry_.reset();
+  unsealed_firings_.clear();
   positions_ = std::move(next_positions);
   const auto expected_first = changelog_next_;
   if (changelog_count > 0)

@@ -3,6 +3,7 @@
 #include "app/cli.hpp"
 #include "app/config.hpp"
 #include "log/embedded_log.hpp"
+#include "log/kafka_log.hpp"
 
 #include <memory>
 #include <string>
@@ -32,7 +33,8 @@ std::vector<flag_spec> common_flags();
 result<config> resolve_config(const parsed_args& args);
 
 /// Opens the embedded log of the configured data directory.
-result<std::unique_ptr<embedded_log>> open_log(const config& cfg);
+/// The log the config names: the embedded one in the data directory, or Kafka.
+result<std::unique_ptr<log_backend>> open_log(const config& cfg);
 
 int run_serve(const std::vector<std::string>& args);
 int run_topics(const std::vector<std::string>& args);

@@ -57,7 +57,22 @@ result<config> resolve_config(const parsed_args& args) {
   return cfg;
 }
 
-result<std::unique_ptr<embedded_log>> open_log(const config& cfg) {
+result<std::unique_ptr<log_backend>> open_log(const config& cfg) {
+  if (cfg.log.backend == "kafka") {
+    kafka_options options;
+    options.bootstrap_servers = cfg.kafka.bootstrap_servers;
+    options.application_id = cfg.kafka.application_id;
+    options.delivery = cfg.kafka.delivery == "at_least_once" ? kafka_delivery::at_least_once
+                                                             : kafka_delivery::exactly_once;
+    options.replication_factor = cfg.kafka.replication_factor;
+    options.transaction_timeout_ms = cfg.kafka.transaction_timeout_ms;
+    options.message_timeout_ms = cfg.kafka.message_timeout_ms;
+    options.request_timeout_ms = cfg.kafka.request_timeout_ms;
+    options.properties = cfg.kafka.properties;
+    auto opened = kafka_log::open(std::move(options));
+    if (!opened) return opened.err();
+    return std::unique_ptr<log_backend>{std::move(*opened)};
+  }
   std::error_code ec;
   std::filesystem::create_directories(cfg.server.data_dir, ec);
   if (ec)
@@ -67,7 +82,9 @@ result<std::unique_ptr<embedded_log>> open_log(const config& cfg) {
   options.path = cfg.server.data_dir + "/log.db";
   options.sync = cfg.log.synchronous;
   options.busy_timeout_ms = cfg.log.busy_timeout_ms;
-  return embedded_log::open(std::move(options));
+  auto opened = embedded_log::open(std::move(options));
+  if (!opened) return opened.err();
+  return std::unique_ptr<log_backend>{std::move(*opened)};
 }
 
 std::optional<parsed_args> parse_or_report(const command_spec& spec,

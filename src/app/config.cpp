@@ -123,7 +123,7 @@ result<config> load_config_text(std::string_view text, const std::string& path, 
   }
   auto in_file = [&path](error e) { return with_context(std::move(e), path); };
 
-  std::set<std::string> sections{"server", "http", "log", "runtime", "ledger", "mergequeue"};
+  std::set<std::string> sections{"server", "http", "log", "kafka", "runtime", "ledger", "mergequeue"};
   for (const auto& [key, node] : root)
     if (!sections.contains(std::string{key.str()}) || !node.is_table())
       return in_file(make_error(errc::invalid_argument, "unknown section or setting '{}' (line {})",
@@ -169,13 +169,55 @@ result<config> load_config_text(std::string_view text, const std::string& path, 
     auto mode = sqlite::parse_sync_mode(sync);
     if (!mode) return in_file(mode.err());
     cfg.log.synchronous = *mode;
-    if (cfg.log.backend != "embedded")
+    if (cfg.log.backend != "embedded" && cfg.log.backend != "kafka")
       return in_file(make_error(errc::invalid_argument,
-                                "log.backend '{}' is not available; use \"embedded\"",
+                                "log.backend must be \"embedded\" or \"kafka\"; got '{}'",
                                 cfg.log.backend));
     if (cfg.log.default_partitions < 1 || cfg.log.default_partitions > 10000)
       return in_file(make_error(errc::invalid_argument,
                                 "log.default_partitions must be 1 to 10000"));
+  }
+  {
+    const auto* section = root["kafka"].as_table();
+    table_reader t{section, "kafka."};
+    auto& k = cfg.kafka;
+    if (auto r = t.get("bootstrap_servers", k.bootstrap_servers); !r) return in_file(r.err());
+    if (auto r = t.get("application_id", k.application_id); !r) return in_file(r.err());
+    if (auto r = t.get("delivery", k.delivery); !r) return in_file(r.err());
+    if (auto r = t.get("replication_factor", k.replication_factor); !r) return in_file(r.err());
+    if (auto r = t.get("transaction_timeout_ms", k.transaction_timeout_ms); !r) return in_file(r.err());
+    if (auto r = t.get("message_timeout_ms", k.message_timeout_ms); !r) return in_file(r.err());
+    if (auto r = t.get("request_timeout_ms", k.request_timeout_ms); !r) return in_file(r.err());
+    if (auto r = t.get("brokers_fence", k.brokers_fence); !r) return in_file(r.err());
+    t.allow("properties");
+    if (auto r = t.finish(); !r) return in_file(r.err());
+    if (k.delivery != "exactly_once" && k.delivery != "at_least_once")
+      return in_file(make_error(errc::invalid_argument,
+                                "kafka.delivery must be \"exactly_once\" or \"at_least_once\"; got '{}'", k.delivery));
+    if (k.message_timeout_ms < 1 || k.transaction_timeout_ms < 1 || k.request_timeout_ms < 1)
+      return in_file(make_error(errc::invalid_argument, "kafka timeouts must be positive"));
+    if (k.message_timeout_ms >= k.transaction_timeout_ms)
+      return in_file(make_error(errc::invalid_argument,
+                                "kafka.message_timeout_ms ({}) must be below kafka.transaction_timeout_ms ({})",
+                                k.message_timeout_ms, k.transaction_timeout_ms));
+    if (section != nullptr) {
+      if (const auto* node = section->get("properties"); node != nullptr) {
+        const auto* props = node->as_table();
+        if (props == nullptr)
+          return in_file(make_error(errc::invalid_argument, "kafka.properties must be a table of librdkafka properties"));
+        for (const auto& [name, value] : *props) {
+          // Numbers and booleans are written as librdkafka reads them.
+          std::string text;
+          if (auto v = value.value<std::string>(); v && value.is_string()) text = *v;
+          else if (value.is_integer()) text = std::to_string(*value.value<std::int64_t>());
+          else if (auto b = value.value<bool>(); b && value.is_boolean()) text = *b ? "true" : "false";
+          else
+            return in_file(make_error(errc::invalid_argument, "kafka.properties.{} must be a string, integer or boolean",
+                                      name.str()));
+          k.properties[std::string{name.str()}] = std::move(text);
+        }
+      }
+    }
   }
   {
     table_reader t{root["runtime"].as_table(), "runtime."};
@@ -276,6 +318,12 @@ result<void> apply_environment(config& cfg) {
     if (!mode) return mode.err();
     cfg.log.synchronous = *mode;
   }
+  if (auto v = env("KEEL_LOG_BACKEND")) {
+    if (std::string_view{v} != "embedded" && std::string_view{v} != "kafka")
+      return make_error(errc::invalid_argument, "KEEL_LOG_BACKEND must be embedded or kafka; got '{}'", v);
+    cfg.log.backend = v;
+  }
+  if (auto v = env("KEEL_KAFKA_BOOTSTRAP_SERVERS")) cfg.kafka.bootstrap_servers = v;
   return ok();
 }
 

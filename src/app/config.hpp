@@ -39,11 +39,32 @@ struct config {
   } http;
 
   struct log_section {
+    /// "embedded" (one SQLite file in the data directory) or "kafka".
     std::string backend = "embedded";
     sqlite::sync_mode synchronous = sqlite::sync_mode::normal;
     int busy_timeout_ms = 5000;
     std::int32_t default_partitions = 4;
   } log;
+
+  /// The Kafka backend (log.backend = "kafka").
+  struct kafka_section {
+    std::string bootstrap_servers;
+    /// Prefix of transactional ids and consumer groups: daemons that share
+    /// work share it.
+    std::string application_id = "keel";
+    /// "exactly_once" (transactions, read_committed) or "at_least_once".
+    std::string delivery = "exactly_once";
+    std::int32_t replication_factor = -1;
+    std::int32_t transaction_timeout_ms = 60'000;
+    std::int32_t message_timeout_ms = 30'000;
+    std::int32_t request_timeout_ms = 30'000;
+    /// Whether the brokers fence an older producer of a transactional id
+    /// (every Kafka broker does; librdkafka's mock cluster does not). When
+    /// false, a task checks its changelog for a newer claim after each commit.
+    bool brokers_fence = true;
+    /// librdkafka properties for every client (security.protocol, sasl.*, ...).
+    std::map<std::string, std::string> properties;
+  } kafka;
 
   struct runtime_section {
     /// Stages to run; known: "counter".
@@ -95,7 +116,7 @@ result<config> load_config_text(std::string_view text, const std::string& path, 
 
 /// Applies KEEL_* environment variables (KEEL_DATA_DIR, KEEL_HTTP_LISTEN,
 /// KEEL_HTTP_TOKEN, KEEL_WEBHOOK_SECRET, KEEL_LOG_LEVEL, KEEL_LOG_FORMAT,
-/// KEEL_SYNCHRONOUS).
+/// KEEL_SYNCHRONOUS, KEEL_LOG_BACKEND, KEEL_KAFKA_BOOTSTRAP_SERVERS).
 result<void> apply_environment(config& cfg);
 
 /// Splits "host:port" ("[::1]:8080" for IPv6); errc::invalid_argument otherwise.

@@ -143,7 +143,7 @@ std::optional<http::response> check_token(const http::request& req, const std::s
 }
 
 /// Appends a command accepted over REST to its topic (see parse_command).
-http::response accept_command(embedded_log& log, const http::request& req, const command_route& route) {
+http::response accept_command(log_backend& log, const http::request& req, const command_route& route) {
   const auto now = now_ms();
   auto command = parse_command(req.body(), route.body, now);
   if (!command) return http::error_response(command.err());
@@ -181,7 +181,7 @@ private:
 
 /// The Prometheus text exposition of the runtime and HTTP counters. Labels are
 /// stages, partitions, topics and routes, never entities.
-std::string metrics_text(embedded_log& log, const runtime::runtime& rt, const http_counters& http) {
+std::string metrics_text(log_backend& log, const runtime::runtime& rt, const http_counters& http) {
   std::string out;
   auto family = [&out](const char* name, const char* type, const char* help) {
     out += fmt::format("# HELP {} {}\n# TYPE {} {}\n", name, help, name, type);
@@ -287,7 +287,7 @@ std::optional<http::response> check_stream_token(const http::request& req, const
   return std::nullopt;
 }
 
-http::router make_routes(embedded_log& log, const std::atomic<bool>& ready,
+http::router make_routes(log_backend& log, const std::atomic<bool>& ready,
                          const runtime::runtime& rt, const config& cfg, const http_counters& counters,
                          const std::shared_ptr<dashboard_feed>& dashboard) {
   http::router routes;
@@ -519,8 +519,12 @@ int run_serve(const std::vector<std::string>& args) {
   auto opened = open_log(*cfg);
   if (!opened) return fail(opened.err());
   auto& log_store = **opened;
-  log(log_level::info, "serve", "opened log {} (synchronous={})", log_store.options().path,
-      sqlite::to_string(cfg->log.synchronous));
+  // Retention and compaction: the embedded log runs them itself; Kafka's
+  // brokers do it for their topics.
+  auto* embedded = dynamic_cast<embedded_log*>(&log_store);
+  if (embedded != nullptr)
+    log(log_level::info, "serve", "opened log {} (synchronous={})", embedded->options().path,
+        sqlite::to_string(cfg->log.synchronous));
 
   auto snapshots = snapshot_store::open(dir->file("snapshots.db"));
   if (!snapshots) return fail(snapshots.err());
@@ -539,6 +543,7 @@ int run_serve(const std::vector<std::string>& args) {
   rt_options.task.snapshot_in_background = true;  // tasks do not wait for the disk
   rt_options.idle_poll = std::chrono::milliseconds(cfg->runtime.idle_poll_ms);
   rt_options.default_partitions = cfg->log.default_partitions;
+  rt_options.task.check_claims = !cfg->kafka.brokers_fence;
   auto rt = runtime::runtime::start(system, log_store, snapshots->get(), wall, std::move(*stages), rt_options);
   if (!rt) return fail(rt.err());
   log(log_level::info, "serve", "runtime started: {} stage(s)", (*rt)->stages().size());
@@ -576,7 +581,7 @@ int run_serve(const std::vector<std::string>& args) {
   int received = 0;
   while (received == 0) {
     if (now_ms() >= next_clean_ms) {
-      auto cleaned = log_store.clean(now_ms());
+      auto cleaned = embedded != nullptr ? embedded->clean(now_ms()) : result<cleanup_stats>{cleanup_stats{}};
       if (!cleaned) log(log_level::warn, "serve", "retention pass failed: {}", cleaned.err());
       else if (cleaned->records_deleted > 0)
         log(log_level::info, "serve", "retention removed {} records", cleaned->records_deleted);

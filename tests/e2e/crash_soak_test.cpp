@@ -16,6 +16,7 @@
 
 #include "support/daemon.hpp"
 #include "support/http_client.hpp"
+#include "log/embedded_log.hpp"
 #include "support/ledger_check.hpp"
 #include "support/process.hpp"
 #include "support/temp_dir.hpp"

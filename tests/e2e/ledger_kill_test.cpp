@@ -7,6 +7,7 @@
 // KEEL_E2E_KILLS (the documented full run: 10000 / 1000 / 1000000).
 
 #include "support/daemon.hpp"
+#include "log/embedded_log.hpp"
 #include "support/ledger_check.hpp"
 #include "support/process.hpp"
 #include "support/temp_dir.hpp"

@@ -4,7 +4,7 @@
 // crash the daemon while it runs the workflow.
 
 #include "keel/envelope.pb.h"
-#include "log/embedded_log.hpp"
+#include "log/log.hpp"
 #include "support/daemon.hpp"
 
 #include <cstdint>
@@ -24,12 +24,19 @@ struct workload_record {
 /// The records of a JSON-lines workload file (`keel gen ledger --out`).
 std::vector<workload_record> load_workload(const std::string& path, const std::string& topic);
 
-/// Appends records to the log in one commit, retrying while it is busy.
-bool append_workload(embedded_log& log, std::vector<workload_record>::const_iterator from,
+/// Appends records to the log in one commit, retrying while it is busy or
+/// unavailable.
+bool append_workload(log_backend& log, std::vector<workload_record>::const_iterator from,
                      std::vector<workload_record>::const_iterator to);
 
-/// Every envelope of a topic, all partitions.
-std::vector<keel::Envelope> read_topic(embedded_log& log, const std::string& topic);
+/// Every envelope of a topic, all partitions, to their ends as they stand.
+std::vector<keel::Envelope> read_topic(log_backend& log, const std::string& topic);
+
+/// Whether an output topic may hold an event id more than once. On a log
+/// whose commits are trusted whole it may not. Where a broker shows the
+/// records of an aborted transaction or of a fenced zombie (librdkafka's mock
+/// cluster), it may: consumers keep the first of each id.
+enum class repeated_ids { refused, first_kept };
 
 /// How far the daemon's tasks are: the sum of their input positions, and
 /// whether every task has restored and consumed its inputs to their ends.
@@ -57,8 +64,9 @@ struct ledger_figures {
 /// breaching transaction with exactly one reversal of its whole amount, and no
 /// reversal without one; every balance equal to the recomputation, the total
 /// conserved; one breach event per episode, closed at most once; no event id
-/// twice in any output topic.
-ledger_figures check_ledger(embedded_log& log, const std::vector<workload_record>& commands, std::size_t opens,
-                            const std::map<std::string, std::int64_t>& held);
+/// twice in any output topic (unless `policy` allows it).
+ledger_figures check_ledger(log_backend& log, const std::vector<workload_record>& commands, std::size_t opens,
+                            const std::map<std::string, std::int64_t>& held,
+                            repeated_ids policy = repeated_ids::refused);
 
 } // namespace keel::test
