@@ -23,6 +23,7 @@ constexpr std::string_view kind_completion = "completion";    // names the handl
 // Only where commits are not trusted whole (log_backend::trusted_commits):
 constexpr std::string_view kind_claim = "claim";  // a task instance took the partition; its offset is its epoch
 constexpr std::string_view kind_step = "step";    // ends a step: sequence, record count, input positions
+constexpr std::string_view kind_intent = "intent";  // opens a step: sequence, wall time, input ends
 constexpr std::string_view epoch_header = "keel-epoch";  // on every changelog record but claims
 /// Names the layout of a snapshot item; a snapshot of another layout is
 /// ignored and the changelog replayed (it holds every event).
@@ -93,6 +94,16 @@ struct step_marker {
   std::vector<std::int64_t> positions;
 };
 
+/// What a step's first record says, before anything else of it is written:
+/// its sequence, its wall time, and per input the offset after the last
+/// record it reads. A task restored after a crash in the middle of the step
+/// repeats it exactly, so whatever of it a broker shows is what it commits.
+struct step_intent {
+  std::int64_t sequence = 0;
+  std::int64_t now_ms = 0;
+  std::vector<std::int64_t> ends;
+};
+
 std::string encode_step(const step_marker& m) {
   std::string out;
   byte_writer w{out};
@@ -111,6 +122,16 @@ std::optional<step_marker> decode_step(std::string_view in) {
   for (auto n = r.u64(); r.ok() && n > 0 && n < 4096; --n) m.positions.push_back(r.i64());
   if (!r.ok() || !r.done()) return std::nullopt;
   return m;
+}
+
+// An intent has a marker's layout: sequence, wall time in place of the
+// record count, input ends in place of the positions.
+std::string encode_intent(const step_intent& i) { return encode_step({i.sequence, i.now_ms, i.ends}); }
+
+std::optional<step_intent> decode_intent(std::string_view in) {
+  auto m = decode_step(in);
+  if (!m) return std::nullopt;
+  return step_intent{m->sequence, m->records, std::move(m->positions)};
 }
 
 } // namespace
@@ -475,6 +496,7 @@ result<void> task_engine::claim() {
     dropped += static_cast<std::int64_t>(count);
   };
   std::int64_t epoch = epoch_;
+  std::optional<step_intent> intent;  // of the last step begun and not sealed
   log_offset next{changelog_next_};
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
   std::int64_t skipped = 0, incomplete = 0;
@@ -504,6 +526,12 @@ result<void> task_engine::claim() {
         ++skipped;
         continue;
       }
+      if (kind && *kind == kind_intent) {
+        intent = decode_intent(rec.data.value.value_or(""));
+        if (!intent || intent->ends.size() != spec_.inputs.size())
+          return make_error(errc::corrupt, "replay {}[{}] at {}: damaged step intent", topic, partition_, rec.offset);
+        continue;
+      }
       if (!kind || *kind != kind_step) {
         pending.push_back(std::move(rec));
         continue;
@@ -524,6 +552,7 @@ result<void> task_engine::claim() {
           KEEL_TRY(apply_changelog_record(*r));
         for (std::size_t i = 0; i < positions_.size(); ++i) positions_[i] = log_offset{marker->positions[i]};
         last_step_ = marker->sequence;
+        intent.reset();
         stream_time_ms_ = std::max(stream_time_ms_, rec.data.timestamp_ms);
       } else {
         drop(pending.size(), incomplete);
@@ -532,6 +561,13 @@ result<void> task_engine::claim() {
     }
   }
   drop(pending.size(), incomplete);
+  if (intent && intent->sequence > last_step_) {
+    // A step begun and never sealed: the first step of this instance repeats
+    // it, on the same inputs at the same wall time.
+    bool valid = true;
+    for (std::size_t i = 0; i < positions_.size(); ++i) valid = valid && intent->ends[i] >= positions_[i].value();
+    if (valid) retry_ = pinned_step{intent->now_ms, intent->ends};
+  }
   if (skipped > 0 || incomplete > 0)
     log(log_level::info, "runtime", "{}: replay skipped {} records of older epochs and {} of incomplete or repeated steps",
         name_, skipped, incomplete);
@@ -757,6 +793,15 @@ result<step_result> task_engine::step() {
   out.outputs = static_cast<std::int64_t>(ctx.outputs.size());
   for (auto& e : ctx.outputs) batch.records.push_back(std::move(e));
   for (auto& e : ctx.dead_letters) batch.records.push_back(std::move(e));
+  std::vector<std::int64_t> ends;  // per input: the offset after the last record read
+  for (std::size_t i = 0; i < spec_.inputs.size(); ++i)
+    ends.push_back(batches[i].empty() ? positions_[i].value() : batches[i].back().offset.value() + 1);
+  if (!trusted_) {
+    // The step's intent, written before anything else of it.
+    batch.records.insert(batch.records.begin(),
+                         ctx.changelog_entry(reserved_key('i', ""),
+                                             encode_intent({changelog_next_, step_now_ms_, ends}), kind_intent));
+  }
   const std::size_t changelog_first = batch.records.size();
   for (auto& e : ctx.changelog) batch.records.push_back(std::move(e));
   for (const auto& [source, seq] : applied_now)
@@ -782,12 +827,7 @@ result<step_result> task_engine::step() {
   observe_commit(std::chrono::steady_clock::now() - commit_started);
   if (!receipt) {
     undo();
-    if (!trusted_) {
-      std::vector<std::int64_t> ends;
-      for (std::size_t i = 0; i < spec_.inputs.size(); ++i)
-        ends.push_back(batches[i].empty() ? positions_[i].value() : batches[i].back().offset.value() + 1);
-      retry_ = pinned_step{step_now_ms_, std::move(ends)};
-    }
+    if (!trusted_) retry_ = pinned_step{step_now_ms_, std::move(ends)};
     return with_context(std::move(receipt).err(), "commit " + name_);
   }
   keep();
@@ -800,7 +840,7 @@ result<step_result> task_engine::step() {
   if (!trusted_) {
     last_step_ = expected_first;
     if (options_.check_claims && changelog_count > 0) {
-      const auto first = receipt->placements[changelog_first].second.value();
+      const auto first = receipt->placements.front().second.value();  // the intent
       if (first != expected_first) KEEL_TRY(check_claims(expected_first, first));
     }
   }

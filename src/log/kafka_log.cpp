@@ -301,14 +301,15 @@ public:
     ++generation_;  // reports of an earlier, aborted commit are told apart by it
     delivery_error_ = RD_KAFKA_RESP_ERR_NO_ERROR;
     delivery_failed_ = 0;
-    // Every record but the last, then the last once they are all acknowledged
-    // (see log_writer::commit); every delivery report before the offsets and
-    // the commit: a record that failed to deliver aborts the transaction.
+    // The first record, then the others, then the last, each part once the
+    // one before is acknowledged (see log_writer::commit); every delivery
+    // report before the offsets and the commit: a record that failed to
+    // deliver aborts the transaction.
     const std::size_t n = batch.records.size();
-    for (std::size_t part = 0; part < 2; ++part) {
-      const std::size_t begin = part == 0 ? 0 : (n == 0 ? 0 : n - 1);
-      const std::size_t end = part == 0 ? (n == 0 ? 0 : n - 1) : n;
-      if (begin == end) continue;
+    const std::size_t bounds[] = {0, std::min<std::size_t>(n, 1), n < 2 ? n : n - 1, n};
+    for (std::size_t part = 0; part < 3; ++part) {
+      const std::size_t begin = bounds[part], end = std::max(bounds[part], bounds[part + 1]);
+      if (begin >= end) continue;
       for (std::size_t i = begin; i < end; ++i) {
         if (auto produced = produce(batch.records[i], i); !produced) {
           placements_ = nullptr;

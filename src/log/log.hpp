@@ -23,10 +23,11 @@ public:
   /// log_backend::commit, through this writer. errc::fenced once a newer
   /// writer with the same id took over: the task must stop.
   ///
-  /// Where commits are not trusted whole, the last record of the batch is
-  /// its seal: it is written only after every other record was, so a reader
-  /// that sees it may rely on the rest being there, even of a commit that
-  /// failed after it was written.
+  /// Where commits are not trusted whole, the first record of the batch is
+  /// written before any other and the last after every other: a reader that
+  /// sees any record of a commit sees its first, and one that sees its last
+  /// may rely on the rest being there, even of a commit that failed after
+  /// they were written.
   virtual result<commit_receipt> commit(const commit_batch& batch) = 0;
 };
 

@@ -1,7 +1,8 @@
 // `keel serve` on the Kafka backend: librdkafka's mock cluster in a process
 // of its own (three brokers on loopback TCP), the daemon stopped at random
 // points while a generated ledger workload is produced, restarted each time
-// (KEEL_KAFKA_E2E_SIGNAL=KILL: SIGKILLed).
+// by SIGKILL or SIGTERM in turn (KEEL_KAFKA_E2E_SIGNAL=KILL or TERM: only
+// that one).
 // At the end the same invariants as on the embedded backend, checked against
 // an independent recomputation from the workload file. The mock shows the
 // records of aborted transactions and does not fence zombies, so output
@@ -63,7 +64,7 @@ std::string kafka_config(const std::string& dir, const std::string& bootstrap, c
 
 } // namespace
 
-TEST_CASE("kafka: the ledger across restarts: each transaction once, conserved, one reversal per breach") {
+TEST_CASE("kafka: the ledger survives SIGKILL and restarts: each transaction once, conserved, one reversal per breach") {
   const std::uint64_t seed = std::stoull(test::env_or("KEEL_TEST_SEED", "20261122"));
   const auto accounts = test::env_or("KEEL_KAFKA_LEDGER_ACCOUNTS", "500");
   const auto clients = test::env_or("KEEL_KAFKA_LEDGER_CLIENTS", "50");
@@ -71,7 +72,9 @@ TEST_CASE("kafka: the ledger across restarts: each transaction once, conserved, 
   const int kills = std::stoi(test::env_or("KEEL_KAFKA_E2E_KILLS", "6"));
   // SIGTERM: each stop commits the step in flight. SIGKILL leaves a step
   // half-written, which the mock shows as it cannot hide aborted records.
-  const int signal = test::env_or("KEEL_KAFKA_E2E_SIGNAL", "TERM") == "KILL" ? SIGKILL : SIGTERM;
+  // "mixed" (the default) alternates them.
+  const auto signals = test::env_or("KEEL_KAFKA_E2E_SIGNAL", "mixed");
+  REQUIRE((signals == "KILL" || signals == "TERM" || signals == "mixed"));
   CAPTURE(seed);
   std::mt19937_64 rng{seed};
   test::temp_dir dir;
@@ -127,6 +130,7 @@ TEST_CASE("kafka: the ledger across restarts: each transaction once, conserved, 
       last = std::max(last, p.consumed);
       return p.consumed >= target || (produced == commands.size() && p.drained);
     }, 120s, 20ms);
+    const int signal = signals == "KILL" || (signals == "mixed" && killed % 2 == 0) ? SIGKILL : SIGTERM;
     if (signal == SIGKILL) {
       d.kill_at_random_moment(rng);
     } else {
@@ -148,7 +152,7 @@ TEST_CASE("kafka: the ledger across restarts: each transaction once, conserved, 
   REQUIRE(d.proc.wait(60s) == std::optional<int>{0});
 
   const auto figures = test::check_ledger(log, commands, opens, held, test::repeated_ids::first_kept);
-  std::cout << "figures: " << killed << (signal == SIGKILL ? " SIGKILLs" : " restarts") << " on Kafka; " << figures.transactions << " transactions, "
+  std::cout << "figures: " << killed << " stops (" << signals << ") on Kafka; " << figures.transactions << " transactions, "
             << figures.breaching << " breaching, " << figures.episodes << " breach episodes" << '\n';
   CHECK(figures.breaching > 0);
 }
