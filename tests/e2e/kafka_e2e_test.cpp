@@ -12,6 +12,7 @@
 #include "log/kafka_log.hpp"
 #include "support/daemon.hpp"
 #include "support/ledger_check.hpp"
+#include "support/mock_kafka_process.hpp"
 #include "support/process.hpp"
 #include "support/temp_dir.hpp"
 
@@ -31,35 +32,10 @@ using namespace std::chrono_literals;
 
 namespace {
 
-/// The mock cluster's process; its bootstrap servers.
-struct mock_cluster {
-  test::process proc;
-  std::string bootstrap;
-
-  static mock_cluster start() {
-    const char* binary = std::getenv("KEEL_MOCK_KAFKA");
-    REQUIRE_MESSAGE(binary != nullptr, "KEEL_MOCK_KAFKA is not set (run under CTest)");
-    auto p = test::process::spawn({binary, "--brokers", "3"});
-    auto line = p.read_line(30s);
-    REQUIRE_MESSAGE((line && line->starts_with("bootstrap ")), "the mock cluster did not start");
-    return mock_cluster{std::move(p), line->substr(10)};
-  }
-  ~mock_cluster() {
-    proc.close_stdin();
-    proc.wait(10s);
-  }
-};
-
 std::string kafka_config(const std::string& dir, const std::string& bootstrap, const std::string& stages) {
   const auto path = dir + "/keel.toml";
   std::ofstream out(path);
-  out << "[log]\nbackend = \"kafka\"\n\n"
-      << "[kafka]\nbootstrap_servers = \"" << bootstrap << "\"\n"
-      << "application_id = \"e2e\"\n"
-      << "brokers_fence = false  # the mock does not fence an older producer\n"
-      << "message_timeout_ms = 10000\ntransaction_timeout_ms = 20000\nrequest_timeout_ms = 10000\n"
-      << "[kafka.properties]\nlog_level = 3\n\n"
-      << "[runtime]\nstages = " << stages << "\nsnapshot_every_events = 5000\n";
+  out << test::kafka_settings(bootstrap) << "[runtime]\nstages = " << stages << "\nsnapshot_every_events = 5000\n";
   return path;
 }
 
@@ -83,7 +59,7 @@ TEST_CASE("kafka: the ledger survives SIGKILL and restarts: each transaction onc
   const auto work = dir.file("workload");
   std::filesystem::create_directories(data);
 
-  auto cluster = mock_cluster::start();
+  auto cluster = test::mock_kafka_process::start();
   const auto config = kafka_config(dir.path(), cluster.bootstrap, R"(["ledger"])");
 
   auto gen = test::run({test::keel_binary(), "gen", "ledger", "--out", work, "--accounts", accounts, "--clients", clients,
@@ -162,7 +138,7 @@ TEST_CASE("kafka: standard tools interoperate: kcat produces JSON transactions k
   test::temp_dir dir;
   const auto data = dir.file("data");
   std::filesystem::create_directories(data);
-  auto cluster = mock_cluster::start();
+  auto cluster = test::mock_kafka_process::start();
   const auto config = kafka_config(dir.path(), cluster.bootstrap, R"(["ledger"])");
   auto d = test::daemon::start(data, {"--config", config, "--log-level", "warn"});
   const std::string kcat = "/usr/bin/kcat";  // Debian's kcat (scripts/install-deps --test)

@@ -3,6 +3,7 @@
 // SIGKILL in the middle.
 
 #include "support/daemon.hpp"
+#include "support/mock_kafka_process.hpp"
 #include "support/http_client.hpp"
 #include "support/process.hpp"
 #include "support/temp_dir.hpp"
@@ -50,7 +51,10 @@ TEST_CASE("merge queue e2e: twenty pull requests, failures and conflicts ejected
                                  n, content, file));
   }
 
-  test::write_file(dir.file("keel.toml"), fmt::format(R"([http]
+  // KEEL_E2E_BACKEND=kafka: the same on librdkafka's mock cluster.
+  std::optional<test::mock_kafka_process> cluster;
+  if (test::e2e_on_kafka()) cluster.emplace(test::mock_kafka_process::start());
+  test::write_file(dir.file("keel.toml"), (cluster ? test::kafka_settings(cluster->bootstrap) : "") + fmt::format(R"([http]
 token = "t0ken"
 [runtime]
 stages = ["mergequeue"]
