@@ -5,6 +5,7 @@
 
 #include <caf/all.hpp>
 
+#include <algorithm>
 #include <future>
 #include <map>
 #include <mutex>
@@ -20,6 +21,8 @@ using restart_atom = caf::atom_constant<caf::atom("restart")>;
 using report_atom = caf::atom_constant<caf::atom("report")>;
 using query_atom = caf::atom_constant<caf::atom("query")>;
 using list_atom = caf::atom_constant<caf::atom("list")>;
+using assign_atom = caf::atom_constant<caf::atom("assign")>;
+using revoke_atom = caf::atom_constant<caf::atom("revoke")>;
 
 /// A query of one entity, answered through the promise by the task owning it.
 struct query_call {
@@ -204,6 +207,7 @@ struct supervised {
   std::chrono::milliseconds backoff{0};
   task_status last;
   bool alive = false;
+  bool owned = false;  // this daemon runs the task (and restarts it when it fails)
   std::int64_t restarts = 0;
 };
 
@@ -222,6 +226,8 @@ struct supervisor_state {
   std::map<caf::actor_addr, std::string> by_address;
   bool stopping = false;
   std::vector<caf::response_promise> stop_waiters;
+  /// Revocations waiting for their tasks to stop.
+  std::vector<std::pair<std::vector<std::string>, caf::response_promise>> revoke_waiters;
   static inline const char* name = "keel.supervisor";
 };
 
@@ -237,6 +243,16 @@ caf::behavior supervisor_actor(caf::stateful_actor<supervisor_state>* self, supe
   };
   auto deliver_if_stopped = [self] {
     auto& st = self->state;
+    for (auto it = st.revoke_waiters.begin(); it != st.revoke_waiters.end();) {
+      bool stopped = true;
+      for (const auto& name : it->first) stopped = stopped && !st.tasks.at(name).alive;
+      if (!stopped) {
+        ++it;
+        continue;
+      }
+      it->second.deliver(true);
+      it = st.revoke_waiters.erase(it);
+    }
     for (const auto& [name, t] : st.tasks)
       if (t.alive) return;
     for (auto& waiter : st.stop_waiters) waiter.deliver(true);
@@ -251,7 +267,8 @@ caf::behavior supervisor_actor(caf::stateful_actor<supervisor_state>* self, supe
       t.spec = &spec;
       t.partition = partition_id{p};
       t.last.task = name;
-      spawn_task(name);
+      t.owned = args.options.own_all_partitions;
+      if (t.owned) spawn_task(name);
     }
   }
 
@@ -265,7 +282,7 @@ caf::behavior supervisor_actor(caf::stateful_actor<supervisor_state>* self, supe
     t.alive = false;
     t.last.restored = false;
     args.directory->withdraw(t.spec->name, t.partition);
-    if (st.stopping) return deliver_if_stopped();
+    if (st.stopping || !t.owned) return deliver_if_stopped();
     t.backoff = next_backoff(t.backoff, args.options);
     log(log_level::warn, "runtime", "{} stopped ({}); restarting in {} ms", name,
         caf::to_string(down.reason), t.backoff.count());
@@ -274,9 +291,36 @@ caf::behavior supervisor_actor(caf::stateful_actor<supervisor_state>* self, supe
 
   return {
     [self, spawn_task](restart_atom, const std::string& name) {
-      if (self->state.stopping) return;
-      self->state.tasks.at(name).restarts += 1;
+      auto& t = self->state.tasks.at(name);
+      if (self->state.stopping || !t.owned || t.alive) return;
+      t.restarts += 1;
       spawn_task(name);
+    },
+    [self, spawn_task](assign_atom, const std::vector<std::int32_t>& partitions) {
+      auto& st = self->state;
+      if (st.stopping) return false;
+      for (auto& [name, t] : st.tasks) {
+        if (std::find(partitions.begin(), partitions.end(), t.partition.value()) == partitions.end()) continue;
+        t.owned = true;
+        if (!t.alive) spawn_task(name);
+      }
+      return true;
+    },
+    [self, args, deliver_if_stopped](revoke_atom, const std::vector<std::int32_t>& partitions) -> caf::result<bool> {
+      auto& st = self->state;
+      std::vector<std::string> stopping;
+      for (auto& [name, t] : st.tasks) {
+        if (std::find(partitions.begin(), partitions.end(), t.partition.value()) == partitions.end()) continue;
+        t.owned = false;
+        args.directory->withdraw(t.spec->name, t.partition);
+        if (!t.alive) continue;
+        stopping.push_back(name);
+        self->send(t.actor, stop_atom::value);
+      }
+      auto promise = self->make_response_promise();
+      st.revoke_waiters.emplace_back(std::move(stopping), promise);
+      deliver_if_stopped();
+      return promise;
     },
     [self, args](report_atom, task_status status) {
       auto it = self->state.tasks.find(status.task);
@@ -285,18 +329,19 @@ caf::behavior supervisor_actor(caf::stateful_actor<supervisor_state>* self, supe
       // A task that restored and keeps reporting is healthy again.
       if (status.restored && t.last.restored) t.backoff = std::chrono::milliseconds{0};
       // Restored: queries may reach it.
-      if (status.restored && !t.last.restored && t.alive && !self->state.stopping)
+      if (status.restored && !t.last.restored && t.alive && t.owned && !self->state.stopping)
         args.directory->publish(t.spec->name, t.partition, t.actor);
       t.last = std::move(status);
     },
     [self](ready_atom) {
       for (const auto& [name, t] : self->state.tasks)
-        if (!t.alive || !t.last.restored) return false;
+        if (t.owned && (!t.alive || !t.last.restored)) return false;
       return true;
     },
     [self](status_atom) {
       std::vector<task_status> out;
       for (const auto& [name, t] : self->state.tasks) {
+        if (!t.owned && !t.alive) continue;  // another daemon's
         out.push_back(t.last);
         out.back().restarts = t.restarts;
         if (!t.alive) out.back().restored = false;
@@ -472,6 +517,27 @@ result<runtime::listing> runtime::list(const std::string& stage, const std::stri
   std::stable_sort(items.begin(), items.end(), [](const list_item& a, const list_item& b) { return a.at_ms > b.at_ms; });
   if (items.size() > limit) items.resize(limit);
   return listing{"{" + as_of + "}", std::move(items)};
+}
+
+result<void> runtime::assign(const std::vector<std::int32_t>& partitions, std::chrono::milliseconds timeout) {
+  caf::scoped_actor self{system_};
+  result<void> out = ok();
+  self->request(supervisor_, timeout, assign_atom::value, partitions)
+    .receive([&](bool accepted) { if (!accepted) out = make_error(errc::cancelled, "the runtime is stopping"); },
+             [&](caf::error& e) { out = make_error(errc::timeout, "assign: {}", caf::to_string(e)); });
+  return out;
+}
+
+result<void> runtime::revoke(const std::vector<std::int32_t>& partitions, std::chrono::milliseconds timeout) {
+  caf::scoped_actor self{system_};
+  result<void> out = ok();
+  self->request(supervisor_, timeout, revoke_atom::value, partitions)
+    .receive([&](bool) {},
+             [&](caf::error& e) {
+               out = make_error(errc::timeout, "revoked tasks did not stop within {} ms: {}", timeout.count(),
+                                caf::to_string(e));
+             });
+  return out;
 }
 
 result<void> runtime::stop(std::chrono::milliseconds timeout) {

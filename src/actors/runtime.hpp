@@ -26,6 +26,10 @@ struct runtime_options {
   std::chrono::milliseconds backoff_max{10'000};
   /// Partitions given to a stage's input topics that do not exist yet.
   std::int32_t default_partitions = 4;
+  /// Whether every task starts at once (one daemon owns every partition).
+  /// When false, tasks run only for the partitions given to assign(), as a
+  /// consumer group hands them to this daemon.
+  bool own_all_partitions = true;
 };
 
 /// Checks and creates the topics the stages need: inputs (created with the
@@ -52,7 +56,7 @@ public:
                                                 runtime_options options = {});
   ~runtime();
 
-  /// True once every task has restored its state.
+  /// True once every task this daemon owns has restored its state.
   bool ready(std::chrono::milliseconds timeout = std::chrono::seconds(2)) const;
 
   /// The last status each task reported.
@@ -81,6 +85,17 @@ public:
   /// while a task restores, errc::timeout.
   result<listing> list(const std::string& stage, const std::string& collection, const list_filter& filter,
                        std::size_t limit, std::chrono::milliseconds timeout = std::chrono::seconds(2)) const;
+
+  /// Starts the tasks of these partition numbers, in every stage (stages are
+  /// co-partitioned: partition p of each stage's inputs moves together). Those
+  /// running already keep running.
+  result<void> assign(const std::vector<std::int32_t>& partitions,
+                      std::chrono::milliseconds timeout = std::chrono::seconds(2));
+
+  /// Stops the tasks of these partition numbers as stop() does (each commits
+  /// its batch in flight and snapshots) and does not restart them; returns
+  /// once they have stopped, errc::timeout if that takes longer.
+  result<void> revoke(const std::vector<std::int32_t>& partitions, std::chrono::milliseconds timeout);
 
   /// Stops every task: each finishes and commits the batch in flight, snapshots,
   /// and exits. errc::timeout if that takes longer than `timeout`.

@@ -15,6 +15,7 @@
 #include <caf/actor_system_config.hpp>
 #include <doctest/doctest.h>
 
+#include <map>
 #include <set>
 
 using namespace keel;
@@ -180,4 +181,73 @@ TEST_CASE("a stage that records state for a key of another partition is stopped,
   CHECK(r.err().message.find("emit it to a topic keyed by it instead") != std::string::npos);
   CHECK(log->offsets("rekey.changelog", partition_id{0})->end == log_offset{0});
   CHECK(log->position("rekey", "rekey.in", partition_id{0}).value() == std::nullopt);
+}
+
+TEST_CASE("a runtime that owns no partitions runs the tasks of the partitions assigned to it, and stops the revoked ones") {
+  test::temp_dir dir;
+  auto log = std::move(*embedded_log::open({.path = dir.file("log.db"), .sync = sqlite::sync_mode::off}));
+  auto snapshots = std::move(*snapshot_store::open(dir.file("snapshots.db")));
+  system_clock wall;
+  caf::actor_system_config config;
+  caf::actor_system system{config};
+  runtime_options options;
+  options.idle_poll = 5ms;
+  options.default_partitions = 4;
+  options.own_all_partitions = false;
+  auto started = runtime::runtime::start(system, *log, snapshots.get(), wall, {counter_stage(4)}, options);
+  REQUIRE_MESSAGE(started, (started ? "" : started.err().message));
+  auto& rt = **started;
+  CHECK(rt.status().empty());
+
+  // 40 increments of 1 on keys spread over the four partitions.
+  std::map<std::int32_t, std::int64_t> per_partition;
+  commit_batch b;
+  for (int i = 0; i < 40; ++i) {
+    const auto key = "k" + std::to_string(i);
+    per_partition[partition_for_key(key, 4).value()] += 1;
+    b.records.push_back({std::string{counter_input_topic}, std::nullopt, record{key, R"({"amount": 1})", i, {}}});
+  }
+  REQUIRE(log->commit(b));
+  auto positions = [&] {
+    std::map<std::string, std::int64_t> out;
+    for (const auto& t : rt.status())
+      for (const auto& [topic, offset] : t.positions) out[t.task] = offset;
+    return out;
+  };
+
+  REQUIRE(rt.assign({0, 1}));
+  REQUIRE(test::eventually([&] {
+    auto p = positions();
+    return rt.ready() && p.size() == 2 && p["counter/0"] == per_partition[0] && p["counter/1"] == per_partition[1];
+  }, 30s));
+  // A key of an unassigned partition has no task here.
+  std::string elsewhere;
+  for (int i = 0; i < 40 && elsewhere.empty(); ++i)
+    if (partition_for_key("k" + std::to_string(i), 4).value() >= 2) elsewhere = "k" + std::to_string(i);
+  auto absent = rt.query("counter", elsewhere, 1s);
+  REQUIRE_FALSE(absent);
+  CHECK(absent.err().code == errc::unavailable);
+
+  // Revoked: the task commits, snapshots and stops, and is not restarted.
+  REQUIRE(rt.revoke({1}, 10s));
+  auto after = positions();
+  CHECK(after.size() == 1);
+  CHECK(after.count("counter/0") == 1);
+
+  // Everything assigned: each partition's increments are applied once.
+  REQUIRE(rt.assign({1, 2, 3}));
+  REQUIRE(test::eventually([&] {
+    auto p = positions();
+    if (!rt.ready() || p.size() != 4) return false;
+    for (std::int32_t q = 0; q < 4; ++q)
+      if (p[fmt::format("counter/{}", q)] != per_partition[q]) return false;
+    return true;
+  }, 30s));
+  for (int i = 0; i < 40; ++i) {
+    auto state = rt.query("counter", "k" + std::to_string(i), 2s);
+    REQUIRE(state);
+    REQUIRE(state->has_value());
+    CHECK((*state)->find(R"("count":1)") != std::string::npos);
+  }
+  REQUIRE(rt.stop(10s));
 }
