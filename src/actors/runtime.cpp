@@ -54,6 +54,7 @@ CAF_ALLOW_UNSAFE_MESSAGE_TYPE(keel::runtime::task_status)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(std::vector<keel::runtime::task_status>)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(std::shared_ptr<keel::runtime::query_call>)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(std::shared_ptr<keel::runtime::list_call>)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(keel::runtime::runtime::topic_partitions)
 
 namespace keel::runtime {
 namespace {
@@ -211,6 +212,14 @@ struct supervised {
   std::int64_t restarts = 0;
 };
 
+/// Whether one of these input partitions drives the task: partition p of its
+/// stage's first input.
+bool drives(const runtime::topic_partitions& partitions, const supervised& t) {
+  for (const auto& [topic, p] : partitions)
+    if (p == t.partition.value() && topic == t.spec->inputs.front()) return true;
+  return false;
+}
+
 struct supervisor_args {
   std::shared_ptr<const std::vector<stage_spec>> stages;
   std::vector<std::int32_t> partitions;  // per stage
@@ -296,21 +305,21 @@ caf::behavior supervisor_actor(caf::stateful_actor<supervisor_state>* self, supe
       t.restarts += 1;
       spawn_task(name);
     },
-    [self, spawn_task](assign_atom, const std::vector<std::int32_t>& partitions) {
+    [self, spawn_task](assign_atom, const runtime::topic_partitions& partitions) {
       auto& st = self->state;
       if (st.stopping) return false;
       for (auto& [name, t] : st.tasks) {
-        if (std::find(partitions.begin(), partitions.end(), t.partition.value()) == partitions.end()) continue;
+        if (!drives(partitions, t)) continue;
         t.owned = true;
         if (!t.alive) spawn_task(name);
       }
       return true;
     },
-    [self, args, deliver_if_stopped](revoke_atom, const std::vector<std::int32_t>& partitions) -> caf::result<bool> {
+    [self, args, deliver_if_stopped](revoke_atom, const runtime::topic_partitions& partitions) -> caf::result<bool> {
       auto& st = self->state;
       std::vector<std::string> stopping;
       for (auto& [name, t] : st.tasks) {
-        if (std::find(partitions.begin(), partitions.end(), t.partition.value()) == partitions.end()) continue;
+        if (!drives(partitions, t)) continue;
         t.owned = false;
         args.directory->withdraw(t.spec->name, t.partition);
         if (!t.alive) continue;
@@ -519,7 +528,7 @@ result<runtime::listing> runtime::list(const std::string& stage, const std::stri
   return listing{"{" + as_of + "}", std::move(items)};
 }
 
-result<void> runtime::assign(const std::vector<std::int32_t>& partitions, std::chrono::milliseconds timeout) {
+result<void> runtime::assign(const topic_partitions& partitions, std::chrono::milliseconds timeout) {
   caf::scoped_actor self{system_};
   result<void> out = ok();
   self->request(supervisor_, timeout, assign_atom::value, partitions)
@@ -528,7 +537,7 @@ result<void> runtime::assign(const std::vector<std::int32_t>& partitions, std::c
   return out;
 }
 
-result<void> runtime::revoke(const std::vector<std::int32_t>& partitions, std::chrono::milliseconds timeout) {
+result<void> runtime::revoke(const topic_partitions& partitions, std::chrono::milliseconds timeout) {
   caf::scoped_actor self{system_};
   result<void> out = ok();
   self->request(supervisor_, timeout, revoke_atom::value, partitions)

@@ -86,16 +86,19 @@ public:
   result<listing> list(const std::string& stage, const std::string& collection, const list_filter& filter,
                        std::size_t limit, std::chrono::milliseconds timeout = std::chrono::seconds(2)) const;
 
-  /// Starts the tasks of these partition numbers, in every stage (stages are
-  /// co-partitioned: partition p of each stage's inputs moves together). Those
-  /// running already keep running.
-  result<void> assign(const std::vector<std::int32_t>& partitions,
+  /// Input partitions, as a consumer group hands them out.
+  using topic_partitions = std::vector<std::pair<std::string, std::int32_t>>;
+
+  /// Starts the tasks these input partitions drive: the task (stage, p) runs
+  /// when partition p of its stage's first input is given (a stage's inputs
+  /// are co-partitioned and move together). Those running keep running.
+  result<void> assign(const topic_partitions& partitions,
                       std::chrono::milliseconds timeout = std::chrono::seconds(2));
 
-  /// Stops the tasks of these partition numbers as stop() does (each commits
-  /// its batch in flight and snapshots) and does not restart them; returns
-  /// once they have stopped, errc::timeout if that takes longer.
-  result<void> revoke(const std::vector<std::int32_t>& partitions, std::chrono::milliseconds timeout);
+  /// Stops the tasks these input partitions drive as stop() does (each
+  /// commits its batch in flight and snapshots) and does not restart them;
+  /// returns once they have stopped, errc::timeout if that takes longer.
+  result<void> revoke(const topic_partitions& partitions, std::chrono::milliseconds timeout);
 
   /// Stops every task: each finishes and commits the batch in flight, snapshots,
   /// and exits. errc::timeout if that takes longer than `timeout`.

@@ -215,7 +215,7 @@ TEST_CASE("a runtime that owns no partitions runs the tasks of the partitions as
     return out;
   };
 
-  REQUIRE(rt.assign({0, 1}));
+  REQUIRE(rt.assign({{"counter.increments", 0}, {"counter.increments", 1}}));
   REQUIRE(test::eventually([&] {
     auto p = positions();
     return rt.ready() && p.size() == 2 && p["counter/0"] == per_partition[0] && p["counter/1"] == per_partition[1];
@@ -229,13 +229,13 @@ TEST_CASE("a runtime that owns no partitions runs the tasks of the partitions as
   CHECK(absent.err().code == errc::unavailable);
 
   // Revoked: the task commits, snapshots and stops, and is not restarted.
-  REQUIRE(rt.revoke({1}, 10s));
+  REQUIRE(rt.revoke({{"counter.increments", 1}}, 10s));
   auto after = positions();
   CHECK(after.size() == 1);
   CHECK(after.count("counter/0") == 1);
 
   // Everything assigned: each partition's increments are applied once.
-  REQUIRE(rt.assign({1, 2, 3}));
+  REQUIRE(rt.assign({{"counter.increments", 1}, {"counter.increments", 2}, {"counter.increments", 3}}));
   REQUIRE(test::eventually([&] {
     auto p = positions();
     if (!rt.ready() || p.size() != 4) return false;
