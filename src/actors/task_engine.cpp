@@ -9,7 +9,6 @@
 
 #include <algorithm>
 #include <charconv>
-#include <limits>
 
 namespace keel::runtime {
 namespace {
@@ -482,19 +481,7 @@ result<void> task_engine::claim() {
   // broker still shows, followed by the attempt that committed).
   const auto topic = spec_.changelog_topic();
   std::vector<stored_record> pending;
-  unsealed_firings_.clear();
-  // Records of a step that never got its marker are dropped, but its outputs
-  // may be visible (an aborted transaction the broker still shows): the
-  // timers it fired keep the ids it gave them, so that firing them again does
-  // not emit the same outputs under new ids.
-  auto drop = [this, &pending](std::size_t count, std::int64_t& dropped) {
-    for (std::size_t i = 0; i < count; ++i) {
-      auto kind = header(pending[i].data, kind_header);
-      if (kind && *kind == kind_timer_done && pending[i].data.key && pending[i].data.key->size() > 2)
-        unsealed_firings_[pending[i].data.key->substr(2)] = pending[i].offset.value();
-    }
-    dropped += static_cast<std::int64_t>(count);
-  };
+  auto drop = [](std::size_t count, std::int64_t& dropped) { dropped += static_cast<std::int64_t>(count); };
   std::int64_t epoch = epoch_;
   std::optional<step_intent> intent;  // of the last step begun and not sealed
   log_offset next{changelog_next_};
@@ -547,7 +534,6 @@ result<void> task_engine::claim() {
       if (step_records <= pending.size() && marker->sequence > last_step_) {
         // Earlier attempts of this step are superseded by the whole one.
         incomplete += static_cast<std::int64_t>(pending.size() - step_records);
-        unsealed_firings_.clear();
         for (auto r = pending.end() - static_cast<std::ptrdiff_t>(step_records); r != pending.end(); ++r)
           KEEL_TRY(apply_changelog_record(*r));
         for (std::size_t i = 0; i < positions_.size(); ++i) positions_[i] = log_offset{marker->positions[i]};
@@ -566,7 +552,7 @@ result<void> task_engine::claim() {
     // it, on the same inputs at the same wall time.
     bool valid = true;
     for (std::size_t i = 0; i < positions_.size(); ++i) valid = valid && intent->ends[i] >= positions_[i].value();
-    if (valid) retry_ = pinned_step{intent->now_ms, intent->ends};
+    if (valid) retry_ = pinned_step{intent->now_ms, intent->ends, intent->sequence};
   }
   if (skipped > 0 || incomplete > 0)
     log(log_level::info, "runtime", "{}: replay skipped {} records of older epochs and {} of incomplete or repeated steps",
@@ -609,6 +595,10 @@ result<step_result> task_engine::step() {
   std::vector<std::vector<stored_record>> batches(spec_.inputs.size());
   std::vector<pending> order;
   step_now_ms_ = retry_ ? retry_->now_ms : wall_.now_ms();
+  // Names the firings of timers and the handling of completions in this step
+  // (see below): the changelog offset the step starts from, or, repeating an
+  // attempt, the one that attempt started from, whatever was written since.
+  const auto base = retry_ ? retry_->base : changelog_next_;
   // Where commits are not trusted whole, due timers fire in a step of their
   // own: what they emit then does not depend on where a batch of inputs
   // ended, so firing them again after a crash emits the same.
@@ -740,21 +730,15 @@ result<step_result> task_engine::step() {
     return a.due_ms != b.due_ms ? a.due_ms < b.due_ms : a.id < b.id;
   });
   if (due.size() > options_.batch_max) due.resize(options_.batch_max);
-  if (!unsealed_firings_.empty())  // those fired before a crash first, in the order they fired
-    std::stable_sort(due.begin(), due.end(), [this](const timer& a, const timer& b) {
-      auto ia = unsealed_firings_.find(a.id), ib = unsealed_firings_.find(b.id);
-      const auto ka = ia == unsealed_firings_.end() ? std::numeric_limits<std::int64_t>::max() : ia->second;
-      const auto kb = ib == unsealed_firings_.end() ? std::numeric_limits<std::int64_t>::max() : ib->second;
-      return ka < kb;
-    });
   for (const auto& t : due) {
     // Remove first: the handler may schedule a timer with the same id again.
     // The removal's changelog offset is known before the commit (this task is
     // the partition's only writer) and names the firing: outputs of a timer get
-    // ids as deterministic as those of an input record.
-    auto done_offset = changelog_next_ + static_cast<std::int64_t>(ctx.changelog.size());
-    if (auto fired_before = unsealed_firings_.find(t.id); fired_before != unsealed_firings_.end())
-      done_offset = fired_before->second;
+    // ids as deterministic as those of an input record. (Where other records
+    // came in between, as a claim after a crash, the name is the offset the
+    // record would have had: still above every earlier step's, and below
+    // every later one's.)
+    const auto done_offset = base + static_cast<std::int64_t>(ctx.changelog.size());
     ctx.changelog.push_back(ctx.changelog_entry(reserved_key('t', t.id), "", kind_timer_done));
     ctx.begin_input(origin_of(spec_.changelog_topic(), partition_, done_offset), t.due_ms);
     timers_.erase(t.id);
@@ -769,7 +753,7 @@ result<step_result> task_engine::step() {
   std::size_t completed = 0;
   for (const auto& id : logic_->completions()) {
     if (completed == options_.batch_max) break;
-    const auto marker = changelog_next_ + static_cast<std::int64_t>(ctx.changelog.size());
+    const auto marker = base + static_cast<std::int64_t>(ctx.changelog.size());
     ctx.changelog.push_back(ctx.changelog_entry(reserved_key('c', id), "", kind_completion));
     ctx.begin_input(origin_of(spec_.changelog_topic(), partition_, marker), now);
     if (auto handled = logic_->on_completion(id, ctx); !handled)
@@ -800,7 +784,7 @@ result<step_result> task_engine::step() {
     // The step's intent, written before anything else of it.
     batch.records.insert(batch.records.begin(),
                          ctx.changelog_entry(reserved_key('i', ""),
-                                             encode_intent({changelog_next_, step_now_ms_, ends}), kind_intent));
+                                             encode_intent({base, step_now_ms_, ends}), kind_intent));
   }
   const std::size_t changelog_first = batch.records.size();
   for (auto& e : ctx.changelog) batch.records.push_back(std::move(e));
@@ -827,12 +811,11 @@ result<step_result> task_engine::step() {
   observe_commit(std::chrono::steady_clock::now() - commit_started);
   if (!receipt) {
     undo();
-    if (!trusted_) retry_ = pinned_step{step_now_ms_, std::move(ends)};
+    if (!trusted_) retry_ = pinned_step{step_now_ms_, std::move(ends), base};
     return with_context(std::move(receipt).err(), "commit " + name_);
   }
   keep();
   retry_.reset();
-  unsealed_firings_.clear();
   positions_ = std::move(next_positions);
   const auto expected_first = changelog_next_;
   if (changelog_count > 0)

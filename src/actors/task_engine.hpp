@@ -158,11 +158,9 @@ private:
   struct pinned_step {
     std::int64_t now_ms;
     std::vector<std::int64_t> ends;  // per input: the offset after its last record
+    std::int64_t base;  // the changelog offset the attempt started from
   };
   std::optional<pinned_step> retry_;
-  /// Untrusted commits, after restore: timers fired in a step that was left
-  /// without its marker, by id, with the offset that named their firing.
-  std::map<std::string, std::int64_t> unsealed_firings_;
   std::int64_t step_now_ms_ = 0;  // the wall time of the step in progress
 
   std::int64_t records_total_ = 0, outputs_total_ = 0, dead_letters_total_ = 0;

@@ -226,9 +226,11 @@ TEST_CASE("kafka runtime: an aborted step the mock still shows is replayed once,
     if (!kind) ++events;
   }
   if (outputs_fail) {
-    // The failed attempt's changelog is there, without its marker, and was skipped.
+    // What of the failed attempt's changelog got through is there, without
+    // its marker, and was skipped (librdkafka may purge it with the failed
+    // request).
     CHECK(records == 45);
-    CHECK(events > 45);
+    CHECK(events >= 45);
   } else {
     // librdkafka may purge the outputs with the failed request; what it sent
     // is there with the ids of the retry's.

@@ -181,13 +181,16 @@ ledger_figures check_ledger(log_backend& log, const std::vector<workload_record>
   CHECK(held_total == expected_total);
   // One breach event per episode, closed at most once.
   std::map<std::string, int> breach_events, closes;
+  std::map<std::string, std::string> ids_of;  // episode -> the event ids that name it
   for (const auto& e : read_unique(log, "ledger.limit-breaches", policy)) {
     if (e.has_breach_detected()) breach_events[e.breach_detected().episode_id()] += 1;
     if (e.has_back_within_limit()) closes[e.back_within_limit().episode_id()] += 1;
+    const auto& episode = e.has_breach_detected() ? e.breach_detected().episode_id() : e.back_within_limit().episode_id();
+    ids_of[episode] += " " + e.event_id();
   }
-  for (const auto& [episode, n] : breach_events) CHECK(n == 1);
+  for (const auto& [episode, n] : breach_events) CHECK_MESSAGE(n == 1, episode << ":" << ids_of[episode]);
   for (const auto& [episode, n] : closes) {
-    CHECK(n == 1);
+    CHECK_MESSAGE(n == 1, episode << ":" << ids_of[episode]);
     CHECK(breach_events.contains(episode));
   }
   figures.episodes = static_cast<std::int64_t>(breach_events.size());
