@@ -49,8 +49,8 @@ TEST_CASE("kafka: the ledger survives SIGKILL and restarts: each transaction onc
   const int kills = std::stoi(test::env_or("KEEL_KAFKA_E2E_KILLS", "6"));
   // SIGTERM: each stop commits the step in flight. SIGKILL leaves a step
   // half-written, which the mock shows as it cannot hide aborted records.
-  // "mixed" alternates them; the suite stops it with SIGTERM.
-  const auto signals = test::env_or("KEEL_KAFKA_E2E_SIGNAL", "TERM");
+  // "mixed" (the default) alternates them.
+  const auto signals = test::env_or("KEEL_KAFKA_E2E_SIGNAL", "mixed");
   REQUIRE((signals == "KILL" || signals == "TERM" || signals == "mixed"));
   CAPTURE(seed);
   std::mt19937_64 rng{seed};
