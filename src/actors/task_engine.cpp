@@ -481,7 +481,6 @@ result<void> task_engine::claim() {
   // broker still shows, followed by the attempt that committed).
   const auto topic = spec_.changelog_topic();
   std::vector<stored_record> pending;
-  auto drop = [](std::size_t count, std::int64_t& dropped) { dropped += static_cast<std::int64_t>(count); };
   std::int64_t epoch = epoch_;
   std::optional<step_intent> intent;  // of the last step begun and not sealed
   log_offset next{changelog_next_};
@@ -502,7 +501,7 @@ result<void> task_engine::claim() {
       auto kind = header(rec.data, kind_header);
       if (kind && *kind == kind_claim) {
         epoch = rec.offset.value();
-        drop(pending.size(), incomplete);
+        incomplete += static_cast<std::int64_t>(pending.size());
         pending.clear();
         continue;
       }
@@ -541,12 +540,12 @@ result<void> task_engine::claim() {
         intent.reset();
         stream_time_ms_ = std::max(stream_time_ms_, rec.data.timestamp_ms);
       } else {
-        drop(pending.size(), incomplete);
+        incomplete += static_cast<std::int64_t>(pending.size());
       }
       pending.clear();
     }
   }
-  drop(pending.size(), incomplete);
+  incomplete += static_cast<std::int64_t>(pending.size());
   if (intent && intent->sequence > last_step_) {
     // A step begun and never sealed: the first step of this instance repeats
     // it, on the same inputs at the same wall time.
