@@ -4,6 +4,7 @@
 #include "log/partitioner.hpp"
 
 #include <caf/all.hpp>
+#include <fmt/ranges.h>
 
 #include <algorithm>
 #include <future>
@@ -72,38 +73,46 @@ caf::error to_caf(const error& e) { return caf::make_error(caf::sec::runtime_err
 
 class runtime::directory {
 public:
+  /// A task's place: whether this daemon runs it, and the task once restored.
+  struct slot {
+    bool owned = false;
+    caf::actor task;  // invalid while it restores or when not owned
+  };
   explicit directory(const std::vector<stage_spec>& stages, const std::vector<std::int32_t>& partitions) {
     for (std::size_t i = 0; i < stages.size(); ++i) tasks_[stages[i].name].resize(partitions[i]);
   }
   void publish(const std::string& stage, partition_id p, caf::actor task) {
     std::lock_guard lock{mutex_};
-    tasks_.at(stage).at(p.value()) = std::move(task);
+    tasks_.at(stage).at(p.value()).task = std::move(task);
   }
   void withdraw(const std::string& stage, partition_id p) {
     std::lock_guard lock{mutex_};
-    tasks_.at(stage).at(p.value()) = caf::actor{};
+    tasks_.at(stage).at(p.value()).task = caf::actor{};
   }
-  /// The tasks of a stage by partition (invalid while one restores); nullopt
-  /// for an unknown stage.
-  std::optional<std::vector<caf::actor>> of(const std::string& stage) const {
+  void own(const std::string& stage, partition_id p, bool owned) {
+    std::lock_guard lock{mutex_};
+    tasks_.at(stage).at(p.value()).owned = owned;
+  }
+  /// The tasks of a stage by partition; nullopt for an unknown stage.
+  std::optional<std::vector<slot>> of(const std::string& stage) const {
     std::lock_guard lock{mutex_};
     auto it = tasks_.find(stage);
     if (it == tasks_.end()) return std::nullopt;
     return it->second;
   }
-  /// The task owning `key`: nullopt for an unknown stage, an invalid handle
-  /// while the task restores.
-  std::optional<caf::actor> owner(const std::string& stage, const std::string& key) const {
+  /// The partition owning `key` and its slot: nullopt for an unknown stage.
+  std::optional<std::pair<partition_id, slot>> owner(const std::string& stage, const std::string& key) const {
     std::lock_guard lock{mutex_};
     auto it = tasks_.find(stage);
     if (it == tasks_.end()) return std::nullopt;
     const auto n = static_cast<std::int32_t>(it->second.size());
-    return it->second[partition_for_key(key, n).value()];
+    const auto p = partition_for_key(key, n);
+    return std::pair{p, it->second[p.value()]};
   }
 
 private:
   mutable std::mutex mutex_;
-  std::map<std::string, std::vector<caf::actor>, std::less<>> tasks_;
+  std::map<std::string, std::vector<slot>, std::less<>> tasks_;
 };
 
 namespace {
@@ -277,6 +286,7 @@ caf::behavior supervisor_actor(caf::stateful_actor<supervisor_state>* self, supe
       t.partition = partition_id{p};
       t.last.task = name;
       t.owned = args.options.own_all_partitions;
+      args.directory->own(t.spec->name, t.partition, t.owned);
       if (t.owned) spawn_task(name);
     }
   }
@@ -305,12 +315,13 @@ caf::behavior supervisor_actor(caf::stateful_actor<supervisor_state>* self, supe
       t.restarts += 1;
       spawn_task(name);
     },
-    [self, spawn_task](assign_atom, const runtime::topic_partitions& partitions) {
+    [self, args, spawn_task](assign_atom, const runtime::topic_partitions& partitions) {
       auto& st = self->state;
       if (st.stopping) return false;
       for (auto& [name, t] : st.tasks) {
         if (!drives(partitions, t)) continue;
         t.owned = true;
+        args.directory->own(t.spec->name, t.partition, true);
         if (!t.alive) spawn_task(name);
       }
       return true;
@@ -321,6 +332,7 @@ caf::behavior supervisor_actor(caf::stateful_actor<supervisor_state>* self, supe
       for (auto& [name, t] : st.tasks) {
         if (!drives(partitions, t)) continue;
         t.owned = false;
+        args.directory->own(t.spec->name, t.partition, false);
         args.directory->withdraw(t.spec->name, t.partition);
         if (!t.alive) continue;
         stopping.push_back(name);
@@ -473,13 +485,17 @@ result<T> await(std::future<T>& answer, std::chrono::steady_clock::time_point de
 
 result<std::optional<std::string>> runtime::query(const std::string& stage, const std::string& key,
                                                   std::chrono::milliseconds timeout) const {
-  auto task = tasks_->owner(stage, key);
-  if (!task) return make_error(errc::not_found, "no stage {}", stage);
-  if (!*task) return make_error(errc::unavailable, "the task owning {} is restoring", key);
+  auto found = tasks_->owner(stage, key);
+  if (!found) return make_error(errc::not_found, "no stage {}", stage);
+  const auto& [partition, slot] = *found;
+  if (!slot.owned)
+    return make_error(errc::unavailable, "{} of stage {} lives in partition {}, which another daemon runs", key,
+                      stage, partition.value());
+  if (!slot.task) return make_error(errc::unavailable, "the task owning {} is restoring", key);
   auto call = std::make_shared<query_call>();
   call->key = key;
   auto answer = call->reply.get_future();
-  caf::anon_send(*task, query_atom::value, std::move(call));
+  caf::anon_send(slot.task, query_atom::value, std::move(call));
   auto json = await(answer, std::chrono::steady_clock::now() + timeout, "stage " + stage);
   if (!json) return std::move(json).err();
   if (json->empty()) return std::optional<std::string>{};
@@ -492,20 +508,39 @@ std::string runtime::listing::json() const {
     if (i > 0) out += ',';
     out += items[i].json;
   }
-  out += "]}";
+  out += ']';
+  if (!elsewhere.empty()) out += fmt::format(R"(,"partitions_elsewhere":[{}])", fmt::join(elsewhere, ","));
+  out += '}';
   return out;
+}
+
+result<runtime::placement> runtime::place(const std::string& stage, const std::string& key) const {
+  auto found = tasks_->owner(stage, key);
+  if (!found) return make_error(errc::not_found, "no stage {}", stage);
+  for (const auto& spec : *stages_)
+    if (spec.name == stage) return placement{spec.inputs.front(), found->first.value(), found->second.owned};
+  return make_error(errc::not_found, "no stage {}", stage);
 }
 
 result<runtime::listing> runtime::list(const std::string& stage, const std::string& collection,
                                        const list_filter& filter, std::size_t limit,
                                        std::chrono::milliseconds timeout) const {
-  auto tasks = tasks_->of(stage);
-  if (!tasks) return make_error(errc::not_found, "no stage {}", stage);
-  for (const auto& task : *tasks)
-    if (!task) return make_error(errc::unavailable, "a task of stage {} is restoring", stage);
+  auto slots = tasks_->of(stage);
+  if (!slots) return make_error(errc::not_found, "no stage {}", stage);
+  std::vector<std::int32_t> elsewhere;
+  std::vector<caf::actor> tasks;
+  for (std::size_t p = 0; p < slots->size(); ++p) {
+    const auto& slot = (*slots)[p];
+    if (!slot.owned) {
+      elsewhere.push_back(static_cast<std::int32_t>(p));
+      continue;
+    }
+    if (!slot.task) return make_error(errc::unavailable, "a task of stage {} is restoring", stage);
+    tasks.push_back(slot.task);
+  }
   // Every partition answers at once; the answers are merged newest first.
   std::vector<std::future<list_answer>> answers;
-  for (const auto& task : *tasks) {
+  for (const auto& task : tasks) {
     auto call = std::make_shared<list_call>();
     call->collection = collection;
     call->filter = filter;
@@ -525,7 +560,7 @@ result<runtime::listing> runtime::list(const std::string& stage, const std::stri
   }
   std::stable_sort(items.begin(), items.end(), [](const list_item& a, const list_item& b) { return a.at_ms > b.at_ms; });
   if (items.size() > limit) items.resize(limit);
-  return listing{"{" + as_of + "}", std::move(items)};
+  return listing{"{" + as_of + "}", std::move(items), std::move(elsewhere)};
 }
 
 result<void> runtime::assign(const topic_partitions& partitions, std::chrono::milliseconds timeout) {

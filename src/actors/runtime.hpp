@@ -70,24 +70,37 @@ public:
   result<std::optional<std::string>> query(const std::string& stage, const std::string& key,
                                            std::chrono::milliseconds timeout = std::chrono::seconds(2)) const;
 
+  /// Where the entity `key` of a stage lives: the input partition that drives
+  /// its task, and whether this daemon runs that task.
+  struct placement {
+    std::string topic;
+    std::int32_t partition = 0;
+    bool here = false;
+  };
+  /// errc::not_found for an unknown stage.
+  result<placement> place(const std::string& stage, const std::string& key) const;
+
   /// What a list query found: the items, newest first, and the input
   /// positions each task's part reflects.
   struct listing {
     std::string as_of;  // {"task": {"input topic": position, ...}, ...}
     std::vector<list_item> items;
-    /// {"as_of": ..., "count": N, "items": [...]}
+    /// Partitions of the stage another daemon runs: their items are not here.
+    std::vector<std::int32_t> elsewhere;
+    /// {"as_of": ..., "count": N, "items": [...], "partitions_elsewhere": [...]}
+    /// (the last only when some are).
     std::string json() const;
   };
 
-  /// A list query over every partition of a stage (stage_logic::list), merged
-  /// newest first and cut at `limit`. errc::not_found for an unknown stage or
+  /// A list query over every partition of a stage this daemon runs
+  /// (stage_logic::list), merged newest first and cut at `limit`. errc::not_found for an unknown stage or
   /// collection, errc::invalid_argument for a bad filter, errc::unavailable
   /// while a task restores, errc::timeout.
   result<listing> list(const std::string& stage, const std::string& collection, const list_filter& filter,
                        std::size_t limit, std::chrono::milliseconds timeout = std::chrono::seconds(2)) const;
 
   /// Input partitions, as a consumer group hands them out.
-  using topic_partitions = std::vector<std::pair<std::string, std::int32_t>>;
+  using topic_partitions = keel::topic_partitions;
 
   /// Starts the tasks these input partitions drive: the task (stage, p) runs
   /// when partition p of its stage's first input is given (a stage's inputs

@@ -189,6 +189,9 @@ result<config> load_config_text(std::string_view text, const std::string& path, 
     if (auto r = t.get("message_timeout_ms", k.message_timeout_ms); !r) return in_file(r.err());
     if (auto r = t.get("request_timeout_ms", k.request_timeout_ms); !r) return in_file(r.err());
     if (auto r = t.get("brokers_fence", k.brokers_fence); !r) return in_file(r.err());
+    if (auto r = t.get("group", k.group); !r) return in_file(r.err());
+    if (auto r = t.get("session_timeout_ms", k.session_timeout_ms); !r) return in_file(r.err());
+    if (auto r = t.get("advertised_url", k.advertised_url); !r) return in_file(r.err());
     t.allow("properties");
     if (auto r = t.finish(); !r) return in_file(r.err());
     if (k.delivery != "exactly_once" && k.delivery != "at_least_once")
@@ -196,6 +199,13 @@ result<config> load_config_text(std::string_view text, const std::string& path, 
                                 "kafka.delivery must be \"exactly_once\" or \"at_least_once\"; got '{}'", k.delivery));
     if (k.message_timeout_ms < 1 || k.transaction_timeout_ms < 1 || k.request_timeout_ms < 1)
       return in_file(make_error(errc::invalid_argument, "kafka timeouts must be positive"));
+    if (k.session_timeout_ms < 1000)
+      return in_file(make_error(errc::invalid_argument, "kafka.session_timeout_ms must be at least 1000; got {}",
+                                k.session_timeout_ms));
+    if (!k.advertised_url.empty() && !k.advertised_url.starts_with("http://") &&
+        !k.advertised_url.starts_with("https://"))
+      return in_file(make_error(errc::invalid_argument,
+                                "kafka.advertised_url must start with http:// or https://; got '{}'", k.advertised_url));
     if (k.message_timeout_ms >= k.transaction_timeout_ms)
       return in_file(make_error(errc::invalid_argument,
                                 "kafka.message_timeout_ms ({}) must be below kafka.transaction_timeout_ms ({})",

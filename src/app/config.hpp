@@ -62,6 +62,17 @@ struct config {
     /// (every Kafka broker does; librdkafka's mock cluster does not). When
     /// false, a task checks its changelog for a newer claim after each commit.
     bool brokers_fence = true;
+    /// Whether the daemon joins the consumer group <application_id> and runs
+    /// the partitions it is given (several daemons share the work); false:
+    /// it runs every partition (one daemon per application).
+    bool group = true;
+    /// session.timeout.ms of the group: how long a silent daemon keeps its
+    /// partitions before they move to the others.
+    std::int32_t session_timeout_ms = 10'000;
+    /// The URL other daemons send a client to for the keys this one owns;
+    /// empty: http://<listen address> (the host name when it listens on
+    /// every interface).
+    std::string advertised_url;
     /// librdkafka properties for every client (security.protocol, sasl.*, ...).
     std::map<std::string, std::string> properties;
   } kafka;

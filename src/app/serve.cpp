@@ -8,6 +8,10 @@
 #include "actors/mergequeue_stage.hpp"
 #include "app/rest_commands.hpp"
 #include "app/webhook.hpp"
+#include "app/owners.hpp"
+#include "log/kafka_group.hpp"
+#include "log/kafka_log.hpp"
+#include "base/json.hpp"
 #include "actors/ledger_stage.hpp"
 #include "actors/runtime.hpp"
 #include "log/data_dir.hpp"
@@ -20,7 +24,9 @@
 #include <boost/json.hpp>
 #include <google/protobuf/util/json_util.h>
 
+#include <algorithm>
 #include <atomic>
+#include <unistd.h>
 #include <cerrno>
 #include <chrono>
 #include <csignal>
@@ -239,10 +245,55 @@ std::string metrics_text(log_backend& log, const runtime::runtime& rt, const htt
   return out;
 }
 
+/// Where a daemon of a group finds the others: its own URL and the owners
+/// directory. Empty when one daemon runs every partition.
+class cluster_view {
+public:
+  struct state {
+    std::string self_url;
+    std::shared_ptr<owner_directory> owners;
+  };
+  void set(state s) {
+    std::lock_guard lock{mutex_};
+    state_ = std::move(s);
+  }
+  state get() const {
+    std::lock_guard lock{mutex_};
+    return state_;
+  }
+
+private:
+  mutable std::mutex mutex_;
+  state state_;  // GUARDED_BY(mutex_)
+};
+
 /// The state of one entity, answered by the task that owns its key; 404 with
-/// `missing` when it has none.
-http::response entity_response(const runtime::runtime& rt, const std::string& stage, const std::string& key,
+/// `missing` when it has none. A key whose partition another daemon runs is
+/// redirected there (307, once: a redirected request is not sent on again).
+http::response entity_response(const runtime::runtime& rt, const cluster_view& view, const http::request& req,
+                               const http::route_params& p, const std::string& stage, const std::string& key,
                                const std::string& missing) {
+  const auto cluster = view.get();
+  auto where = rt.place(stage, key);
+  if (!where) return http::error_response(where.err());
+  if (!where->here && cluster.owners) {
+    auto url = cluster.owners->owner(where->topic, where->partition);
+    if (!url || *url == cluster.self_url || p.query.count("redirected") > 0) {
+      auto res = http::error_response(
+        http::bhttp::status::service_unavailable, "unavailable",
+        fmt::format("{} lives in partition {} of {}, which is moving between daemons; retry shortly", key,
+                    where->partition, where->topic));
+      res.set(http::bhttp::field::retry_after, "1");
+      return res;
+    }
+    const std::string target{req.target()};
+    const auto location = *url + target + (target.find('?') == std::string::npos ? "?" : "&") + "redirected=1";
+    auto res = http::json_response(http::bhttp::status::temporary_redirect,
+                                   {{"owner", *url}, {"topic", where->topic}, {"partition", where->partition},
+                                    {"location", location}});
+    res.set(http::bhttp::field::location, location);
+    return res;
+  }
   auto found = rt.query(stage, key);
   if (!found) return http::error_response(found.err());
   if (!*found) return http::error_response(http::bhttp::status::not_found, "not_found", missing);
@@ -289,7 +340,7 @@ std::optional<http::response> check_stream_token(const http::request& req, const
 
 http::router make_routes(log_backend& log, const std::atomic<bool>& ready,
                          const runtime::runtime& rt, const config& cfg, const http_counters& counters,
-                         const std::shared_ptr<dashboard_feed>& dashboard) {
+                         const std::shared_ptr<dashboard_feed>& dashboard, const cluster_view& cluster) {
   http::router routes;
   // The token API reads need: none unless http.read_token_required.
   const std::string read_token = cfg.http.read_token_required ? cfg.http.token : std::string{};
@@ -383,11 +434,12 @@ http::router make_routes(log_backend& log, const std::atomic<bool>& ready,
                                    std::tuple{"/api/v1/clients/{id}", "clients", "client"},
                                    std::tuple{"/api/v1/counters/{id}", "counter", "counter"}}) {
     routes.add(http::bhttp::verb::get, path,
-               [&rt, stage = std::string{stage}, what = std::string{what},
+               [&rt, &cluster, stage = std::string{stage}, what = std::string{what},
                 read_token](
                  const http::request& req, const http::route_params& p) {
                  if (auto denied = check_token(req, read_token)) return std::move(*denied);
-                 return entity_response(rt, stage, p.at("id"), fmt::format("no {} {}", what, p.at("id")));
+                 return entity_response(rt, cluster, req, p, stage, p.at("id"),
+                                        fmt::format("no {} {}", what, p.at("id")));
                });
   }
   // Collections across all of a stage's partitions, newest first.
@@ -449,10 +501,11 @@ http::router make_routes(log_backend& log, const std::atomic<bool>& ready,
              });
   // A repository's queues: repository names have an owner and a name.
   routes.add(http::bhttp::verb::get, "/api/v1/queues/{owner}/{name}",
-             [&rt, read_token](const http::request& req, const http::route_params& p) {
+             [&rt, &cluster, read_token](const http::request& req, const http::route_params& p) {
                if (auto denied = check_token(req, read_token)) return std::move(*denied);
                const auto repo = p.at("owner") + "/" + p.at("name");
-               return entity_response(rt, "mergequeue", repo, fmt::format("no queue of repository {}", repo));
+               return entity_response(rt, cluster, req, p, "mergequeue", repo,
+                                      fmt::format("no queue of repository {}", repo));
              });
   routes.add(http::bhttp::verb::get, "/api/v1/runtime",
              [&rt, read_token](
@@ -467,9 +520,68 @@ http::router make_routes(log_backend& log, const std::atomic<bool>& ready,
                return http::json_response(http::bhttp::status::ok,
                                           {{"ready", all_restored && !tasks.empty()}, {"tasks", std::move(tasks)}});
              });
+  // The daemons of the group and the partitions each runs.
+  routes.add(http::bhttp::verb::get, "/api/v1/cluster",
+             [&view = cluster, read_token](const http::request& req, const http::route_params&) {
+               if (auto denied = check_token(req, read_token)) return std::move(*denied);
+               const auto cluster = view.get();
+               if (!cluster.owners)
+                 return http::json_text_response(
+                   http::bhttp::status::ok, fmt::format(R"({{"self":{},"group":false,"members":[]}})",
+                                                        json_quote(cluster.self_url)));
+               if (auto fresh = cluster.owners->refresh(); !fresh) return http::error_response(fresh.err());
+               auto members = cluster.owners->json();
+               return http::json_text_response(
+                 http::bhttp::status::ok,
+                 fmt::format(R"({{"self":{},"group":true,{})", json_quote(cluster.self_url), members.substr(1)));
+             });
   // The API and its document agree (src/http/api/openapi.json).
   for (const auto& m : http::openapi_mismatches(routes, document, files)) keel::log(log_level::error, "serve", "{}", m);
   return routes;
+}
+
+/// The URL other daemons send clients to for this one's keys.
+std::string advertised_url(const config& cfg, const std::string& address, std::uint16_t port) {
+  if (!cfg.kafka.advertised_url.empty()) {
+    auto url = cfg.kafka.advertised_url;
+    while (url.ends_with('/')) url.pop_back();
+    return url;
+  }
+  std::string host = address;
+  if (host == "0.0.0.0" || host == "::") {
+    char name[256] = {};
+    host = gethostname(name, sizeof name - 1) == 0 ? name : "localhost";
+  } else if (host.find(':') != std::string::npos) {
+    host = "[" + host + "]";
+  }
+  return fmt::format("http://{}:{}", host, port);
+}
+
+/// Joins the group of the application: the partitions it assigns run here,
+/// and the owners directory says so.
+result<std::unique_ptr<kafka_group>> join_group(const kafka_options& cluster, const config& cfg, runtime::runtime& rt,
+                                                std::shared_ptr<owner_directory> owners, const std::string& self_url) {
+  group_options g;
+  g.group_id = cfg.kafka.application_id;
+  g.session_timeout_ms = cfg.kafka.session_timeout_ms;
+  for (const auto& stage : rt.stages())
+    if (std::find(g.topics.begin(), g.topics.end(), stage.inputs.front()) == g.topics.end())
+      g.topics.push_back(stage.inputs.front());
+  const auto stop_timeout = std::chrono::milliseconds(cfg.server.shutdown_timeout_ms);
+  g.on_assigned = [&rt, owners, self_url](const topic_partitions& added, const topic_partitions& held) {
+    if (auto started = rt.assign(added, std::chrono::seconds(10)); !started)
+      log(log_level::warn, "serve", "assign: {}", started.err());
+    if (auto published = owners->publish(self_url, held, now_ms()); !published)
+      log(log_level::warn, "serve", "owners: {}", published.err());
+  };
+  g.on_revoked = [&rt, owners, self_url, stop_timeout](const topic_partitions& removed, const topic_partitions& held,
+                                                         bool) {
+    if (auto stopped = rt.revoke(removed, stop_timeout); !stopped)
+      log(log_level::warn, "serve", "revoke: {}", stopped.err());
+    if (auto published = owners->publish(self_url, held, now_ms()); !published)
+      log(log_level::warn, "serve", "owners: {}", published.err());
+  };
+  return kafka_group::join(cluster, std::move(g));
 }
 
 } // namespace
@@ -544,6 +656,11 @@ int run_serve(const std::vector<std::string>& args) {
   rt_options.idle_poll = std::chrono::milliseconds(cfg->runtime.idle_poll_ms);
   rt_options.default_partitions = cfg->log.default_partitions;
   rt_options.task.check_claims = !cfg->kafka.brokers_fence;
+  // On Kafka, the daemons of one application divide the partitions among
+  // themselves through a consumer group.
+  auto* kafka = dynamic_cast<kafka_log*>(&log_store);
+  const bool in_group = kafka != nullptr && cfg->kafka.group;
+  rt_options.own_all_partitions = !in_group;
   auto rt = runtime::runtime::start(system, log_store, snapshots->get(), wall, std::move(*stages), rt_options);
   if (!rt) return fail(rt.err());
   log(log_level::info, "serve", "runtime started: {} stage(s)", (*rt)->stages().size());
@@ -562,7 +679,8 @@ int run_serve(const std::vector<std::string>& args) {
   dashboard_feed::options board;
   for (const auto& [name, repo] : cfg->mergequeue.repositories) board.repositories.push_back(name);
   auto dashboard = std::make_shared<dashboard_feed>(log_store, **rt, std::move(board));
-  auto routes = make_routes(log_store, ready, **rt, *cfg, counters, dashboard);
+  cluster_view cluster;
+  auto routes = make_routes(log_store, ready, **rt, *cfg, counters, dashboard, cluster);
   // The observer needs the route templates; the router is copied into the
   // server, so it keeps its own copy for looking them up.
   auto server = http::server::start(
@@ -573,9 +691,22 @@ int run_serve(const std::vector<std::string>& args) {
   if (!server) return fail(server.err());
   const auto bound = fmt::format("{}:{}", (*server)->address(), (*server)->port());
   if (auto r = write_file_atomically(dir->file("http.addr"), bound + "\n"); !r) return fail(r.err());
+  const auto self_url = advertised_url(*cfg, (*server)->address(), (*server)->port());
+  cluster.set({self_url, nullptr});
+  std::unique_ptr<kafka_group> group;
+  std::shared_ptr<owner_directory> owners;
+  if (in_group) {
+    auto opened_owners = owner_directory::open(log_store, cfg->kafka.application_id + ".owners");
+    if (!opened_owners) return fail(opened_owners.err());
+    owners = std::move(*opened_owners);
+    cluster.set({self_url, owners});
+    auto joined = join_group(kafka->options(), *cfg, **rt, owners, self_url);
+    if (!joined) return fail(joined.err());
+    group = std::move(*joined);
+  }
   ready = true;
-  log(log_level::info, "serve", "keel {} serving http://{} with data in {}", KEEL_VERSION, bound,
-      dir->path());
+  log(log_level::info, "serve", "keel {} serving http://{} with data in {}{}", KEEL_VERSION, bound,
+      dir->path(), in_group ? fmt::format(", in group {} as {}", cfg->kafka.application_id, self_url) : "");
 
   auto next_clean_ms = now_ms();
   int received = 0;
@@ -587,7 +718,11 @@ int run_serve(const std::vector<std::string>& args) {
         log(log_level::info, "serve", "retention removed {} records", cleaned->records_deleted);
       next_clean_ms = now_ms() + cfg->server.retention_check_interval_ms;
     }
-    const auto wait_ms = std::max<std::int64_t>(1, next_clean_ms - now_ms());
+    // Where the other daemons' keys are: read often, so redirects follow
+    // partitions that moved.
+    if (owners)
+      if (auto fresh = owners->refresh(); !fresh) log(log_level::warn, "serve", "owners: {}", fresh.err());
+    const auto wait_ms = std::clamp<std::int64_t>(next_clean_ms - now_ms(), 1, owners ? 250 : 1'000'000);
     timespec timeout{static_cast<time_t>(wait_ms / 1000), static_cast<long>((wait_ms % 1000) * 1'000'000)};
     int sig = sigtimedwait(&stop_signals, nullptr, &timeout);
     if (sig > 0) received = sig;
@@ -595,6 +730,12 @@ int run_serve(const std::vector<std::string>& args) {
   }
   log(log_level::info, "serve", "received {}, stopping", received == SIGTERM ? "SIGTERM" : "SIGINT");
   ready = false;
+  // Leaving the group stops this daemon's tasks (each commits and snapshots)
+  // before the others take their partitions over.
+  if (group) {
+    group->leave();
+    if (auto left = owners->withdraw(self_url); !left) log(log_level::warn, "serve", "owners: {}", left.err());
+  }
   dashboard->stop();
   // Tasks finish and commit the batch in flight, snapshot, and exit.
   if (auto stopped = (*rt)->stop(std::chrono::milliseconds(cfg->server.shutdown_timeout_ms)); !stopped)

@@ -1,5 +1,7 @@
 #include "log/kafka_log.hpp"
 
+#include "log/kafka_client.hpp"
+
 #include "base/logging.hpp"
 #include "log/partitioner.hpp"
 
@@ -16,76 +18,8 @@
 namespace keel {
 namespace {
 
+using namespace kafka_detail;
 using clock_type = std::chrono::steady_clock;
-
-struct handle_deleter {
-  void operator()(rd_kafka_t* rk) const noexcept { rd_kafka_destroy(rk); }
-};
-using handle = std::unique_ptr<rd_kafka_t, handle_deleter>;
-
-struct conf_deleter {
-  void operator()(rd_kafka_conf_t* c) const noexcept { rd_kafka_conf_destroy(c); }
-};
-using conf_ptr = std::unique_ptr<rd_kafka_conf_t, conf_deleter>;
-
-struct metadata_deleter {
-  void operator()(const rd_kafka_metadata_t* m) const noexcept { rd_kafka_metadata_destroy(m); }
-};
-using metadata_ptr = std::unique_ptr<const rd_kafka_metadata_t, metadata_deleter>;
-
-struct partition_list_deleter {
-  void operator()(rd_kafka_topic_partition_list_t* l) const noexcept {
-    rd_kafka_topic_partition_list_destroy(l);
-  }
-};
-using partition_list = std::unique_ptr<rd_kafka_topic_partition_list_t, partition_list_deleter>;
-
-error kafka_error(rd_kafka_resp_err_t err, std::string_view what) {
-  return make_error(kafka_errc(err), "{}: {}", what, rd_kafka_err2str(err));
-}
-
-/// Takes ownership of `e`.
-error kafka_error(rd_kafka_error_t* e, std::string_view what) {
-  auto out = make_error(kafka_errc(rd_kafka_error_code(e)), "{}: {}", what, rd_kafka_error_string(e));
-  rd_kafka_error_destroy(e);
-  return out;
-}
-
-/// librdkafka's log lines go to keel's log, by severity.
-void log_line(const rd_kafka_t* rk, int level, const char* facility, const char* text) {
-  const auto lvl = level <= 3 ? log_level::error : level <= 5 ? log_level::warn
-                 : level <= 6 ? log_level::info : log_level::debug;
-  log(lvl, "kafka", "{} {}: {}", rd_kafka_name(rk), facility, text);
-}
-
-/// A configuration: keel's settings for this client, then the user's
-/// properties (which win, so security settings and tuning pass through).
-result<conf_ptr> make_conf(const kafka_options& options,
-                           std::initializer_list<std::pair<const char*, std::string>> own) {
-  conf_ptr conf{rd_kafka_conf_new()};
-  char errstr[512];
-  auto set = [&](const std::string& name, const std::string& value) -> result<void> {
-    if (rd_kafka_conf_set(conf.get(), name.c_str(), value.c_str(), errstr, sizeof errstr) !=
-        RD_KAFKA_CONF_OK)
-      return make_error(errc::invalid_argument, "kafka property {}: {}", name, errstr);
-    return ok();
-  };
-  KEEL_TRY(set("bootstrap.servers", options.bootstrap_servers));
-  KEEL_TRY(set("client.id", options.application_id));
-  KEEL_TRY(set("socket.timeout.ms", std::to_string(options.request_timeout_ms)));
-  for (const auto& [name, value] : own) KEEL_TRY(set(name, value));
-  for (const auto& [name, value] : options.properties) KEEL_TRY(set(name, value));
-  rd_kafka_conf_set_log_cb(conf.get(), log_line);
-  return conf;
-}
-
-result<handle> make_handle(rd_kafka_type_t type, conf_ptr conf) {
-  char errstr[512];
-  rd_kafka_t* rk = rd_kafka_new(type, conf.get(), errstr, sizeof errstr);
-  if (rk == nullptr) return make_error(errc::invalid_argument, "kafka client: {}", errstr);
-  conf.release();  // rd_kafka_new owns it now
-  return handle{rk};
-}
 
 std::string_view policy_name(cleanup_policy p) {
   return p == cleanup_policy::compact ? "compact" : "delete";

@@ -34,6 +34,9 @@ struct topic_spec {
   friend bool operator==(const topic_spec&, const topic_spec&) = default;
 };
 
+/// Partitions of topics, as a consumer group hands them to a member.
+using topic_partitions = std::vector<std::pair<std::string, std::int32_t>>;
+
 /// One header of a record (Kafka-style: a name and opaque bytes).
 using record_header = std::pair<std::string, std::string>;
 
