@@ -39,7 +39,16 @@ void daemon::kill_at_random_moment(std::mt19937_64& rng) {
 }
 
 std::optional<http_reply> daemon::get(const std::string& target) const {
-  return http_request("GET", host, port, target);
+  auto reply = http_request("GET", host, port, target);
+  if (!reply || reply->status != 307) return reply;
+  // A daemon of a group sends a key another daemon runs there.
+  auto location = reply->headers.find("Location");
+  REQUIRE_MESSAGE(location != reply->headers.end(), "a 307 without Location");
+  const std::string& url = location->second;
+  REQUIRE_MESSAGE(url.starts_with("http://"), "Location " << url);
+  const auto slash = url.find('/', 7);
+  auto [to_host, to_port] = split_address(url.substr(7, slash - 7));
+  return http_request("GET", to_host, to_port, slash == std::string::npos ? "/" : url.substr(slash));
 }
 
 } // namespace keel::test

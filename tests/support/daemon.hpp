@@ -24,7 +24,8 @@ struct daemon {
   /// work in flight), sends SIGKILL and REQUIRE-checks that it died of it.
   void kill_at_random_moment(std::mt19937_64& rng);
 
-  /// GET `target`; nullopt when it does not answer.
+  /// GET `target`, following a redirect to the daemon that owns the key (as
+  /// `curl -L` does); nullopt when it does not answer.
   std::optional<http_reply> get(const std::string& target) const;
 };
 

@@ -102,6 +102,7 @@ progress progress_of(const daemon& d) {
   out.drained = true;
   for (const auto& task : runtime->as_object()["tasks"].as_array()) {
     const auto& o = task.as_object();
+    out.tasks += 1;
     const std::string name{o.at("task").as_string()};
     const auto partition = std::stoi(name.substr(name.find('/') + 1));
     for (const auto& [topic, position] : o.at("positions").as_object()) {
@@ -110,6 +111,8 @@ progress progress_of(const daemon& d) {
     }
     if (!o.at("restored").as_bool()) out.drained = false;
   }
+  // A daemon of a group runs nothing until the group gives it partitions.
+  if (out.tasks == 0) out.drained = false;
   return out;
 }
 

@@ -39,10 +39,12 @@ std::vector<keel::Envelope> read_topic(log_backend& log, const std::string& topi
 enum class repeated_ids { refused, first_kept };
 
 /// How far the daemon's tasks are: the sum of their input positions, and
-/// whether every task has restored and consumed its inputs to their ends.
+/// whether it runs tasks and every one has restored and consumed its inputs
+/// to their ends.
 struct progress {
   std::int64_t consumed = 0;
   bool drained = false;
+  std::size_t tasks = 0;  // that the daemon runs
 };
 progress progress_of(const daemon& d);
 

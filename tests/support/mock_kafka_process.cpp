@@ -27,6 +27,7 @@ std::string kafka_settings(const std::string& bootstrap, const std::string& appl
          "application_id = \"" + application_id + "\"\n" +
          "brokers_fence = false  # the mock does not fence an older producer\n"
          "message_timeout_ms = 10000\ntransaction_timeout_ms = 20000\nrequest_timeout_ms = 10000\n"
+         "session_timeout_ms = 3000  # a killed daemon's partitions move within seconds\n"
          "[kafka.properties]\nlog_level = 3\n\n";
 }
 
