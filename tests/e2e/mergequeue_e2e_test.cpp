@@ -1,6 +1,9 @@
 // The merge queue as users run it: the daemon, a real git repository, twenty
 // pull requests of which some fail their build and some conflict, and a
-// SIGKILL in the middle.
+// SIGKILL in the middle. KEEL_E2E_BACKEND=kafka runs it on librdkafka's mock
+// cluster; there KEEL_E2E_DAEMONS=2 runs two daemons that share the
+// partitions, and the SIGKILL takes the one running the queue's supervisor,
+// whose partitions move to the other.
 
 #include "support/daemon.hpp"
 #include "support/mock_kafka_process.hpp"
@@ -22,6 +25,13 @@ using namespace keel;
 using namespace std::chrono_literals;
 
 namespace {
+
+/// How many tasks a daemon runs.
+std::size_t tasks_of(const test::daemon& d) {
+  auto r = d.get("/api/v1/runtime");
+  if (!r || r->status != 200) return 0;
+  return boost::json::parse(r->body).as_object().at("tasks").as_array().size();
+}
 
 struct repo {
   std::string path;
@@ -66,13 +76,24 @@ path = "{}"
 build = "! grep -q broken *.txt"
 )", r.path));
   const auto data = dir.file("data");
-  auto start = [&] {
-    auto d = test::daemon::start(data, {"--config", dir.file("keel.toml")});
+  const int daemons = std::stoi(test::env_or("KEEL_E2E_DAEMONS", "1"));
+  REQUIRE_MESSAGE((daemons == 1 || (daemons == 2 && cluster)), "KEEL_E2E_DAEMONS=2 needs KEEL_E2E_BACKEND=kafka");
+  auto start = [&](const std::string& data_dir) {
+    std::filesystem::create_directories(data_dir);
+    auto d = test::daemon::start(data_dir, {"--config", dir.file("keel.toml")});
     REQUIRE(test::eventually([&] { auto x = d.get("/readyz"); return x && x->status == 200; }, 30s));
     return d;
   };
-  std::optional<test::daemon> d;
-  d.emplace(start());
+  std::optional<test::daemon> d, other;
+  d.emplace(start(data));
+  if (daemons == 2) {
+    other.emplace(start(dir.file("data-2")));
+    // The group gives each some of the eight tasks (two stages, four partitions).
+    REQUIRE(test::eventually([&] {
+      const auto mine = tasks_of(*d), theirs = tasks_of(*other);
+      return mine > 0 && theirs > 0 && mine + theirs == 8;
+    }, 60s, 50ms));
+  }
   auto post = [&](const std::string& path, const std::string& body) {
     auto x = test::http_request("POST", d->host, d->port, path, body,
                                 {{"Content-Type", "application/json"}, {"Authorization", "Bearer t0ken"}});
@@ -94,9 +115,22 @@ build = "! grep -q broken *.txt"
   }, 60s));
   // KEEL_TEST_SEED picks another kill moment (to hunt for a bad one).
   std::mt19937_64 rng{std::stoull(test::env_or("KEEL_TEST_SEED", "42"))};
-  d->kill_at_random_moment(rng);
-  d.reset();
-  d.emplace(start());
+  if (other) {
+    // Two daemons: the one running the queue's supervisor dies for good, and
+    // the other takes its partitions over.
+    auto where = test::http_request("GET", d->host, d->port, "/api/v1/queues/acme/app");
+    REQUIRE(where);
+    auto& victim = where->status == 307 ? other : d;
+    victim->kill_at_random_moment(rng);
+    victim.reset();
+    if (!d) d.emplace(std::move(*other));
+    other.reset();
+    REQUIRE(test::eventually([&] { return tasks_of(*d) == 8; }, 60s, 50ms));
+  } else {
+    d->kill_at_random_moment(rng);
+    d.reset();
+    d.emplace(start(data));
+  }
   for (int n = 11; n <= 20; ++n) submit(n);
 
   boost::json::object queue;
