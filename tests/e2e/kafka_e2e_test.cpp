@@ -62,13 +62,8 @@ TEST_CASE("kafka: the ledger survives SIGKILL and restarts: each transaction onc
   auto cluster = test::mock_kafka_process::start();
   const auto config = kafka_config(dir.path(), cluster.bootstrap, R"(["ledger"])");
 
-  auto gen = test::run({test::keel_binary(), "gen", "ledger", "--out", work, "--accounts", accounts, "--clients", clients,
-                        "--transactions", transactions, "--duplicate-pct", "5", "--breach-pct", "3",
-                        "--seed", std::to_string(seed), "--start-ms", "1795262400000"});
-  REQUIRE_MESSAGE(gen.code == 0, gen.err);
-  auto commands = test::load_workload(work + "/ledger.transactions.jsonl", "ledger.transactions");
-  auto limits = test::load_workload(work + "/ledger.limits.jsonl", "ledger.limits");
-  const std::size_t opens = static_cast<std::size_t>(std::stoll(accounts));
+  const auto workload = test::generate_ledger(work, seed, accounts, clients, transactions, "3");
+  const auto& commands = workload.commands;
 
   kafka_options o;
   o.bootstrap_servers = cluster.bootstrap;
@@ -77,24 +72,8 @@ TEST_CASE("kafka: the ledger survives SIGKILL and restarts: each transaction onc
   auto opened = kafka_log::open(o);
   REQUIRE_MESSAGE(opened, (opened ? "" : opened.err().message));
   auto& log = **opened;
-  REQUIRE(log.create_topic({.name = "ledger.transactions", .partitions = 4}));
-  REQUIRE(log.create_topic({.name = "ledger.limits", .partitions = 4}));
-  REQUIRE(test::append_workload(log, commands.begin(), commands.begin() + static_cast<std::ptrdiff_t>(opens)));
-  REQUIRE(test::append_workload(log, limits.begin(), limits.end()));
-
-  std::atomic<std::size_t> produced{opens};
-  std::atomic<bool> producer_failed{false};
-  std::thread producer([&] {
-    while (produced < commands.size()) {
-      const auto from = produced.load();
-      const auto to = std::min(commands.size(), from + 500);
-      if (!test::append_workload(log, commands.begin() + static_cast<std::ptrdiff_t>(from),
-                                 commands.begin() + static_cast<std::ptrdiff_t>(to)))
-        return void(producer_failed = true);
-      produced = to;
-      std::this_thread::sleep_for(5ms);
-    }
-  });
+  test::seed_ledger(log, workload);
+  test::workload_producer producer{log, workload, 500, 5ms};
 
   std::int64_t last = 0;
   int killed = 0;
@@ -105,7 +84,7 @@ TEST_CASE("kafka: the ledger survives SIGKILL and restarts: each transaction onc
     test::eventually([&] {
       auto p = test::progress_of(d);
       last = std::max(last, p.consumed);
-      return p.consumed >= target || (produced == commands.size() && p.drained);
+      return p.consumed >= target || (producer.done() && p.drained);
     }, 120s, 20ms);
     const int signal = signals == "KILL" || (signals == "mixed" && killed % 2 == 0) ? SIGKILL : SIGTERM;
     if (signal == SIGKILL) {
@@ -115,20 +94,12 @@ TEST_CASE("kafka: the ledger survives SIGKILL and restarts: each transaction onc
       REQUIRE(d.proc.wait(60s) == std::optional<int>{0});
     }
   }
-  producer.join();
-  REQUIRE_FALSE(producer_failed);
+  producer.finish();
 
   auto d = test::daemon::start(data, {"--config", config, "--log-level", "warn"});
-  int stable = 0;
-  REQUIRE(test::eventually([&] {
-    stable = test::progress_of(d).drained ? stable + 1 : 0;
-    return stable >= 5;
-  }, 600s, 50ms));
-  const auto held = test::held_balances(d, commands, opens);
-  d.proc.kill(SIGTERM);
-  REQUIRE(d.proc.wait(60s) == std::optional<int>{0});
+  const auto held = test::drain_and_stop(d, workload, 5, 50ms);
 
-  const auto figures = test::check_ledger(log, commands, opens, held, test::repeated_ids::first_kept);
+  const auto figures = test::check_ledger(log, commands, workload.opens, held, test::repeated_ids::first_kept);
   std::cout << "figures: " << killed << " stops (" << signals << ") on Kafka; " << figures.transactions << " transactions, "
             << figures.breaching << " breaching, " << figures.episodes << " breach episodes" << '\n';
   CHECK(figures.breaching > 0);

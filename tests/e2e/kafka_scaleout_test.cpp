@@ -90,13 +90,9 @@ TEST_CASE("kafka scale-out: daemons share the partitions; one SIGKILLed and one 
         << "[runtime]\nstages = [\"ledger\"]\nsnapshot_every_events = 5000\n";
   }
 
-  auto gen = test::run({test::keel_binary(), "gen", "ledger", "--out", work, "--accounts", accounts, "--clients", clients,
-                        "--transactions", transactions, "--duplicate-pct", "5", "--breach-pct", "3",
-                        "--seed", std::to_string(seed), "--start-ms", "1795262400000"});
-  REQUIRE_MESSAGE(gen.code == 0, gen.err);
-  auto commands = test::load_workload(work + "/ledger.transactions.jsonl", "ledger.transactions");
-  auto limits = test::load_workload(work + "/ledger.limits.jsonl", "ledger.limits");
-  const std::size_t opens = static_cast<std::size_t>(std::stoll(accounts));
+  const auto workload = test::generate_ledger(work, seed, accounts, clients, transactions, "3");
+  const auto& commands = workload.commands;
+  const auto opens = workload.opens;
 
   kafka_options o;
   o.bootstrap_servers = cluster.bootstrap;
@@ -105,10 +101,7 @@ TEST_CASE("kafka scale-out: daemons share the partitions; one SIGKILLed and one 
   auto opened = kafka_log::open(o);
   REQUIRE_MESSAGE(opened, (opened ? "" : opened.err().message));
   auto& log = **opened;
-  REQUIRE(log.create_topic({.name = "ledger.transactions", .partitions = 4}));
-  REQUIRE(log.create_topic({.name = "ledger.limits", .partitions = 4}));
-  REQUIRE(test::append_workload(log, commands.begin(), commands.begin() + static_cast<std::ptrdiff_t>(opens)));
-  REQUIRE(test::append_workload(log, limits.begin(), limits.end()));
+  test::seed_ledger(log, workload);
 
   std::vector<std::optional<test::daemon>> daemons(4);
   auto start = [&](std::size_t i) {
@@ -126,19 +119,7 @@ TEST_CASE("kafka scale-out: daemons share the partitions; one SIGKILLed and one 
   // Each publishes what it runs; every daemon learns it.
   CHECK(test::eventually([&] { return owning_members(*daemons[0]).size() == 3; }, 30s, 50ms));
 
-  std::atomic<std::size_t> produced{opens};
-  std::atomic<bool> producer_failed{false};
-  std::thread producer([&] {
-    while (produced < commands.size()) {
-      const auto from = produced.load();
-      const auto to = std::min(commands.size(), from + 500);
-      if (!test::append_workload(log, commands.begin() + static_cast<std::ptrdiff_t>(from),
-                                 commands.begin() + static_cast<std::ptrdiff_t>(to)))
-        return void(producer_failed = true);
-      produced = to;
-      std::this_thread::sleep_for(10ms);
-    }
-  });
+  test::workload_producer producer{log, workload, 500, 10ms};
   const auto total = static_cast<std::int64_t>(commands.size());
   std::int64_t consumed = 0;
   auto wait_consumed = [&](std::int64_t target) {
@@ -174,8 +155,7 @@ TEST_CASE("kafka scale-out: daemons share the partitions; one SIGKILLed and one 
     return s.tasks == ledger_tasks && s.running == 3 && test::progress_of(*daemons[3]).tasks > 0;
   }, 90s, 50ms));
 
-  producer.join();
-  REQUIRE_FALSE(producer_failed);
+  producer.finish();
   int stable = 0;
   REQUIRE(test::eventually([&] {
     const auto s = spread_of(daemons);

@@ -42,40 +42,14 @@ TEST_CASE("the ledger survives repeated SIGKILL: each transaction once, conserve
   const auto work = dir.file("workload");
 
   // The workload file, as a user would make it.
-  auto gen = test::run({test::keel_binary(), "gen", "ledger", "--out", work, "--accounts", accounts, "--clients", clients,
-                        "--transactions", transactions, "--duplicate-pct", "5", "--breach-pct", test::env_or("KEEL_LEDGER_BREACH_PCT", "2"),
-                        "--seed", std::to_string(seed), "--start-ms", "1795262400000"});
-  REQUIRE_MESSAGE(gen.code == 0, gen.err);
-  auto commands = test::load_workload(work + "/ledger.transactions.jsonl", "ledger.transactions");
-  auto limits = test::load_workload(work + "/ledger.limits.jsonl", "ledger.limits");
-  const std::size_t opens = static_cast<std::size_t>(std::stoll(accounts));
-  REQUIRE(commands.size() > opens);
-
-  const auto append = test::append_workload;
+  const auto workload = test::generate_ledger(work, seed, accounts, clients, transactions,
+                                              test::env_or("KEEL_LEDGER_BREACH_PCT", "2"));
+  const auto& commands = workload.commands;
   std::filesystem::create_directories(data);
-  {
-    auto log = embedded_log::open({.path = data + "/log.db"});
-    REQUIRE(log);
-    REQUIRE((*log)->create_topic({.name = "ledger.transactions", .partitions = 4}));
-    REQUIRE((*log)->create_topic({.name = "ledger.limits", .partitions = 4}));
-    REQUIRE(append(**log, commands.begin(), commands.begin() + static_cast<std::ptrdiff_t>(opens)));
-    REQUIRE(append(**log, limits.begin(), limits.end()));
-  }
-
-  std::atomic<std::size_t> produced{opens};
-  std::atomic<bool> producer_failed{false};
-  std::thread producer([&] {
-    auto log = embedded_log::open({.path = data + "/log.db"});
-    if (!log) return void(producer_failed = true);
-    while (produced < commands.size()) {
-      const auto from = produced.load();
-      const auto to = std::min(commands.size(), from + 1000);
-      if (!append(**log, commands.begin() + static_cast<std::ptrdiff_t>(from), commands.begin() + static_cast<std::ptrdiff_t>(to)))
-        return void(producer_failed = true);
-      produced = to;
-      std::this_thread::sleep_for(1ms);  // spread production over the kills
-    }
-  });
+  auto producer_log = embedded_log::open({.path = data + "/log.db"});
+  REQUIRE(producer_log);
+  test::seed_ledger(**producer_log, workload);
+  test::workload_producer producer{**producer_log, workload, 1000, 1ms};  // spread over the kills
 
   std::int64_t last = 0;
   int killed = 0;
@@ -85,28 +59,20 @@ TEST_CASE("the ledger survives repeated SIGKILL: each transaction once, conserve
     test::eventually([&] {
       auto p = test::progress_of(d);
       last = std::max(last, p.consumed);
-      return p.consumed >= target || (produced == commands.size() && p.drained);
+      return p.consumed >= target || (producer.done() && p.drained);
     }, 60s, 5ms);
     d.kill_at_random_moment(rng);
   }
-  producer.join();
-  REQUIRE_FALSE(producer_failed);
+  producer.finish();
 
-  // A last run drains everything, including the reversal loop, and stops cleanly.
+  // A last run drains everything, including the reversal loop, and stops
+  // cleanly, with every account as the daemon holds it.
   auto d = test::daemon::start(data, {"--log-level", "warn"});
-  int stable = 0;
-  REQUIRE(test::eventually([&] {
-    stable = test::progress_of(d).drained ? stable + 1 : 0;
-    return stable >= 3;
-  }, 600s, 20ms));
-  // Every account as the daemon holds it.
-  const auto held = test::held_balances(d, commands, opens);
-  d.proc.kill(SIGTERM);
-  REQUIRE(d.proc.wait(60s) == std::optional<int>{0});
+  const auto held = test::drain_and_stop(d, workload, 3, 20ms);
 
   auto log = embedded_log::open({.path = data + "/log.db"});
   REQUIRE(log);
-  const auto figures = test::check_ledger(**log, commands, opens, held);
+  const auto figures = test::check_ledger(**log, commands, workload.opens, held);
   // Figures for the test log, also when it passes.
   std::cout << "figures: survived " << killed << " SIGKILLs; " << figures.transactions << " transactions, "
             << figures.breaching << " breaching ("

@@ -1,10 +1,13 @@
 #include "support/ledger_check.hpp"
 
+#include "support/temp_dir.hpp"
+
 #include <boost/json.hpp>
 #include <doctest/doctest.h>
 #include <google/protobuf/util/json_util.h>
 
 #include <chrono>
+#include <csignal>
 #include <fstream>
 #include <set>
 
@@ -63,6 +66,66 @@ bool append_workload(log_backend& log, std::vector<workload_record>::const_itera
   for (int attempt = 0; attempt < 100 && !r && (r.err().code == errc::busy || r.err().code == errc::unavailable); ++attempt)
     r = log.commit(b);
   return r.has_value();
+}
+
+ledger_workload generate_ledger(const std::string& out_dir, std::uint64_t seed, const std::string& accounts,
+                                const std::string& clients, const std::string& transactions,
+                                const std::string& breach_pct) {
+  auto gen = run({keel_binary(), "gen", "ledger", "--out", out_dir, "--accounts", accounts, "--clients", clients,
+                  "--transactions", transactions, "--duplicate-pct", "5", "--breach-pct", breach_pct,
+                  "--seed", std::to_string(seed), "--start-ms", "1795262400000"});
+  REQUIRE_MESSAGE(gen.code == 0, gen.err);
+  ledger_workload w;
+  w.commands = load_workload(out_dir + "/ledger.transactions.jsonl", "ledger.transactions");
+  w.limits = load_workload(out_dir + "/ledger.limits.jsonl", "ledger.limits");
+  w.opens = static_cast<std::size_t>(std::stoll(accounts));
+  REQUIRE(w.commands.size() > w.opens);
+  return w;
+}
+
+void seed_ledger(log_backend& log, const ledger_workload& w) {
+  REQUIRE(log.create_topic({.name = "ledger.transactions", .partitions = 4}));
+  REQUIRE(log.create_topic({.name = "ledger.limits", .partitions = 4}));
+  REQUIRE(append_workload(log, w.commands.begin(), w.commands.begin() + static_cast<std::ptrdiff_t>(w.opens)));
+  REQUIRE(append_workload(log, w.limits.begin(), w.limits.end()));
+}
+
+workload_producer::workload_producer(log_backend& log, const ledger_workload& w, std::size_t chunk,
+                                     std::chrono::milliseconds pause)
+  : commands_(w.commands), produced_(w.opens) {
+  thread_ = std::thread([this, &log, chunk, pause] {
+    while (produced_ < commands_.size()) {
+      const auto from = produced_.load();
+      const auto to = std::min(commands_.size(), from + chunk);
+      if (!append_workload(log, commands_.begin() + static_cast<std::ptrdiff_t>(from),
+                           commands_.begin() + static_cast<std::ptrdiff_t>(to)))
+        return void(failed_ = true);
+      produced_ = to;
+      std::this_thread::sleep_for(pause);
+    }
+  });
+}
+
+workload_producer::~workload_producer() {
+  if (thread_.joinable()) thread_.join();
+}
+
+void workload_producer::finish() {
+  if (thread_.joinable()) thread_.join();
+  REQUIRE_FALSE(failed_);
+}
+
+std::map<std::string, std::int64_t> drain_and_stop(daemon& d, const ledger_workload& w, int stable_polls,
+                                                   std::chrono::milliseconds poll) {
+  int stable = 0;
+  REQUIRE(eventually([&] {
+    stable = progress_of(d).drained ? stable + 1 : 0;
+    return stable >= stable_polls;
+  }, std::chrono::seconds(600), poll));
+  auto held = held_balances(d, w.commands, w.opens);
+  d.proc.kill(SIGTERM);
+  REQUIRE(d.proc.wait(std::chrono::seconds(60)) == std::optional<int>{0});
+  return held;
 }
 
 std::vector<keel::Envelope> read_topic(log_backend& log, const std::string& topic) {

@@ -7,9 +7,12 @@
 #include "log/log.hpp"
 #include "support/daemon.hpp"
 
+#include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <map>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace keel::test {
@@ -29,6 +32,43 @@ std::vector<workload_record> load_workload(const std::string& path, const std::s
 bool append_workload(log_backend& log, std::vector<workload_record>::const_iterator from,
                      std::vector<workload_record>::const_iterator to);
 
+/// A workload of `keel gen ledger` (5% duplicate submissions), loaded: the
+/// first `opens` commands open the accounts.
+struct ledger_workload {
+  std::vector<workload_record> commands;
+  std::vector<workload_record> limits;
+  std::size_t opens = 0;
+};
+
+/// Runs `keel gen ledger` into `out_dir` and loads what it wrote; REQUIRE-fails
+/// if it fails.
+ledger_workload generate_ledger(const std::string& out_dir, std::uint64_t seed, const std::string& accounts,
+                                const std::string& clients, const std::string& transactions,
+                                const std::string& breach_pct);
+
+/// Creates the workflow's input topics (4 partitions) and appends the account
+/// openings and the limits.
+void seed_ledger(log_backend& log, const ledger_workload& workload);
+
+/// Appends a workload's transactions (the commands after the openings) on a
+/// thread of its own, `chunk` per commit with `pause` between commits, so
+/// that production goes on while the test stops and starts daemons.
+class workload_producer {
+public:
+  workload_producer(log_backend& log, const ledger_workload& workload, std::size_t chunk,
+                    std::chrono::milliseconds pause);
+  ~workload_producer();
+  bool done() const { return produced_ == commands_.size(); }
+  /// Waits for the last commit; REQUIRE-checks that every one succeeded.
+  void finish();
+
+private:
+  const std::vector<workload_record>& commands_;
+  std::atomic<std::size_t> produced_;
+  std::atomic<bool> failed_{false};
+  std::thread thread_;
+};
+
 /// Every envelope of a topic, all partitions, to their ends as they stand.
 std::vector<keel::Envelope> read_topic(log_backend& log, const std::string& topic);
 
@@ -47,6 +87,13 @@ struct progress {
   std::size_t tasks = 0;  // that the daemon runs
 };
 progress progress_of(const daemon& d);
+
+/// Waits until the daemon has restored and consumed all its inputs in
+/// `stable_polls` polls in a row (the reversal loop included), reads the
+/// balances it holds (held_balances) and stops it with SIGTERM, REQUIRE-checking
+/// a clean exit.
+std::map<std::string, std::int64_t> drain_and_stop(daemon& d, const ledger_workload& workload, int stable_polls,
+                                                   std::chrono::milliseconds poll);
 
 /// The balance the daemon holds (the last projected one when there are
 /// future-dated transactions) of each account the first `opens` commands open.
