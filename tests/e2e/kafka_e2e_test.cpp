@@ -65,13 +65,8 @@ TEST_CASE("kafka: the ledger survives SIGKILL and restarts: each transaction onc
   const auto workload = test::generate_ledger(work, seed, accounts, clients, transactions, "3");
   const auto& commands = workload.commands;
 
-  kafka_options o;
-  o.bootstrap_servers = cluster.bootstrap;
-  o.application_id = "e2e-producer";
-  o.properties["log_level"] = "3";
-  auto opened = kafka_log::open(o);
-  REQUIRE_MESSAGE(opened, (opened ? "" : opened.err().message));
-  auto& log = **opened;
+  const auto client = test::open_kafka(cluster.bootstrap, "e2e-producer");
+  auto& log = *client;
   test::seed_ledger(log, workload);
   test::workload_producer producer{log, workload, 500, 5ms};
 

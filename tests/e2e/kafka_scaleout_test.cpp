@@ -94,13 +94,8 @@ TEST_CASE("kafka scale-out: daemons share the partitions; one SIGKILLed and one 
   const auto& commands = workload.commands;
   const auto opens = workload.opens;
 
-  kafka_options o;
-  o.bootstrap_servers = cluster.bootstrap;
-  o.application_id = "scale-producer";
-  o.properties["log_level"] = "3";
-  auto opened = kafka_log::open(o);
-  REQUIRE_MESSAGE(opened, (opened ? "" : opened.err().message));
-  auto& log = **opened;
+  const auto client = test::open_kafka(cluster.bootstrap, "scale-producer");
+  auto& log = *client;
   test::seed_ledger(log, workload);
 
   std::vector<std::optional<test::daemon>> daemons(4);

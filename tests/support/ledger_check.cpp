@@ -128,6 +128,16 @@ std::map<std::string, std::int64_t> drain_and_stop(daemon& d, const ledger_workl
   return held;
 }
 
+std::unique_ptr<kafka_log> open_kafka(const std::string& bootstrap, const std::string& application_id) {
+  kafka_options o;
+  o.bootstrap_servers = bootstrap;
+  o.application_id = application_id;
+  o.properties["log_level"] = "3";
+  auto opened = kafka_log::open(o);
+  REQUIRE_MESSAGE(opened, (opened ? "" : opened.err().message));
+  return std::move(*opened);
+}
+
 std::vector<keel::Envelope> read_topic(log_backend& log, const std::string& topic) {
   std::vector<keel::Envelope> out;
   auto spec = log.describe_topic(topic);

@@ -4,6 +4,7 @@
 // crash the daemon while it runs the workflow.
 
 #include "keel/envelope.pb.h"
+#include "log/kafka_log.hpp"
 #include "log/log.hpp"
 #include "support/daemon.hpp"
 
@@ -68,6 +69,10 @@ private:
   std::atomic<bool> failed_{false};
   std::thread thread_;
 };
+
+/// The test's own client of a Kafka cluster (librdkafka's quiet but for
+/// errors); REQUIRE-fails if it cannot connect.
+std::unique_ptr<kafka_log> open_kafka(const std::string& bootstrap, const std::string& application_id);
 
 /// Every envelope of a topic, all partitions, to their ends as they stand.
 std::vector<keel::Envelope> read_topic(log_backend& log, const std::string& topic);
