@@ -63,7 +63,8 @@ std::set<std::string> owning_members(const test::daemon& d) {
   REQUIRE(r);
   REQUIRE(r->status == 200);
   std::set<std::string> out;
-  for (const auto& m : boost::json::parse(r->body).as_object().at("members").as_array())
+  const auto cluster = boost::json::parse(r->body);
+  for (const auto& m : cluster.as_object().at("members").as_array())
     if (!m.as_object().at("partitions").as_object().empty()) out.emplace(m.as_object().at("url").as_string());
   return out;
 }
