@@ -95,8 +95,16 @@ int run(const options& o) {
   const auto expected = recompute(w, m);
 
   std::unique_ptr<target> system;
-  if (o.system == "postgres") system = make_postgres(o.conninfo, r);
-  else throw std::runtime_error("unknown system " + o.system);
+  if (o.system == "postgres") {
+    system = make_postgres(o.conninfo, r);
+  } else if (o.system.starts_with("redis")) {
+    // --conninfo host:port
+    const auto colon = o.conninfo.rfind(':');
+    if (colon == std::string::npos) throw std::runtime_error("redis needs --conninfo HOST:PORT");
+    system = make_redis(o.conninfo.substr(0, colon), std::stoi(o.conninfo.substr(colon + 1)), o.system, r);
+  } else {
+    throw std::runtime_error("unknown system " + o.system);
+  }
   system->prepare(w);
 
   // Each client's transactions through one connection, in file order.

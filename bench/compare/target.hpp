@@ -39,5 +39,7 @@ public:
 };
 
 std::unique_ptr<target> make_postgres(const std::string& conninfo, const rules& r);
+/// `label` names the configuration ("redis-always", "redis-everysec").
+std::unique_ptr<target> make_redis(const std::string& host, int port, const std::string& label, const rules& r);
 
 } // namespace bench_compare
