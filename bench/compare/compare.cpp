@@ -2,7 +2,10 @@
 // and prints what it measured as one JSON line, after checking every decision
 // and the final balances against an independent recomputation.
 //
-//   ledger_compare --workload DIR --system postgres --conninfo "host=... dbname=..."
+//   ledger_compare --workload DIR --system SYSTEM --conninfo WHERE
+//     SYSTEM postgres (WHERE: a libpq conninfo), redis-always | redis-everysec
+//     (WHERE: HOST:PORT), keel-full | keel-normal (WHERE: the running daemon's
+//     data directory)
 //                  [--connections N] [--rate R] [--server-pid PID] [--label TEXT]
 //
 // Without --rate the load is a closed loop: N connections, each sending its
@@ -16,6 +19,7 @@
 // deterministic.
 
 #include "check.hpp"
+#include "keel.hpp"
 #include "target.hpp"
 
 #include <fmt/format.h>
@@ -88,11 +92,45 @@ double percentile(std::vector<double>& sorted, double q) {
   return sorted[std::min(i, sorted.size() - 1)];
 }
 
+/// One JSON line of figures.
+void report(const options& o, const std::string& system, std::size_t connections, std::size_t transactions,
+            double seconds, std::vector<double>& latency_ms, std::size_t errors, double server_cpu,
+            const std::vector<std::optional<outcome>>& decided, std::int64_t breaches_recorded,
+            const std::vector<std::string>& failures, std::int64_t failures_total) {
+  std::int64_t counts[4] = {};
+  for (const auto& d : decided)
+    if (d) counts[static_cast<int>(*d)] += 1;
+  std::sort(latency_ms.begin(), latency_ms.end());
+  const double total = static_cast<double>(transactions);
+  std::string listed;
+  for (const auto& f : failures) listed += fmt::format("{}\"{}\"", listed.empty() ? "" : ",", f);
+  fmt::print(
+    "{{\"system\":\"{}\",\"label\":\"{}\",\"mode\":\"{}\",\"rate\":{},\"connections\":{},\"transactions\":{},"
+    "\"seconds\":{:.3f},\"per_s\":{:.0f},\"p50_ms\":{:.3f},\"p99_ms\":{:.3f},\"p999_ms\":{:.3f},\"max_ms\":{:.3f},"
+    "\"errors\":{},\"server_cpu_s\":{:.2f},\"cpu_s_per_1000\":{:.4f},\"applied\":{},\"breached\":{},\"rejected\":{},"
+    "\"duplicates\":{},\"breaches_recorded\":{},\"check\":\"{}\",\"failures_total\":{},\"failures\":[{}]}}\n",
+    system, o.label, o.rate > 0 ? "open" : "closed", o.rate, connections, transactions, seconds, total / seconds,
+    percentile(latency_ms, 0.50), percentile(latency_ms, 0.99), percentile(latency_ms, 0.999),
+    latency_ms.empty() ? 0 : latency_ms.back(), errors, server_cpu, server_cpu / total * 1000, counts[0], counts[1],
+    counts[2], counts[3], breaches_recorded, failures_total == 0 && errors == 0 ? "ok" : "FAILED", failures_total,
+    listed);
+}
+
+int run_keel_system(const options& o, const workload& w, const std::vector<outcome>& expected) {
+  auto run = run_keel(w, expected, o.conninfo, o.rate, o.system == "keel-full",
+                      [&] { return tree_cpu_seconds(o.server_pid); });
+  report(o, o.system, 1, w.transactions.size(), run.seconds, run.latency_ms, 0, run.server_cpu_s, run.decided,
+         run.reversals, run.failures, run.failures_total);
+  return run.failures_total == 0 ? 0 : 1;
+}
+
 int run(const options& o) {
   const auto w = load(o.workload);
   rules r;
   model m{w, r};
   const auto expected = recompute(w, m);
+
+  if (o.system == "keel-full" || o.system == "keel-normal") return run_keel_system(o, w, expected);
 
   std::unique_ptr<target> system;
   if (o.system == "postgres") {
@@ -153,19 +191,8 @@ int run(const options& o) {
 
   const auto held = system->read_state();
   const auto v = check(w, expected, decided, m, held);
-  std::sort(latency_ms.begin(), latency_ms.end());
-  const double total = static_cast<double>(w.transactions.size());
-  std::string failures;
-  for (const auto& f : v.failures) failures += fmt::format("{}\"{}\"", failures.empty() ? "" : ",", f);
-  fmt::print(
-    "{{\"system\":\"{}\",\"label\":\"{}\",\"mode\":\"{}\",\"rate\":{},\"connections\":{},\"transactions\":{},"
-    "\"seconds\":{:.3f},\"per_s\":{:.0f},\"p50_ms\":{:.3f},\"p99_ms\":{:.3f},\"p999_ms\":{:.3f},\"max_ms\":{:.3f},"
-    "\"errors\":{},\"server_cpu_s\":{:.2f},\"cpu_s_per_1000\":{:.4f},\"applied\":{},\"breached\":{},\"rejected\":{},"
-    "\"duplicates\":{},\"check\":\"{}\",\"failures_total\":{},\"failures\":[{}]}}\n",
-    system->name(), o.label, o.rate > 0 ? "open" : "closed", o.rate, n, w.transactions.size(), seconds,
-    total / seconds, percentile(latency_ms, 0.50), percentile(latency_ms, 0.99), percentile(latency_ms, 0.999),
-    latency_ms.empty() ? 0 : latency_ms.back(), errors.load(), server_cpu, server_cpu / total * 1000, v.applied,
-    v.breached, v.rejected, v.duplicates, v.failures.empty() ? "ok" : "FAILED", v.failures_total, failures);
+  report(o, system->name(), n, w.transactions.size(), seconds, latency_ms, errors.load(), server_cpu, decided,
+         held.breaches_recorded, v.failures, v.failures_total);
   if (errors > 0) std::fprintf(stderr, "ledger_compare: %zu errors; the first: %s\n", errors.load(), first_error.c_str());
   return v.failures.empty() && errors == 0 ? 0 : 1;
 }

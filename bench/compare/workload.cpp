@@ -84,7 +84,8 @@ workload load(const std::string& dir) {
       x.account = text(t, "account_id");
       x.amount = integer(t, "amount_minor");
       x.currency = text(t, "currency");
-      x.value_day = parse_day(text(t, "value_date"));
+      x.value_date = text(t, "value_date");
+      x.value_day = parse_day(x.value_date);
       x.booking_ms = integer(t, "booking_time_ms");
       x.today = day_of_ms(x.booking_ms);
       w.transactions.push_back(std::move(x));

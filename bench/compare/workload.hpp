@@ -24,6 +24,7 @@ struct transaction {
   std::int64_t amount = 0;
   std::string currency;
   std::int32_t value_day = 0;   // days since 1970-01-01
+  std::string value_date;       // as written, YYYY-MM-DD
   std::int64_t booking_ms = 0;
   std::int32_t today = 0;       // the booking time's day (UTC)
   std::string client;           // of its account ("" when the account is unknown)

@@ -500,7 +500,10 @@ result<void> load_both(Entities& entities, Book& book, std::string_view in, std:
 
 class account_logic final : public stage_logic {
 public:
-  explicit account_logic(ledger_options o) : options_(o) { rules_.horizon_days = o.horizon_days; }
+  explicit account_logic(ledger_options o) : options_(o) {
+    rules_.horizon_days = o.horizon_days;
+    rules_.deduplicate = o.deduplicate;
+  }
 
   result<void> process(const input_record& in, step_context& ctx) override {
     const auto& data = in.record.data;

@@ -25,6 +25,8 @@ struct ledger_options {
   std::int32_t partitions = 4;
   std::int32_t horizon_days = 30;
   std::int64_t saga_timeout_ms = 60'000;
+  /// account_rules::deduplicate: false only as a checker's negative control.
+  bool deduplicate = true;
 };
 
 /// The two stages of the workflow: "accounts" (ledger.transactions →

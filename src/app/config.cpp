@@ -249,6 +249,7 @@ result<config> load_config_text(std::string_view text, const std::string& path, 
     table_reader t{root["ledger"].as_table(), "ledger."};
     if (auto r = t.get("horizon_days", cfg.ledger.horizon_days); !r) return in_file(r.err());
     if (auto r = t.get("saga_timeout_ms", cfg.ledger.saga_timeout_ms); !r) return in_file(r.err());
+    if (auto r = t.get("deduplicate", cfg.ledger.deduplicate); !r) return in_file(r.err());
     if (auto r = t.finish(); !r) return in_file(r.err());
     if (cfg.ledger.horizon_days < 1 || cfg.ledger.horizon_days > 366)
       return in_file(make_error(errc::invalid_argument, "ledger.horizon_days must be 1 to 366"));

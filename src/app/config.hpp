@@ -90,6 +90,8 @@ struct config {
   struct ledger_section {
     std::int32_t horizon_days = 30;
     std::int64_t saga_timeout_ms = 60'000;
+    /// false only as a negative control for checkers: repeats are applied again.
+    bool deduplicate = true;
   } ledger;
 
   struct mergequeue_section {

@@ -87,6 +87,10 @@ result<std::vector<runtime::stage_spec>> make_stages(const config& cfg) {
       options.partitions = cfg.log.default_partitions;
       options.horizon_days = cfg.ledger.horizon_days;
       options.saga_timeout_ms = cfg.ledger.saga_timeout_ms;
+      options.deduplicate = cfg.ledger.deduplicate;
+      if (!options.deduplicate)
+        log(log_level::warn, "serve", "ledger.deduplicate = false: a repeated transaction id is applied again "
+                                      "(a negative control for checkers, never for real money)");
       for (auto& stage : runtime::ledger_stages(options)) stages.push_back(std::move(stage));
     } else if (name == "mergequeue") {
       runtime::mq_options options;

@@ -113,7 +113,7 @@ std::vector<account_event> decide(const account& a, const open_account& c) {
 
 std::vector<account_event> decide(const account& a, const transaction_book& applied,
                                   const post_transaction& t, const account_rules& rules) {
-  if (applied.find(t.transaction_id) != nullptr) return {};  // applied before: changes nothing
+  if (rules.deduplicate && applied.find(t.transaction_id) != nullptr) return {};  // applied before: changes nothing
   if (!a.open)
     return {reject(t, a, reject_reason::unknown_account, fmt::format("no account {}", t.account_id))};
   if (t.currency != a.currency)

@@ -153,6 +153,9 @@ struct account_rules {
   std::int32_t horizon_days = 30;
   /// ...and at most this many days before it.
   std::int32_t back_value_days = 3650;
+  /// Whether a transaction id applied before changes nothing. false only as
+  /// a negative control for checkers (benchmarks): a repeat is applied again.
+  bool deduplicate = true;
 };
 
 /// Decides an account opening: one account_opened, or a rejection when the

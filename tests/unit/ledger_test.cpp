@@ -99,6 +99,15 @@ SCENARIO("accounts: opening, posting, and every rejection") {
           CHECK(a.a.balance.on(today) == 100);
         }
       }
+      AND_WHEN("t1 arrives again where de-duplication is off (a checker's negative control)") {
+        account_rules careless;
+        careless.deduplicate = false;
+        auto events = decide(a.a, a.applied, txn("t1", 100), careless);
+        THEN("it is posted a second time") {
+          REQUIRE(events.size() == 1);
+          CHECK(std::holds_alternative<transaction_posted>(events.front()));
+        }
+      }
       AND_WHEN("t2 is reversed") {
         auto events = post(a, txn("rev-t2", 30, today + 3, "t2"));
         THEN("the projected balance is back, and t2 cannot be reversed twice") {

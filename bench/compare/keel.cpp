@@ -1,0 +1,353 @@
+#include "keel.hpp"
+
+#include "keel/envelope.pb.h"
+#include "log/embedded_log.hpp"
+#include "support/http_client.hpp"
+
+#include <boost/json.hpp>
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <fstream>
+#include <map>
+#include <mutex>
+#include <stdexcept>
+#include <thread>
+#include <unordered_map>
+
+namespace bench_compare {
+namespace {
+
+using namespace std::chrono_literals;
+using keel::log_offset;
+using keel::partition_id;
+
+constexpr const char* transactions_topic = "ledger.transactions";
+constexpr const char* balances_topic = "ledger.client-balances";
+constexpr const char* events_topic = "ledger.transaction-events";
+
+std::int64_t wall_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+           std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+template <class T>
+T must(keel::result<T> r, const char* what) {
+  if (!r) throw std::runtime_error(fmt::format("keel: {}: {}", what, r.err().message));
+  return std::move(*r);
+}
+
+keel::append_entry entry(const std::string& topic, const std::string& key, const keel::Envelope& e) {
+  return {topic, std::nullopt,
+          keel::record{key, e.SerializeAsString(), e.event_time_ms(), {{"keel-event-id", e.event_id()}}}};
+}
+
+keel::Envelope transaction_envelope(const transaction& t) {
+  keel::Envelope e;
+  e.set_event_id(t.id);
+  e.set_event_time_ms(t.booking_ms);
+  e.set_schema_version(1);
+  auto* m = e.mutable_post_transaction();
+  m->set_transaction_id(t.id);
+  m->set_account_id(t.account);
+  m->set_amount_minor(t.amount);
+  m->set_currency(t.currency);
+  m->set_value_date(t.value_date);
+  m->set_booking_time_ms(t.booking_ms);
+  return e;
+}
+
+/// The committed positions of a stage in a topic, by partition.
+std::vector<std::int64_t> positions(keel::embedded_log& log, const char* group, const char* topic, std::int32_t n) {
+  std::vector<std::int64_t> out;
+  for (std::int32_t p = 0; p < n; ++p)
+    out.push_back(must(log.position(group, topic, partition_id{p}), "position").value_or(log_offset{0}).value());
+  return out;
+}
+
+std::vector<std::int64_t> ends(keel::embedded_log& log, const char* topic, std::int32_t n) {
+  std::vector<std::int64_t> out;
+  for (std::int32_t p = 0; p < n; ++p) out.push_back(must(log.offsets(topic, partition_id{p}), "offsets").end.value());
+  return out;
+}
+
+/// Every record of a topic from `from` (by partition) to its end.
+std::vector<keel::stored_record> read_from(keel::embedded_log& log, const char* topic,
+                                           const std::vector<std::int64_t>& from) {
+  std::vector<keel::stored_record> out;
+  for (std::int32_t p = 0; p < static_cast<std::int32_t>(from.size()); ++p) {
+    for (std::int64_t next = from[static_cast<std::size_t>(p)];;) {
+      auto page = must(log.read(topic, partition_id{p}, log_offset{next}, {.max_records = 100'000, .max_bytes = 256 << 20}),
+                       "read");
+      if (page.empty()) break;
+      next = page.back().offset.value() + 1;
+      for (auto& r : page) out.push_back(std::move(r));
+    }
+  }
+  return out;
+}
+
+/// Waits until the accounts stage has consumed ledger.transactions and the
+/// clients stage ledger.client-balances to their ends, with nothing new for
+/// `quiet` (the reversals a breach sends round come back meanwhile); returns
+/// when (wall clock, ms) the positions last moved.
+std::int64_t wait_drained(keel::embedded_log& log, std::int32_t n, std::chrono::milliseconds quiet) {
+  auto last_change = std::chrono::steady_clock::now();
+  std::int64_t last_change_ms = wall_ms();
+  std::vector<std::int64_t> last;
+  const auto deadline = std::chrono::steady_clock::now() + 30min;
+  while (std::chrono::steady_clock::now() < deadline) {
+    auto now = positions(log, "accounts", transactions_topic, n);
+    const auto b = positions(log, "clients", balances_topic, n);
+    const bool caught_up = now == ends(log, transactions_topic, n) && b == ends(log, balances_topic, n);
+    now.insert(now.end(), b.begin(), b.end());
+    if (now != last) {
+      last = now;
+      last_change = std::chrono::steady_clock::now();
+      last_change_ms = wall_ms();
+    } else if (caught_up && std::chrono::steady_clock::now() - last_change >= quiet) {
+      return last_change_ms;
+    }
+    std::this_thread::sleep_for(2ms);
+  }
+  throw std::runtime_error("keel: the daemon did not drain its inputs within 30 minutes");
+}
+
+/// What the daemon holds of each account (its last projected balance).
+std::unordered_map<std::string, std::int64_t> held_totals(const std::string& data_dir, const workload& w) {
+  std::ifstream addr_file(data_dir + "/http.addr");
+  std::string addr;
+  std::getline(addr_file, addr);
+  const auto [host, port] = keel::test::split_address(addr);
+  std::unordered_map<std::string, std::int64_t> out;
+  std::mutex mutex;
+  std::atomic<std::size_t> next{0};
+  std::atomic<bool> failed{false};
+  std::vector<std::thread> readers;
+  for (int k = 0; k < 4; ++k)
+    readers.emplace_back([&, host = host, port = port] {
+      for (std::size_t i; (i = next++) < w.accounts.size() && !failed;) {
+        const auto& id = w.accounts[i].id;
+        auto reply = keel::test::http_request("GET", host, port, "/api/v1/accounts/" + id);
+        if (!reply || reply->status != 200) {
+          failed = true;
+          return;
+        }
+        const auto doc = boost::json::parse(reply->body);
+        const auto& state = doc.as_object().at("state").as_object();
+        std::int64_t total = state.at("balance_minor").as_int64();
+        if (const auto& projected = state.at("projected").as_array(); !projected.empty())
+          total = projected.back().as_object().at("balance_minor").as_int64();
+        std::lock_guard lock{mutex};
+        out[id] = total;
+      }
+    });
+  for (auto& r : readers) r.join();
+  if (failed) throw std::runtime_error("keel: reading the accounts' balances over REST failed");
+  return out;
+}
+
+} // namespace
+
+keel_run run_keel(const workload& w, const std::vector<outcome>& expected, const std::string& data_dir, double rate,
+                  bool full, const std::function<double()>& server_cpu) {
+  keel::embedded_options options;
+  options.path = data_dir + "/log.db";
+  options.sync = full ? keel::sqlite::sync_mode::full : keel::sqlite::sync_mode::normal;
+  auto log = must(keel::embedded_log::open(options), "open the daemon's log");
+  // The daemon creates its topics as it starts.
+  const auto topics_deadline = std::chrono::steady_clock::now() + 60s;
+  while (!log->describe_topic(balances_topic) || !log->describe_topic("ledger.limits")) {
+    if (std::chrono::steady_clock::now() > topics_deadline) throw std::runtime_error("keel: no ledger topics");
+    std::this_thread::sleep_for(20ms);
+  }
+  const auto n = must(log->describe_topic(transactions_topic), "describe").partitions;
+
+  // The accounts and limits, then a drained daemon.
+  {
+    keel::commit_batch batch;
+    auto flush = [&] {
+      if (!batch.records.empty()) must(log->commit(batch), "append");
+      batch.records.clear();
+    };
+    for (const auto& a : w.accounts) {
+      keel::Envelope e;
+      e.set_event_id("open-" + a.id);
+      e.set_event_time_ms(w.transactions.empty() ? 0 : w.transactions.front().booking_ms);
+      e.set_schema_version(1);
+      auto* m = e.mutable_open_account();
+      m->set_account_id(a.id);
+      m->set_client_id(a.client);
+      m->set_currency(a.currency);
+      m->set_request_id(e.event_id());
+      batch.records.push_back(entry(transactions_topic, a.id, e));
+      if (batch.records.size() == 5000) flush();
+    }
+    for (const auto& l : w.limits) {
+      keel::Envelope e;
+      e.set_event_id("limit-" + l.client + "-" + l.currency);
+      e.set_event_time_ms(w.transactions.empty() ? 0 : w.transactions.front().booking_ms);
+      e.set_schema_version(1);
+      auto* m = e.mutable_set_limit();
+      m->set_client_id(l.client);
+      m->set_currency(l.currency);
+      m->set_floor_today_minor(l.floor_today);
+      m->set_floor_projected_minor(l.floor_projected);
+      m->set_policy(keel::ledger::BREACH_POLICY_REVERT);
+      m->set_request_id(e.event_id());
+      batch.records.push_back(entry("ledger.limits", l.client, e));
+      if (batch.records.size() == 5000) flush();
+    }
+    flush();
+  }
+  wait_drained(*log, n, 200ms);
+  const auto base_transactions = ends(*log, transactions_topic, n);
+  const auto base_balances = ends(*log, balances_topic, n);
+  const auto base_events = ends(*log, events_topic, n);
+  const double cpu_before = server_cpu();
+
+  // Samples of the committed positions, every millisecond.
+  struct sample {
+    std::int64_t at_ms;
+    std::vector<std::int64_t> accounts, clients;
+  };
+  std::vector<sample> samples;
+  std::atomic<bool> producing{true};
+  std::thread sampler([&] {
+    while (producing) {
+      samples.push_back({wall_ms(), positions(*log, "accounts", transactions_topic, n),
+                         positions(*log, "clients", balances_topic, n)});
+      std::this_thread::sleep_for(1ms);
+    }
+  });
+
+  // Submissions: their due time and where they landed.
+  const auto total = w.transactions.size();
+  std::vector<std::int64_t> due_ms(total);
+  std::vector<std::pair<std::int32_t, std::int64_t>> placed(total);
+  const auto start = std::chrono::steady_clock::now();
+  const auto start_ms = wall_ms();
+  std::size_t sent = 0;
+  while (sent < total) {
+    std::size_t upto = std::min(total, sent + 1000);
+    if (rate > 0) {
+      // Open loop: whatever is due by now, then wait for the next one.
+      const auto elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      upto = std::min(total, static_cast<std::size_t>(elapsed * rate) + 1);
+      if (upto <= sent) {
+        std::this_thread::sleep_until(start + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                                                std::chrono::duration<double>(static_cast<double>(sent) / rate)));
+        continue;
+      }
+    }
+    keel::commit_batch batch;
+    for (std::size_t i = sent; i < upto; ++i) {
+      const auto& t = w.transactions[i];
+      batch.records.push_back(entry(transactions_topic, t.account, transaction_envelope(t)));
+      due_ms[i] = rate > 0 ? start_ms + static_cast<std::int64_t>(1000.0 * static_cast<double>(i) / rate) : wall_ms();
+    }
+    const auto receipt = must(log->commit(batch), "append");
+    for (std::size_t i = sent; i < upto; ++i)
+      placed[i] = {receipt.placements[i - sent].first.value(), receipt.placements[i - sent].second.value()};
+    sent = upto;
+  }
+  // The run ends when the last decision was committed, not after the quiet
+  // wait that shows it was the last.
+  const auto finished_ms = wait_drained(*log, n, 500ms);
+  const double cpu_after = server_cpu();
+  producing = false;
+  sampler.join();
+  samples.push_back({finished_ms, positions(*log, "accounts", transactions_topic, n),
+                     positions(*log, "clients", balances_topic, n)});
+
+  keel_run out;
+  out.seconds = static_cast<double>(finished_ms - start_ms) / 1000.0;
+  out.server_cpu_s = cpu_after - cpu_before;
+  auto fail = [&](std::string what) {
+    if (out.failures.size() < 10) out.failures.push_back(std::move(what));
+    out.failures_total += 1;
+  };
+
+  // What the daemon decided, from its outputs.
+  std::unordered_map<std::string, int> posted, rejected, reversed_by;
+  std::unordered_map<std::string, std::int64_t> amount_of;
+  for (const auto& r : read_from(*log, events_topic, base_events)) {
+    keel::Envelope e;
+    if (!r.data.value || !e.ParseFromString(*r.data.value)) continue;
+    if (e.has_transaction_posted()) {
+      const auto& t = e.transaction_posted().transaction();
+      if (t.reverses_transaction_id().empty()) {
+        posted[t.transaction_id()] += 1;
+        amount_of[t.transaction_id()] = t.amount_minor();
+      } else {
+        reversed_by[t.reverses_transaction_id()] += 1;
+        out.reversals += 1;
+        if (auto it = amount_of.find(t.reverses_transaction_id()); it == amount_of.end() || it->second != -t.amount_minor())
+          fail(fmt::format("reversal {} does not reverse a posted {} in full", t.transaction_id(),
+                           t.reverses_transaction_id()));
+      }
+    } else if (e.has_transaction_rejected()) {
+      rejected[e.transaction_rejected().transaction().transaction_id()] += 1;
+    }
+  }
+  std::unordered_map<std::string, std::pair<std::int32_t, std::int64_t>> change_of;
+  for (const auto& r : read_from(*log, balances_topic, base_balances)) {
+    keel::Envelope e;
+    if (!r.data.value || !e.ParseFromString(*r.data.value) || !e.has_balance_changed()) continue;
+    if (e.balance_changed().reverses_transaction_id().empty())
+      change_of.emplace(e.balance_changed().transaction_id(), std::pair{r.partition.value(), r.offset.value()});
+  }
+
+  // Each submission: its outcome, and when the deciding stage committed past it.
+  out.decided.assign(total, std::nullopt);
+  out.latency_ms.assign(total, 0);
+  std::unordered_map<std::string, std::size_t> first_of;
+  auto decided_at = [&](bool by_clients, std::int32_t p, std::int64_t offset) -> std::int64_t {
+    const auto pos = [&](const sample& s) {
+      return (by_clients ? s.clients : s.accounts)[static_cast<std::size_t>(p)];
+    };
+    auto it = std::partition_point(samples.begin(), samples.end(), [&](const sample& s) { return pos(s) <= offset; });
+    return it == samples.end() ? finished_ms : it->at_ms;
+  };
+  for (std::size_t i = 0; i < total; ++i) {
+    const auto& t = w.transactions[i];
+    const bool first = first_of.emplace(t.id, i).second;
+    const int p = posted.count(t.id) ? posted[t.id] : 0, r = rejected.count(t.id) ? rejected[t.id] : 0;
+    if (first) {
+      if (p + r != 1) fail(fmt::format("{} was decided {} times", t.id, p + r));
+      if (p > 0) {
+        out.decided[i] = reversed_by.count(t.id) ? outcome::breached : outcome::applied;
+        const bool valid = expected[i] == outcome::applied || expected[i] == outcome::breached;
+        if (!valid) fail(fmt::format("{} was posted; the recomputation rejects it", t.id));
+      } else if (r > 0) {
+        out.decided[i] = outcome::rejected;
+        if (expected[i] != outcome::rejected) fail(fmt::format("{} was rejected; the recomputation posts it", t.id));
+      }
+    } else {
+      out.decided[i] = outcome::duplicate;
+    }
+    if (reversed_by.count(t.id) && reversed_by[t.id] > 1) fail(fmt::format("{} reversed {} times", t.id, reversed_by[t.id]));
+    auto change = first && p > 0 ? change_of.find(t.id) : change_of.end();
+    const auto at = change != change_of.end() ? decided_at(true, change->second.first, change->second.second)
+                                              : decided_at(false, placed[i].first, placed[i].second);
+    out.latency_ms[i] = static_cast<double>(at - due_ms[i]);
+  }
+
+  // Every account as the daemon holds it: the file's transactions it posted,
+  // less those it reversed.
+  std::unordered_map<std::string, std::int64_t> want;
+  for (const auto& [id, index] : first_of) {
+    const auto& t = w.transactions[index];
+    if (posted.count(id) && !reversed_by.count(id)) want[t.account] += t.amount;
+  }
+  const auto held = held_totals(data_dir, w);
+  for (const auto& a : w.accounts) {
+    const auto h = held.count(a.id) ? held.at(a.id) : 0, x = want.count(a.id) ? want.at(a.id) : 0;
+    if (h != x) fail(fmt::format("account {} holds {}, the recomputation from its posted transactions {}", a.id, h, x));
+  }
+  return out;
+}
+
+} // namespace bench_compare
