@@ -49,7 +49,19 @@ struct options {
   int connections = 8;
   double rate = 0;  // 0: closed loop
   int server_pid = 0;
+  std::string data_path;  // the system's files, for the bytes it writes per transaction
 };
+
+/// Bytes of the files below `path` (0 when it is not given).
+std::int64_t dir_bytes(const std::string& path) {
+  if (path.empty()) return 0;
+  std::int64_t total = 0;
+  std::error_code ec;
+  for (auto it = std::filesystem::recursive_directory_iterator(path, ec);
+       !ec && it != std::filesystem::recursive_directory_iterator(); it.increment(ec))
+    if (it->is_regular_file(ec)) total += static_cast<std::int64_t>(it->file_size(ec));
+  return total;
+}
 
 /// CPU seconds used by a process and every descendant, living or reaped.
 double tree_cpu_seconds(int root) {
@@ -96,7 +108,7 @@ double percentile(std::vector<double>& sorted, double q) {
 void report(const options& o, const std::string& system, std::size_t connections, std::size_t transactions,
             double seconds, std::vector<double>& latency_ms, std::size_t errors, double server_cpu,
             const std::vector<std::optional<outcome>>& decided, std::int64_t breaches_recorded,
-            const std::vector<std::string>& failures, std::int64_t failures_total) {
+            const std::vector<std::string>& failures, std::int64_t failures_total, std::int64_t disk_written) {
   std::int64_t counts[4] = {};
   for (const auto& d : decided)
     if (d) counts[static_cast<int>(*d)] += 1;
@@ -108,19 +120,21 @@ void report(const options& o, const std::string& system, std::size_t connections
     "{{\"system\":\"{}\",\"label\":\"{}\",\"mode\":\"{}\",\"rate\":{},\"connections\":{},\"transactions\":{},"
     "\"seconds\":{:.3f},\"per_s\":{:.0f},\"p50_ms\":{:.3f},\"p99_ms\":{:.3f},\"p999_ms\":{:.3f},\"max_ms\":{:.3f},"
     "\"errors\":{},\"server_cpu_s\":{:.2f},\"cpu_s_per_1000\":{:.4f},\"applied\":{},\"breached\":{},\"rejected\":{},"
-    "\"duplicates\":{},\"breaches_recorded\":{},\"check\":\"{}\",\"failures_total\":{},\"failures\":[{}]}}\n",
+    "\"duplicates\":{},\"breaches_recorded\":{},\"disk_bytes_per_transaction\":{:.1f},\"check\":\"{}\","
+    "\"failures_total\":{},\"failures\":[{}]}}\n",
     system, o.label, o.rate > 0 ? "open" : "closed", o.rate, connections, transactions, seconds, total / seconds,
     percentile(latency_ms, 0.50), percentile(latency_ms, 0.99), percentile(latency_ms, 0.999),
     latency_ms.empty() ? 0 : latency_ms.back(), errors, server_cpu, server_cpu / total * 1000, counts[0], counts[1],
-    counts[2], counts[3], breaches_recorded, failures_total == 0 && errors == 0 ? "ok" : "FAILED", failures_total,
+    counts[2], counts[3], breaches_recorded, static_cast<double>(disk_written) / total,
+    failures_total == 0 && errors == 0 ? "ok" : "FAILED", failures_total,
     listed);
 }
 
 int run_keel_system(const options& o, const workload& w, const std::vector<outcome>& expected) {
   auto run = run_keel(w, expected, o.conninfo, o.rate, o.system == "keel-full",
-                      [&] { return tree_cpu_seconds(o.server_pid); });
+                      [&] { return tree_cpu_seconds(o.server_pid); }, [&] { return dir_bytes(o.data_path); });
   report(o, o.system, 1, w.transactions.size(), run.seconds, run.latency_ms, 0, run.server_cpu_s, run.decided,
-         run.reversals, run.failures, run.failures_total);
+         run.reversals, run.failures, run.failures_total, run.disk_written);
   return run.failures_total == 0 ? 0 : 1;
 }
 
@@ -161,6 +175,7 @@ int run(const options& o) {
   std::string first_error;
   std::mutex error_mutex;
   const double cpu_before = tree_cpu_seconds(o.server_pid);
+  const auto bytes_before = dir_bytes(o.data_path);
   const auto start = steady::now() + std::chrono::milliseconds(50);
   std::vector<std::thread> threads;
   for (std::size_t k = 0; k < n; ++k) {
@@ -187,12 +202,13 @@ int run(const options& o) {
   for (auto& t : threads) t.join();
   const double seconds = std::chrono::duration<double>(steady::now() - start).count();
   const double server_cpu = tree_cpu_seconds(o.server_pid) - cpu_before;
+  const auto disk_written = dir_bytes(o.data_path) - bytes_before;
   sessions.clear();
 
   const auto held = system->read_state();
   const auto v = check(w, expected, decided, m, held);
   report(o, system->name(), n, w.transactions.size(), seconds, latency_ms, errors.load(), server_cpu, decided,
-         held.breaches_recorded, v.failures, v.failures_total);
+         held.breaches_recorded, v.failures, v.failures_total, disk_written);
   if (errors > 0) std::fprintf(stderr, "ledger_compare: %zu errors; the first: %s\n", errors.load(), first_error.c_str());
   return v.failures.empty() && errors == 0 ? 0 : 1;
 }
@@ -216,6 +232,7 @@ int main(int argc, char** argv) {
       else if (a == "--connections") o.connections = std::stoi(value());
       else if (a == "--rate") o.rate = std::stod(value());
       else if (a == "--server-pid") o.server_pid = std::stoi(value());
+      else if (a == "--data-path") o.data_path = value();
       else throw std::runtime_error("unknown argument " + a);
     } catch (const std::exception& e) {
       std::fprintf(stderr, "ledger_compare: %s\n", e.what());

@@ -152,7 +152,8 @@ std::unordered_map<std::string, std::int64_t> held_totals(const std::string& dat
 } // namespace
 
 keel_run run_keel(const workload& w, const std::vector<outcome>& expected, const std::string& data_dir, double rate,
-                  bool full, const std::function<double()>& server_cpu) {
+                  bool full, const std::function<double()>& server_cpu,
+                  const std::function<std::int64_t()>& disk_bytes) {
   keel::embedded_options options;
   options.path = data_dir + "/log.db";
   options.sync = full ? keel::sqlite::sync_mode::full : keel::sqlite::sync_mode::normal;
@@ -207,6 +208,7 @@ keel_run run_keel(const workload& w, const std::vector<outcome>& expected, const
   const auto base_balances = ends(*log, balances_topic, n);
   const auto base_events = ends(*log, events_topic, n);
   const double cpu_before = server_cpu();
+  const auto bytes_before = disk_bytes();
 
   // Samples of the committed positions, every millisecond.
   struct sample {
@@ -257,6 +259,7 @@ keel_run run_keel(const workload& w, const std::vector<outcome>& expected, const
   // wait that shows it was the last.
   const auto finished_ms = wait_drained(*log, n, 500ms);
   const double cpu_after = server_cpu();
+  const auto bytes_after = disk_bytes();
   producing = false;
   sampler.join();
   samples.push_back({finished_ms, positions(*log, "accounts", transactions_topic, n),
@@ -265,6 +268,7 @@ keel_run run_keel(const workload& w, const std::vector<outcome>& expected, const
   keel_run out;
   out.seconds = static_cast<double>(finished_ms - start_ms) / 1000.0;
   out.server_cpu_s = cpu_after - cpu_before;
+  out.disk_written = bytes_after - bytes_before;
   auto fail = [&](std::string what) {
     if (out.failures.size() < 10) out.failures.push_back(std::move(what));
     out.failures_total += 1;

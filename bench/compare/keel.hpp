@@ -31,6 +31,7 @@ struct keel_run {
   std::vector<double> latency_ms;               // by submission, from due to decided
   double seconds = 0;
   double server_cpu_s = 0;  // of the daemon while the transactions ran
+  std::int64_t disk_written = 0;  // bytes its files grew by meanwhile
   std::int64_t reversals = 0;
   std::vector<std::string> failures;
   std::int64_t failures_total = 0;
@@ -41,6 +42,7 @@ struct keel_run {
 /// at `rate` transactions per second. `full`: the driver's commits use
 /// synchronous=FULL, as the daemon's.
 keel_run run_keel(const workload& w, const std::vector<outcome>& expected, const std::string& data_dir, double rate,
-                  bool full, const std::function<double()>& server_cpu);
+                  bool full, const std::function<double()>& server_cpu,
+                  const std::function<std::int64_t()>& disk_bytes);
 
 } // namespace bench_compare

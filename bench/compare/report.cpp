@@ -1,0 +1,148 @@
+// compare_report: turns the JSON lines of bench/compare/run into the report:
+// a Markdown table of medians per system and skew, the ratios keel/PostgreSQL
+// and keel/Redis on the s = 1 workload, and the data of the
+// latency-versus-throughput curves for gnuplot.
+//
+//   compare_report RESULTS.jsonl MARKDOWN_OUT CURVES_OUT
+
+#include <boost/json.hpp>
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <fstream>
+#include <map>
+#include <optional>
+#include <set>
+#include <string>
+#include <vector>
+
+namespace {
+
+struct run {
+  double per_s = 0, p50 = 0, p99 = 0, p999 = 0, cpu = 0, disk = 0;
+  bool ok = false;
+};
+
+/// "s=1 run=2 load=50%" -> {"s": "1", "run": "2", "load": "50%"}
+std::map<std::string, std::string> tags(const std::string& label) {
+  std::map<std::string, std::string> out;
+  std::size_t at = 0;
+  while (at < label.size()) {
+    auto end = label.find(' ', at);
+    if (end == std::string::npos) end = label.size();
+    const auto word = label.substr(at, end - at);
+    if (auto eq = word.find('='); eq != std::string::npos) out[word.substr(0, eq)] = word.substr(eq + 1);
+    at = end + 1;
+  }
+  return out;
+}
+
+double median(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  return v.size() % 2 == 1 ? v[v.size() / 2] : (v[v.size() / 2 - 1] + v[v.size() / 2]) / 2;
+}
+
+double num(const boost::json::object& o, const char* name) {
+  const auto* v = o.if_contains(name);
+  if (v == nullptr) return 0;
+  if (v->is_double()) return v->as_double();
+  if (v->is_int64()) return static_cast<double>(v->as_int64());
+  return 0;
+}
+
+} // namespace
+
+int main(int argc, char** argv) {
+  if (argc != 4) {
+    std::fprintf(stderr, "usage: compare_report RESULTS.jsonl MARKDOWN_OUT CURVES_OUT\n");
+    return 2;
+  }
+  // system -> skew -> load ("max", "50%", "80%") -> runs
+  std::map<std::string, std::map<std::string, std::map<std::string, std::vector<run>>>> runs;
+  std::map<std::string, bool> negative;  // skew -> caught
+  std::int64_t transactions = 0, cores = 0;
+  std::ifstream in(argv[1]);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.empty()) continue;
+    const auto doc = boost::json::parse(line);
+    const auto& o = doc.as_object();
+    const std::string label = o.contains("label") ? std::string{o.at("label").as_string()} : "";
+    auto t = tags(label);
+    const bool ok = o.contains("check") && o.at("check").as_string() == "ok";
+    if (label.find("negative control") != std::string::npos) {
+      negative[t["s"]] = !ok;
+      continue;
+    }
+    if (!t.count("run") || !t.count("load")) continue;  // the sweep
+    transactions = std::max<std::int64_t>(transactions, static_cast<std::int64_t>(num(o, "transactions")));
+    cores = static_cast<std::int64_t>(num(o, "cores"));
+    runs[std::string{o.at("system").as_string()}][t["s"]][t["load"]].push_back(
+      {num(o, "per_s"), num(o, "p50_ms"), num(o, "p99_ms"), num(o, "p999_ms"), num(o, "cpu_s_per_1000"),
+       num(o, "disk_bytes_per_transaction"), ok});
+  }
+
+  auto med = [&](const std::vector<run>& v, double run::*field) {
+    std::vector<double> xs;
+    for (const auto& r : v) xs.push_back(r.*field);
+    return median(xs);
+  };
+  std::string md;
+  md += fmt::format("{} transactions per run, {} cores; medians of the runs. Latency in ms, open loop at 50% and 80% "
+                    "of the system's own maximum.\n\n",
+                    transactions, cores);
+  md += "| system | skew | max decisions/s | p50 / p99 / p99.9 at 50% | p50 / p99 / p99.9 at 80% | "
+        "server CPU-s per 1,000 | bytes written per transaction | check |\n|---|---|---|---|---|---|---|---|\n";
+  const std::vector<std::string> order{"keel-full", "keel-normal", "postgres", "redis-always", "redis-everysec"};
+  for (const auto& system : order) {
+    if (!runs.count(system)) continue;
+    for (const auto& [skew, loads] : runs[system]) {
+      auto at = [&](const char* load) {
+        if (!loads.count(load)) return std::string{"-"};
+        const auto& v = loads.at(load);
+        return fmt::format("{:.1f} / {:.1f} / {:.1f}", med(v, &run::p50), med(v, &run::p99), med(v, &run::p999));
+      };
+      std::size_t failed = 0, total = 0;
+      for (const auto& [load, v] : loads)
+        for (const auto& r : v) {
+          total += 1;
+          failed += r.ok ? 0 : 1;
+        }
+      const auto& max = loads.count("max") ? loads.at("max") : std::vector<run>{};
+      md += fmt::format("| {}{} | {} | {:.0f} | {} | {} | {:.3f} | {:.0f} | {} |\n", system,
+                        system == "redis-everysec" ? " (not durable)" : "", skew, med(max, &run::per_s), at("50%"),
+                        at("80%"), med(max, &run::cpu), med(max, &run::disk),
+                        failed == 0 ? fmt::format("ok ({} runs)", total) : fmt::format("**FAILED** {} of {}", failed, total));
+    }
+  }
+  auto ratio = [&](const std::string& a, const std::string& b, const char* load, double run::*field) -> std::string {
+    if (!runs.count(a) || !runs.count(b) || !runs[a].count("1") || !runs[b].count("1")) return "-";
+    const auto x = med(runs[a]["1"][load], field), y = med(runs[b]["1"][load], field);
+    return y == 0 ? "-" : fmt::format("{:.2f}", x / y);
+  };
+  md += "\nOn the s = 1 workload:\n\n| ratio | max decisions/s | p99 at 50% |\n|---|---|---|\n";
+  for (const auto& other : {"postgres", "redis-always"})
+    md += fmt::format("| keel-full / {} | {} | {} |\n", other, ratio("keel-full", other, "max", &run::per_s),
+                      ratio("keel-full", other, "50%", &run::p99));
+  for (const auto& [skew, caught] : negative)
+    md += fmt::format("\nNegative control (keel with de-duplication off), s = {}: {}.", skew,
+                      caught ? "caught by the check" : "**not caught**");
+  md += "\n";
+  std::ofstream(argv[2]) << md;
+
+  // The curves: for each system on s = 1, p99 against the rate achieved in the
+  // open loops (a closed loop's latency is not comparable: it waits for no one).
+  std::ofstream curves(argv[3]);
+  for (const auto& system : order) {
+    if (!runs.count(system) || !runs[system].count("1")) continue;
+    curves << "\"" << system << "\"\n";
+    for (const char* load : {"50%", "80%"}) {
+      const auto& v = runs[system]["1"][load];
+      if (!v.empty()) curves << fmt::format("{:.0f} {:.3f}\n", med(v, &run::per_s), std::max(0.01, med(v, &run::p99)));
+    }
+    curves << "\n\n";
+  }
+  return 0;
+}
