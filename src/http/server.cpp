@@ -31,7 +31,9 @@ struct server::impl {
   router routes;
   request_observer observer;
   net::io_context io;
-  tcp::acceptor acceptor{io};
+  // The acceptor's handlers run on a strand of their own, and so does the
+  // close that stop() posts: never two threads on it at once.
+  tcp::acceptor acceptor{net::make_strand(io)};
   std::vector<std::thread> threads;
   std::atomic<std::size_t> connections{0};
   std::atomic<bool> stopping{false};
@@ -311,7 +313,7 @@ void server::stop() {
   std::call_once(impl_->stopped, [this] {
     auto& p = *impl_;
     p.stopping = true;
-    net::post(p.io, [&p] {
+    net::post(p.acceptor.get_executor(), [&p] {
       beast::error_code ignored;
       p.acceptor.close(ignored);
     });
@@ -325,6 +327,10 @@ void server::stop() {
       std::this_thread::sleep_for(std::chrono::milliseconds(5));
     p.io.stop();
     for (auto& t : p.threads) t.join();
+    // The posted close may not have run before the stop: with no thread left
+    // the acceptor is this thread's alone, and the port is free once this returns.
+    beast::error_code ignored;
+    p.acceptor.close(ignored);
     std::lock_guard lock{p.sessions_mutex};
     p.sessions.clear();
   });
