@@ -6,7 +6,8 @@
 //     SYSTEM postgres (WHERE: a libpq conninfo), redis-always | redis-everysec
 //     (WHERE: HOST:PORT), keel-full | keel-normal (WHERE: the running daemon's
 //     data directory)
-//                  [--connections N] [--rate R] [--server-pid PID] [--label TEXT]
+//                  [--connections N] [--rate R] [--limit N] [--server-pid PID] [--data-path DIR]
+//                  [--label TEXT]
 //
 // Without --rate the load is a closed loop: N connections, each sending its
 // next transaction as soon as the last is decided, for the maximum sustained
@@ -50,6 +51,7 @@ struct options {
   double rate = 0;  // 0: closed loop
   int server_pid = 0;
   std::string data_path;  // the system's files, for the bytes it writes per transaction
+  std::size_t limit = 0;  // the first N submissions of the workload (0: all)
 };
 
 /// Bytes of the files below `path` (0 when it is not given).
@@ -139,7 +141,10 @@ int run_keel_system(const options& o, const workload& w, const std::vector<outco
 }
 
 int run(const options& o) {
-  const auto w = load(o.workload);
+  auto w = load(o.workload);
+  // A prefix of the file is a workload of its own: each decision depends only
+  // on what came before it.
+  if (o.limit > 0 && o.limit < w.transactions.size()) w.transactions.resize(o.limit);
   rules r;
   model m{w, r};
   const auto expected = recompute(w, m);
@@ -233,6 +238,7 @@ int main(int argc, char** argv) {
       else if (a == "--rate") o.rate = std::stod(value());
       else if (a == "--server-pid") o.server_pid = std::stoi(value());
       else if (a == "--data-path") o.data_path = value();
+      else if (a == "--limit") o.limit = static_cast<std::size_t>(std::stoull(value()));
       else throw std::runtime_error("unknown argument " + a);
     } catch (const std::exception& e) {
       std::fprintf(stderr, "ledger_compare: %s\n", e.what());
@@ -241,7 +247,7 @@ int main(int argc, char** argv) {
   }
   if (o.workload.empty() || o.system.empty()) {
     std::fprintf(stderr, "usage: ledger_compare --workload DIR --system postgres --conninfo INFO [--connections N] "
-                         "[--rate R] [--server-pid PID] [--label TEXT]\n");
+                         "[--rate R] [--limit N] [--server-pid PID] [--data-path DIR] [--label TEXT]\n");
     return 2;
   }
   try {

@@ -90,8 +90,9 @@ int main(int argc, char** argv) {
     return median(xs);
   };
   std::string md;
-  md += fmt::format("{} transactions per run, {} cores; medians of the runs. Latency in ms, open loop at 50% and 80% "
-                    "of the system's own maximum.\n\n",
+  md += fmt::format("Each run replays a prefix of the skew's workload file sized to last about the same time at "
+                    "its rate (at most {} transactions); {} cores; medians of the runs. Latency in ms, open loop at 50% "
+                    "and 80% of the system's own maximum.\n\n",
                     transactions, cores);
   md += "| system | skew | max decisions/s | p50 / p99 / p99.9 at 50% | p50 / p99 / p99.9 at 80% | "
         "server CPU-s per 1,000 | bytes written per transaction | check |\n|---|---|---|---|---|---|---|---|\n";
