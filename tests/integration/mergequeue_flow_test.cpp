@@ -281,8 +281,11 @@ TEST_CASE("a build that outlives its timeout is killed and reported timed out") 
 TEST_CASE("builds in flight when the worker stops run again when it restores, and report once") {
   test::temp_dir scratch;
   const auto runs = scratch.file("runs");
-  // Each run of the build appends a line; the first run is stopped halfway.
-  flow f{fmt::format("echo run >> {}; sleep 0.5", runs), [](mq_options& o) { o.build_slots = 2; }};
+  // Each run of the build appends a line. The first waits until it is
+  // stopped (however slow the machine, it cannot finish first); the run after
+  // the restart finishes at once.
+  flow f{fmt::format("echo run >> {0}; [ $(wc -l < {0}) -gt 1 ] || sleep 60", runs),
+         [](mq_options& o) { o.build_slots = 2; }};
   const auto pr1 = f.branch_commit("pr1", "one.txt", "one");
   f.open_and_enqueue(1, pr1);
   f.step_until([&] { return std::filesystem::exists(runs); });
