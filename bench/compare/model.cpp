@@ -14,6 +14,12 @@ const char* to_string(outcome o) {
   return "?";
 }
 
+std::optional<outcome> outcome_named(std::string_view name) {
+  for (auto o : {outcome::applied, outcome::breached, outcome::rejected, outcome::duplicate})
+    if (name == to_string(o)) return o;
+  return std::nullopt;
+}
+
 std::int64_t balance_on(const dated& b, std::int32_t day) {
   std::int64_t total = 0;
   for (auto it = b.begin(); it != b.end() && it->first <= day; ++it) total += it->second;

@@ -15,6 +15,8 @@
 #include "workload.hpp"
 
 #include <map>
+#include <optional>
+#include <string_view>
 #include <string>
 #include <unordered_map>
 #include <unordered_set>
@@ -23,6 +25,8 @@ namespace bench_compare {
 
 enum class outcome : std::uint8_t { applied, breached, rejected, duplicate };
 const char* to_string(outcome o);
+/// The outcome named by to_string; nullopt for any other text.
+std::optional<outcome> outcome_named(std::string_view name);
 
 struct rules {
   std::int32_t horizon_days = 30;

@@ -126,12 +126,8 @@ struct connection {
 };
 
 outcome parse_outcome(const char* s) {
-  const std::string v{s};
-  if (v == "applied") return outcome::applied;
-  if (v == "breached") return outcome::breached;
-  if (v == "rejected") return outcome::rejected;
-  if (v == "duplicate") return outcome::duplicate;
-  throw std::runtime_error("postgres: unexpected outcome " + v);
+  if (auto o = outcome_named(s)) return *o;
+  throw std::runtime_error("postgres: unexpected outcome " + std::string{s});
 }
 
 class pg_session final : public session {

@@ -88,25 +88,28 @@ struct connection {
   connection(const connection&) = delete;
   connection& operator=(const connection&) = delete;
 
-  reply_ptr command(const std::vector<std::string>& argv) {
+  /// hiredis's view of a command: pointers and lengths of its arguments.
+  struct args_view {
     std::vector<const char*> args;
     std::vector<std::size_t> lengths;
-    for (const auto& a : argv) {
-      args.push_back(a.data());
-      lengths.push_back(a.size());
+    explicit args_view(const std::vector<std::string>& argv) {
+      for (const auto& a : argv) {
+        args.push_back(a.data());
+        lengths.push_back(a.size());
+      }
     }
-    reply_ptr r{static_cast<redisReply*>(redisCommandArgv(c, static_cast<int>(args.size()), args.data(), lengths.data()))};
+    int count() const { return static_cast<int>(args.size()); }
+  };
+
+  reply_ptr command(const std::vector<std::string>& argv) {
+    args_view v{argv};
+    reply_ptr r{static_cast<redisReply*>(redisCommandArgv(c, v.count(), v.args.data(), v.lengths.data()))};
     check(r, argv.front());
     return r;
   }
   void append(const std::vector<std::string>& argv) {
-    std::vector<const char*> args;
-    std::vector<std::size_t> lengths;
-    for (const auto& a : argv) {
-      args.push_back(a.data());
-      lengths.push_back(a.size());
-    }
-    if (redisAppendCommandArgv(c, static_cast<int>(args.size()), args.data(), lengths.data()) != REDIS_OK)
+    args_view v{argv};
+    if (redisAppendCommandArgv(c, v.count(), v.args.data(), v.lengths.data()) != REDIS_OK)
       throw std::runtime_error(std::string{"redis: "} + c->errstr);
   }
   reply_ptr next_reply(const std::string& what) {
@@ -123,12 +126,9 @@ struct connection {
 };
 
 outcome parse_outcome(const redisReply* r) {
-  const std::string v{r->str, r->len};
-  if (v == "applied") return outcome::applied;
-  if (v == "breached") return outcome::breached;
-  if (v == "rejected") return outcome::rejected;
-  if (v == "duplicate") return outcome::duplicate;
-  throw std::runtime_error("redis: unexpected outcome " + v);
+  const std::string_view v{r->str, r->len};
+  if (auto o = outcome_named(v)) return *o;
+  throw std::runtime_error("redis: unexpected outcome " + std::string{v});
 }
 
 class redis_session final : public session {
