@@ -564,12 +564,21 @@ result<void> task_engine::claim() {
 result<void> task_engine::check_claims(std::int64_t expected, std::int64_t first) {
   // Records between the end of this task's last commit and the start of
   // this one were written by someone else: a newer claim fences this task.
+  // The read goes on to this step's own first record, which is committed:
+  // an empty page is a read that found nothing yet (a slow fetch), not proof
+  // that the gap holds only transaction markers.
   log_offset next{expected};
-  while (next.value() < first) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (next.value() <= first) {
     auto page = log_.read(spec_.changelog_topic(), partition_, next,
-                          {.max_records = static_cast<std::size_t>(first - next.value())});
+                          {.max_records = static_cast<std::size_t>(first - next.value() + 1)});
     if (!page) return with_context(std::move(page).err(), "check claims of " + name_);
-    if (page->empty()) return ok();  // transaction markers, not records
+    if (page->empty()) {
+      if (std::chrono::steady_clock::now() > deadline)
+        return make_error(errc::unavailable, "check claims of {}: its changelog from {} to its commit at {} is not readable",
+                          name_, expected, first);
+      continue;
+    }
     for (const auto& rec : *page) {
       if (rec.offset.value() >= first) return ok();
       auto kind = header(rec.data, kind_header);
