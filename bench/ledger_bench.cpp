@@ -4,7 +4,7 @@
 //
 //   ledger_bench [--transactions N] [--accounts N] [--clients N]
 //                [--synchronous normal|full] [--partitions N] [--batch N] [--dir DIR]
-//                [--snapshots background|inline]
+//                [--snapshots background|inline] [--mmap-bytes N]
 //
 // 1. Throughput: N transactions appended up front; time until the clients stage
 //    has committed the limit decision for every one.
@@ -56,6 +56,7 @@ struct bench {
   std::int32_t partitions = 4;
   std::size_t batch = 5000;
   bool snapshot_in_background = true;
+  std::int64_t mmap_bytes = embedded_options{}.mmap_bytes;
   sqlite::sync_mode sync = sqlite::sync_mode::normal;
   std::mt19937_64 rng{7};
   std::int64_t next_id = 0;
@@ -135,7 +136,7 @@ struct bench {
     const auto path = dir + "/log.db";
     for (auto suffix : {"", "-wal", "-shm"}) std::filesystem::remove(path + suffix);
     std::filesystem::remove(dir + "/snapshots.db");
-    auto opened = embedded_log::open({.path = path, .sync = sync});
+    auto opened = embedded_log::open({.path = path, .sync = sync, .mmap_bytes = mmap_bytes});
     if (!opened) die(opened.err());
     auto& log = **opened;
     auto snapshots = snapshot_store::open(dir + "/snapshots.db");
@@ -227,6 +228,10 @@ struct bench {
                 std::string{sqlite::to_string(sync)}.c_str(), target, latencies.size(),
                 static_cast<long long>(pct(0.5)), static_cast<long long>(pct(0.99)),
                 static_cast<long long>(latencies.empty() ? 0 : latencies.back()));
+    const auto grouped = log.commit_stats();
+    std::printf("commits     %lld commits in %lld SQLite transactions (%.1f a transaction)\n",
+                static_cast<long long>(grouped.commits), static_cast<long long>(grouped.transactions),
+                grouped.transactions == 0 ? 0.0 : static_cast<double>(grouped.commits) / static_cast<double>(grouped.transactions));
     std::fflush(stdout);
     (void)(*rt)->stop(10s);
   }
@@ -249,6 +254,7 @@ int main(int argc, char** argv) {
     else if (a == "--partitions") b.partitions = std::atoi(argv[i + 1]);
     else if (a == "--batch") b.batch = static_cast<std::size_t>(std::atoll(argv[i + 1]));
     else if (a == "--dir") b.dir = argv[i + 1];
+    else if (a == "--mmap-bytes") b.mmap_bytes = std::atoll(argv[i + 1]);
     else if (a == "--snapshots") b.snapshot_in_background = std::string_view{argv[i + 1]} != "inline";
     else if (a == "--synchronous") {
       auto m = sqlite::parse_sync_mode(argv[i + 1]);
@@ -257,7 +263,7 @@ int main(int argc, char** argv) {
     } else {
       std::fprintf(stderr, "usage: ledger_bench [--transactions N] [--accounts N] [--clients N] "
                            "[--synchronous normal|full] [--partitions N] [--batch N] [--dir DIR] "
-                           "[--snapshots background|inline]\n");
+                           "[--snapshots background|inline] [--mmap-bytes N]\n");
       return 2;
     }
   }

@@ -23,15 +23,24 @@ constexpr std::size_t id_bytes_max = 128;
 template <class V>
 class keyed_book final : public book<V> {
 public:
-  keyed_book(undo_map<std::string, V>& map, const std::string& entity) : map_(map), prefix_(entity) {
-    prefix_.push_back('\0');
+  keyed_book(undo_map<std::string, V>& map, const std::string& entity) : map_(map), key_(entity) {
+    key_.push_back('\0');
+    prefix_bytes_ = key_.size();
   }
-  const V* find(const std::string& id) const override { return map_.find(prefix_ + id); }
-  V& touch(const std::string& id) override { return map_.touch(prefix_ + id); }
+  const V* find(const std::string& id) const override { return map_.find(key_for(id)); }
+  V& touch(const std::string& id) override { return map_.touch(key_for(id)); }
 
 private:
+  /// "<entity>\0<id>", built in one buffer kept across calls.
+  const std::string& key_for(const std::string& id) const {
+    key_.resize(prefix_bytes_);
+    key_.append(id);
+    return key_;
+  }
+
   undo_map<std::string, V>& map_;
-  std::string prefix_;
+  mutable std::string key_;
+  std::size_t prefix_bytes_ = 0;
 };
 
 // -- decoding ------------------------------------------------------------------------

@@ -125,6 +125,13 @@ struct embedded_log::writer_statements {
   sqlite::statement update_partition;
   sqlite::statement select_position;
   sqlite::statement upsert_position;
+  sqlite::statement savepoint, release, rollback_to;
+};
+
+struct embedded_log::pending_commit {
+  const commit_batch* batch;
+  const packed_commit* packed;
+  std::optional<result<commit_receipt>> out;  // GUARDED_BY(group_mutex_)
 };
 
 embedded_log::embedded_log(embedded_options options) : options_(std::move(options)) {}
@@ -266,6 +273,9 @@ result<void> embedded_log::initialise() {
   KEEL_TRY(prepare(w->upsert_position,
                    "INSERT INTO positions(group_name, topic_id, partition, next_offset) "
                    "VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO UPDATE SET next_offset=excluded.next_offset"));
+  KEEL_TRY(prepare(w->savepoint, "SAVEPOINT one_commit"));
+  KEEL_TRY(prepare(w->release, "RELEASE one_commit"));
+  KEEL_TRY(prepare(w->rollback_to, "ROLLBACK TO one_commit"));
   write_ = std::move(w);
   return load_topics(writer_);
 }
@@ -474,13 +484,76 @@ result<commit_receipt> embedded_log::commit(const commit_batch& batch) {
   // tasks pack in parallel and hold the writer only to insert.
   auto packed = pack(batch);
   if (!packed) return std::move(packed).err();
-  std::lock_guard lock{writer_mutex_};
-  return commit_locked(batch, *packed);
+
+  // Join the next group. The first commit to find no group being written
+  // writes the queue, itself included; the others wait for their results.
+  pending_commit self{&batch, &*packed, std::nullopt};
+  std::vector<pending_commit*> group;
+  {
+    std::unique_lock lock{group_mutex_};
+    group_queue_.push_back(&self);
+    group_cv_.wait(lock, [&] { return self.out.has_value() || !group_writing_; });
+    if (self.out) return std::move(*self.out);
+    group_writing_ = true;
+    group.swap(group_queue_);
+  }
+  auto results = commit_group(group);
+  {
+    // The waiters' pending_commits live on their stacks: touched only under
+    // the lock, before they may return.
+    std::lock_guard lock{group_mutex_};
+    for (std::size_t i = 0; i < group.size(); ++i) group[i]->out = std::move(results[i]);
+    group_writing_ = false;
+  }
+  group_cv_.notify_all();
+  return std::move(*self.out);
 }
 
-result<commit_receipt> embedded_log::commit_locked(const commit_batch& batch, const packed_commit& packed) {
+std::vector<result<commit_receipt>> embedded_log::commit_group(const std::vector<pending_commit*>& group) {
+  std::vector<result<commit_receipt>> out;
+  out.reserve(group.size());
+  auto fail_all = [&](const error& e) {
+    out.clear();
+    for (std::size_t i = 0; i < group.size(); ++i) out.emplace_back(e);
+    return std::move(out);
+  };
+  std::lock_guard lock{writer_mutex_};
+  commits_.fetch_add(static_cast<std::int64_t>(group.size()), std::memory_order_relaxed);
+  transactions_.fetch_add(1, std::memory_order_relaxed);
   auto txn = sqlite::transaction::begin(writer_);
-  if (!txn) return with_context(std::move(txn).err(), "commit");
+  if (!txn) return fail_all(with_context(std::move(txn).err(), "commit"));
+  auto& w = *write_;
+  auto run = [](sqlite::statement& stmt) -> result<void> {
+    auto r = stmt.step();
+    stmt.reset();
+    if (!r) return std::move(r).err();
+    return ok();
+  };
+  for (auto* pending : group) {
+    if (group.size() == 1) {
+      auto r = apply_locked(*pending->batch, *pending->packed);
+      if (!r) return fail_all(r.err());  // the transaction rolls back whole
+      out.push_back(std::move(r));
+      break;
+    }
+    if (auto r = run(w.savepoint); !r) return fail_all(with_context(std::move(r).err(), "commit"));
+    auto r = apply_locked(*pending->batch, *pending->packed);
+    if (!r) {
+      // Undo this commit alone. Should SQLite have rolled the transaction
+      // back itself (a full disk, an I/O error), the group fails whole.
+      auto undone = run(w.rollback_to);
+      if (!undone || sqlite3_get_autocommit(writer_.handle()) != 0)
+        return fail_all(with_context(r.err(), "commit (the group it was written with is rolled back)"));
+    }
+    if (auto released = run(w.release); !released)
+      return fail_all(with_context(std::move(released).err(), "commit"));
+    out.push_back(std::move(r));
+  }
+  if (auto r = txn->commit(); !r) return fail_all(with_context(std::move(r).err(), "commit"));
+  return out;
+}
+
+result<commit_receipt> embedded_log::apply_locked(const commit_batch& batch, const packed_commit& packed) {
   auto& w = *write_;
   std::vector<std::shared_ptr<const topic_info>> topics;  // keeps position targets alive
 
@@ -587,7 +660,6 @@ result<commit_receipt> embedded_log::commit_locked(const commit_batch& batch, co
     if (!done) return with_context(std::move(done).err(), "commit position");
   }
 
-  if (auto r = txn->commit(); !r) return with_context(std::move(r).err(), "commit");
   return receipt;
 }
 

@@ -3,10 +3,12 @@
 #include "log/log.hpp"
 #include "log/sqlite.hpp"
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <optional>
 #include <mutex>
 #include <shared_mutex>
 #include <string>
@@ -36,6 +38,13 @@ struct embedded_options {
   std::int64_t checkpoint_pages = 4096;
 };
 
+/// How commits were grouped into SQLite transactions since the log opened.
+struct group_commit_stats {
+  std::int64_t commits = 0;       ///< commit() calls that reached the writer
+  std::int64_t transactions = 0;  ///< SQLite transactions (and syncs) they took
+  std::int64_t waiting = 0;       ///< commits now waiting for the next group
+};
+
 /// What one cleaning pass removed.
 struct cleanup_stats {
   std::int64_t records_deleted = 0;
@@ -47,9 +56,13 @@ struct cleanup_stats {
 /// process crash whole or not at all; with sync_mode::full it also survives
 /// power loss.
 ///
-/// One writer connection (commits serialise on a mutex; other processes on
-/// SQLite's lock) and a pool of reader connections that read concurrently with
-/// it. Offsets are read from the file inside each write transaction, so several
+/// One writer connection (other processes serialise on SQLite's lock) and a
+/// pool of reader connections that read concurrently with it. Commits are
+/// grouped: the commits that arrive while one SQLite transaction is being
+/// written and synced wait, and the first of them then writes them all in the
+/// next transaction, each inside a savepoint of its own, so one sync makes a
+/// whole group durable and a commit refused on its own merits (a fenced
+/// position, a full partition) is rolled back alone. Offsets are read from the file inside each write transaction, so several
 /// processes (the daemon and `keel produce`) may append to one file safely.
 class embedded_log final : public log_backend {
 public:
@@ -80,6 +93,12 @@ public:
 
   const embedded_options& options() const noexcept { return options_; }
 
+  group_commit_stats commit_stats() {
+    std::lock_guard lock{group_mutex_};
+    return {commits_.load(std::memory_order_relaxed), transactions_.load(std::memory_order_relaxed),
+            static_cast<std::int64_t>(group_queue_.size())};
+  }
+
   struct reader;
   struct topic_info;
   struct lease;
@@ -96,7 +115,12 @@ private:
   void release_reader(std::unique_ptr<reader> r);
   struct packed_commit;
   result<packed_commit> pack(const commit_batch& batch);
-  result<commit_receipt> commit_locked(const commit_batch& batch, const packed_commit& packed);
+  /// One commit's inserts and position updates, inside the writer's open
+  /// transaction. REQUIRES: writer_mutex_ held.
+  result<commit_receipt> apply_locked(const commit_batch& batch, const packed_commit& packed);
+  struct pending_commit;
+  /// Writes a group of commits in one transaction; sets each one's result.
+  std::vector<result<commit_receipt>> commit_group(const std::vector<pending_commit*>& group);
   /// The cached topic, or one looked up with a reader connection (no writer lock).
   result<std::shared_ptr<const topic_info>> resolve_topic(std::string_view name);
   result<std::int64_t> clean_partition(const topic_info& topic, partition_id partition,
@@ -108,6 +132,13 @@ private:
   sqlite::connection writer_;                 // GUARDED_BY(writer_mutex_)
   struct writer_statements;
   std::unique_ptr<writer_statements> write_;  // GUARDED_BY(writer_mutex_)
+  // Commits waiting for the next group, and whether a group is being written.
+  std::mutex group_mutex_;
+  std::condition_variable group_cv_;
+  std::vector<pending_commit*> group_queue_;  // GUARDED_BY(group_mutex_)
+  bool group_writing_ = false;                // GUARDED_BY(group_mutex_)
+  std::atomic<std::int64_t> commits_{0}, transactions_{0};
+
   std::mutex round_robin_mutex_;
   std::map<std::string, std::uint64_t, std::less<>> round_robin_; // GUARDED_BY(round_robin_mutex_)
 

@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <fstream>
 #include <random>
+#include <set>
 #include <thread>
 
 using namespace keel;
@@ -213,6 +214,76 @@ TEST_CASE("positions move with compare-and-set so a zombie cannot commit over th
   commit_batch beyond;
   beyond.positions.push_back({"g", "in", partition_id{0}, log_offset{11}, log_offset{4}});
   CHECK(log->commit(beyond).err().code == errc::invalid_argument);
+}
+
+TEST_CASE("commits that wait for the writer are written as one group, and one refused commit fails alone") {
+  test::temp_dir dir;
+  embedded_options o;
+  o.path = dir.file("log.db");
+  auto log = std::move(*embedded_log::open(o));
+  REQUIRE(log->create_topic({.name = "in", .partitions = 1}));
+  REQUIRE(log->create_topic({.name = "out", .partitions = 1}));
+  commit_batch seed;
+  for (int i = 0; i < 10; ++i) seed.records.push_back(entry("in", "k", std::to_string(i)));
+  REQUIRE(log->commit(seed));
+  const auto before = log->commit_stats();
+
+  // Another process holds the write lock: the first commit waits inside its
+  // transaction, and the five after it queue behind it.
+  sqlite3* other = nullptr;
+  REQUIRE(sqlite3_open(o.path.c_str(), &other) == SQLITE_OK);
+  REQUIRE(sqlite3_exec(other, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr) == SQLITE_OK);
+  std::vector<result<commit_receipt>> results(6, make_error(errc::internal, "not run"));
+  std::vector<std::thread> threads;
+  auto start = [&](int i) {
+    threads.emplace_back([&, i] {
+      commit_batch b;
+      b.records.push_back(entry("out", "k", fmt::format("from {}", i)));
+      b.records.push_back(entry("out", "k", fmt::format("from {} again", i)));
+      // Commit 2 claims a position it does not hold: refused on its own.
+      if (i == 2) b.positions.push_back({"g", "in", partition_id{0}, log_offset{5}, log_offset{3}});
+      else b.positions.push_back({fmt::format("g{}", i), "in", partition_id{0}, log_offset{i + 1}});
+      results[static_cast<std::size_t>(i)] = log->commit(b);
+    });
+  };
+  start(0);
+  // The first commit has its group to itself once it is waiting for the lock.
+  for (int tries = 0; log->commit_stats().transactions == before.transactions; ++tries) {
+    REQUIRE(tries < 5000);
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  for (int i = 1; i < 6; ++i) start(i);
+  for (int tries = 0; log->commit_stats().waiting < 5; ++tries) {
+    REQUIRE(tries < 5000);
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  REQUIRE(sqlite3_exec(other, "COMMIT", nullptr, nullptr, nullptr) == SQLITE_OK);
+  sqlite3_close(other);
+  for (auto& t : threads) t.join();
+
+  const auto after = log->commit_stats();
+  CHECK(after.commits - before.commits == 6);
+  CHECK(after.transactions - before.transactions == 2);  // the first alone, then the other five
+  CHECK(after.waiting == 0);
+  REQUIRE_FALSE(results[2]);
+  CHECK(results[2].err().code == errc::fenced);
+  std::set<std::int64_t> offsets;
+  for (int i = 0; i < 6; ++i) {
+    if (i == 2) continue;
+    REQUIRE_MESSAGE(results[static_cast<std::size_t>(i)], i);
+    const auto& placements = results[static_cast<std::size_t>(i)]->placements;
+    REQUIRE(placements.size() == 2);
+    CHECK(placements[1].second.value() == placements[0].second.value() + 1);
+    offsets.insert(placements[0].second.value());
+    offsets.insert(placements[1].second.value());
+    CHECK(log->position(fmt::format("g{}", i), "in", partition_id{0}).value() == log_offset{i + 1});
+  }
+  // Ten records at offsets 0-9, none of the refused commit's among them.
+  CHECK(offsets == std::set<std::int64_t>{0, 1, 2, 3, 4, 5, 6, 7, 8, 9});
+  auto out = values_of(*log, "out", 0);
+  CHECK(out.size() == 10);
+  CHECK(std::find(out.begin(), out.end(), "from 2") == out.end());
+  CHECK(log->position("g", "in", partition_id{0}).value() == std::nullopt);
 }
 
 TEST_CASE("limits: oversized records and keyless records on compacted topics are refused") {
