@@ -2,6 +2,8 @@
 
 #include "base/assert.hpp"
 
+#include <cstdint>
+#include <iterator>
 #include <optional>
 #include <unordered_map>
 #include <unordered_set>
@@ -18,73 +20,122 @@ namespace keel::runtime {
 ///
 /// It also remembers which keys changed since mark_clean(), so a snapshot can
 /// hold only what changed since the previous one (for_changes()).
+///
+/// A change costs one lookup: each entry carries the batch that saved it and
+/// whether it is in the changed set, so the hot path (a key changed again)
+/// neither hashes the key a second time nor copies it.
 template <class K, class V, class Hash = std::hash<K>, class Eq = std::equal_to<K>>
 class undo_map {
+  struct slot {
+    V value;
+    std::uint64_t saved_in = 0;  // the batch whose undo log holds this key's prior value
+    bool changed = false;        // in changed_ (since mark_clean())
+  };
+  using slots = std::unordered_map<K, slot, Hash, Eq>;
+
 public:
   using map_type = std::unordered_map<K, V, Hash, Eq>;
   using mapped_type = V;
+
+  /// The entries as (key, value) pairs, for iteration and size.
+  class view {
+  public:
+    class iterator {
+    public:
+      using iterator_category = std::forward_iterator_tag;
+      using value_type = std::pair<const K&, const V&>;
+      using difference_type = std::ptrdiff_t;
+      using pointer = void;
+      using reference = value_type;
+      explicit iterator(typename slots::const_iterator it) : it_(it) {}
+      value_type operator*() const { return {it_->first, it_->second.value}; }
+      iterator& operator++() {
+        ++it_;
+        return *this;
+      }
+      bool operator==(const iterator& o) const { return it_ == o.it_; }
+      bool operator!=(const iterator& o) const { return it_ != o.it_; }
+
+    private:
+      typename slots::const_iterator it_;
+    };
+    explicit view(const slots& s) : slots_(s) {}
+    iterator begin() const { return iterator{slots_.begin()}; }
+    iterator end() const { return iterator{slots_.end()}; }
+    std::size_t size() const noexcept { return slots_.size(); }
+
+  private:
+    const slots& slots_;
+  };
 
   /// Starts recording changes. REQUIRES: no batch is open.
   void begin() {
     KEEL_ASSERT(!open_, "undo_map: begin() inside a batch");
     open_ = true;
+    ++batch_;
   }
   /// Keeps the changes since begin().
   void commit() {
     undo_.clear();
-    saved_.clear();
     open_ = false;
   }
   /// Reverts every change since begin(), newest first.
   void rollback() {
     for (auto it = undo_.rbegin(); it != undo_.rend(); ++it) {
-      if (it->second) map_.insert_or_assign(it->first, std::move(*it->second));
-      else map_.erase(it->first);
+      if (it->second) {
+        auto& s = map_[it->first];
+        s.value = std::move(*it->second);
+        mark_changed(it->first, s);
+      } else {
+        map_.erase(it->first);  // still in changed_: reported as removed
+      }
     }
     undo_.clear();
-    saved_.clear();
     open_ = false;
   }
 
   const V* find(const K& key) const {
     auto it = map_.find(key);
-    return it == map_.end() ? nullptr : &it->second;
+    return it == map_.end() ? nullptr : &it->second.value;
   }
   /// The value to change (default-constructed if absent), its prior state saved.
   V& touch(const K& key) {
-    auto it = map_.find(key);
-    if (!open_) {
-      dirty_.insert(key);
-    } else if (saved_.insert(key).second) {
-      undo_.emplace_back(key, it == map_.end() ? std::nullopt : std::optional<V>{it->second});
-      dirty_.insert(key);
+    auto [it, inserted] = map_.try_emplace(key);
+    auto& s = it->second;
+    if (open_ && (inserted || s.saved_in != batch_)) {
+      undo_.emplace_back(key, inserted ? std::nullopt : std::optional<V>{s.value});
+      s.saved_in = batch_;
     }
-    if (it == map_.end()) it = map_.emplace(key, V{}).first;
-    return it->second;
+    mark_changed(it->first, s);
+    return s.value;
   }
   void erase(const K& key) {
     auto it = map_.find(key);
     if (it == map_.end()) return;
-    if (!open_) {
-      dirty_.insert(key);
-    } else if (saved_.insert(key).second) {
-      undo_.emplace_back(key, std::optional<V>{std::move(it->second)});
-      dirty_.insert(key);
-    }
+    auto& s = it->second;
+    if (open_ && s.saved_in != batch_) undo_.emplace_back(key, std::optional<V>{std::move(s.value)});
+    if (!s.changed) changed_.insert(key);
     map_.erase(it);
   }
   /// Replaces everything (restore). REQUIRES: no batch is open.
   void reset(map_type contents = {}) {
     KEEL_ASSERT(!open_, "undo_map: reset() inside a batch");
-    map_ = std::move(contents);
-    dirty_.clear();
+    map_.clear();
+    map_.reserve(contents.size());
+    for (auto& [key, value] : contents) map_.emplace(key, slot{std::move(value), 0, false});
+    changed_.clear();
   }
   /// Sets or (nullopt) removes a key as a loaded snapshot says, without
   /// counting it as a change. REQUIRES: no batch is open.
   void load_entry(const K& key, std::optional<V> value) {
     KEEL_ASSERT(!open_, "undo_map: load_entry() inside a batch");
-    if (value) map_.insert_or_assign(key, std::move(*value));
-    else map_.erase(key);
+    if (!value) {
+      map_.erase(key);
+      return;
+    }
+    auto& s = map_[key];
+    s.value = std::move(*value);
+    s.saved_in = 0;
   }
 
   /// Calls fn(key, const V* or nullptr when removed) for each key changed since
@@ -92,23 +143,33 @@ public:
   /// current value, which is still right).
   template <class Fn>
   void for_changes(Fn&& fn) const {
-    for (const auto& key : dirty_) {
+    for (const auto& key : changed_) {
       auto it = map_.find(key);
-      fn(key, it == map_.end() ? nullptr : &it->second);
+      fn(key, it == map_.end() ? nullptr : &it->second.value);
     }
   }
-  std::size_t changes() const noexcept { return dirty_.size(); }
+  std::size_t changes() const noexcept { return changed_.size(); }
   /// Forgets the changes: a snapshot now holds them.
-  void mark_clean() { dirty_.clear(); }
+  void mark_clean() {
+    for (const auto& key : changed_)
+      if (auto it = map_.find(key); it != map_.end()) it->second.changed = false;
+    changed_.clear();
+  }
 
-  const map_type& items() const noexcept { return map_; }
+  view items() const noexcept { return view{map_}; }
   std::size_t size() const noexcept { return map_.size(); }
 
 private:
-  map_type map_;
+  void mark_changed(const K& key, slot& s) {
+    if (s.changed) return;
+    changed_.insert(key);
+    s.changed = true;
+  }
+
+  slots map_;
   std::vector<std::pair<K, std::optional<V>>> undo_;  // prior values, first change of each key
-  std::unordered_set<K, Hash, Eq> saved_;              // keys with a prior value in undo_
-  std::unordered_set<K, Hash, Eq> dirty_;              // keys changed since mark_clean()
+  std::unordered_set<K, Hash, Eq> changed_;            // keys changed since mark_clean()
+  std::uint64_t batch_ = 0;
   bool open_ = false;
 };
 

@@ -511,10 +511,16 @@ TEST_CASE("event ids parse into a source partition and a sequence") {
   CHECK_FALSE(parse_event_id("t/1/-2/3"));
 }
 
-TEST_CASE("undo_map: rollback restores the last commit exactly, whatever the batch did") {
+TEST_CASE("undo_map: rollback restores the last commit exactly, and every change since mark_clean is reported") {
+  using map_t = undo_map<std::string, std::vector<int>>;
+  auto contents = [](const map_t& m) {
+    map_t::map_type out;
+    for (const auto& [k, v] : m.items()) out.emplace(k, v);
+    return out;
+  };
   std::mt19937_64 rng{7};
-  undo_map<std::string, std::vector<int>> map;
-  std::unordered_map<std::string, std::vector<int>> committed;
+  map_t map;
+  map_t::map_type committed, clean;  // at the last commit; at the last mark_clean
   for (int batch = 0; batch < 400; ++batch) {
     map.begin();
     const int ops = static_cast<int>(rng() % 40);
@@ -530,8 +536,26 @@ TEST_CASE("undo_map: rollback restores the last commit exactly, whatever the bat
       map.rollback();
     } else {
       map.commit();
-      committed = map.items();
+      committed = contents(map);
     }
-    REQUIRE(map.items() == committed);
+    REQUIRE(contents(map) == committed);
+    REQUIRE(map.size() == committed.size());
+
+    // What a delta snapshot would hold, applied to the state at the last
+    // mark_clean, gives the state now.
+    auto rebuilt = clean;
+    std::size_t reported = 0;
+    map.for_changes([&](const std::string& key, const std::vector<int>* value) {
+      ++reported;
+      if (value != nullptr) rebuilt[key] = *value;
+      else rebuilt.erase(key);
+    });
+    CHECK(reported == map.changes());
+    REQUIRE(rebuilt == committed);
+    if (rng() % 4 == 0) {
+      map.mark_clean();
+      clean = committed;
+      CHECK(map.changes() == 0);
+    }
   }
 }
