@@ -4,7 +4,7 @@
 //
 //   ledger_bench [--transactions N] [--accounts N] [--clients N]
 //                [--synchronous normal|full] [--partitions N] [--batch N] [--dir DIR]
-//                [--snapshots background|inline] [--mmap-bytes N]
+//                [--snapshots background|inline] [--snapshot-every EVENTS] [--mmap-bytes N]
 //
 // 1. Throughput: N transactions appended up front; time until the clients stage
 //    has committed the limit decision for every one.
@@ -57,6 +57,7 @@ struct bench {
   std::size_t batch = 5000;
   bool snapshot_in_background = true;
   std::int64_t mmap_bytes = embedded_options{}.mmap_bytes;
+  std::int64_t snapshot_every = runtime::task_options{}.snapshot_every_events;
   sqlite::sync_mode sync = sqlite::sync_mode::normal;
   std::mt19937_64 rng{7};
   std::int64_t next_id = 0;
@@ -158,6 +159,7 @@ struct bench {
     rt_options.idle_poll = 1ms;
     rt_options.task.batch_max = batch;
     rt_options.task.snapshot_in_background = snapshot_in_background;
+    rt_options.task.snapshot_every_events = snapshot_every;
     rt_options.default_partitions = partitions;
     const auto started = std::chrono::steady_clock::now();
     auto rt = runtime::runtime::start(system, log, snapshots->get(), wall, runtime::ledger_stages(options), rt_options);
@@ -255,6 +257,7 @@ int main(int argc, char** argv) {
     else if (a == "--batch") b.batch = static_cast<std::size_t>(std::atoll(argv[i + 1]));
     else if (a == "--dir") b.dir = argv[i + 1];
     else if (a == "--mmap-bytes") b.mmap_bytes = std::atoll(argv[i + 1]);
+    else if (a == "--snapshot-every") b.snapshot_every = std::atoll(argv[i + 1]);
     else if (a == "--snapshots") b.snapshot_in_background = std::string_view{argv[i + 1]} != "inline";
     else if (a == "--synchronous") {
       auto m = sqlite::parse_sync_mode(argv[i + 1]);
@@ -263,7 +266,7 @@ int main(int argc, char** argv) {
     } else {
       std::fprintf(stderr, "usage: ledger_bench [--transactions N] [--accounts N] [--clients N] "
                            "[--synchronous normal|full] [--partitions N] [--batch N] [--dir DIR] "
-                           "[--snapshots background|inline] [--mmap-bytes N]\n");
+                           "[--snapshots background|inline] [--snapshot-every EVENTS] [--mmap-bytes N]\n");
       return 2;
     }
   }
