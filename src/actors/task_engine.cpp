@@ -28,6 +28,27 @@ constexpr std::string_view epoch_header = "keel-epoch";  // on every changelog r
 /// ignored and the changelog replayed (it holds every event).
 constexpr std::string_view snapshot_magic = "keel-snapshot-2";
 
+/// Splits a snapshot item into its engine state (whole every time) and its
+/// logic state (whole in a full snapshot, changes in a delta).
+result<void> open_snapshot_item(std::string_view item, std::string_view& engine_state, std::string_view& logic_state,
+                                std::string_view task) {
+  byte_reader r{item};
+  auto magic = r.str();
+  engine_state = r.str();
+  logic_state = r.str();
+  if (!r.ok() || !r.done() || magic != snapshot_magic) return make_error(errc::corrupt, "{}: snapshot is damaged", task);
+  return ok();
+}
+
+std::string snapshot_item(std::string_view engine_state, std::string_view logic_state) {
+  std::string out;
+  byte_writer w{out};
+  w.str(snapshot_magic);
+  w.str(engine_state);
+  w.str(logic_state);
+  return out;
+}
+
 // Changelog keys of the runtime's own records: a NUL byte, a kind letter, the
 // name. Input keys starting with NUL are refused, so they never collide.
 std::string reserved_key(char kind, std::string_view name) {
@@ -368,23 +389,11 @@ result<void> task_engine::restore() {
             name_, peek.ok() ? std::string{magic} : std::string{"unreadable"});
         logic_ = spec_.make_logic();
       } else if (consistent) {
-        // Each item: magic, engine state (whole every time), logic state
-        // (whole in the full snapshot, changes in the deltas).
-        auto open = [this](std::string_view item, std::string_view& engine_state,
-                           std::string_view& logic_state) -> result<void> {
-          byte_reader r{item};
-          auto magic = r.str();
-          engine_state = r.str();
-          logic_state = r.str();
-          if (!r.ok() || !r.done() || magic != snapshot_magic)
-            return make_error(errc::corrupt, "{}: snapshot is damaged", name_);
-          return ok();
-        };
         std::string_view engine_state, logic_state;
-        KEEL_TRY(open(chain.full, engine_state, logic_state));
+        KEEL_TRY(open_snapshot_item(chain.full, engine_state, logic_state, name_));
         if (auto l = logic_->load(logic_state); !l) return with_context(std::move(l).err(), "restore " + name_);
         for (const auto& delta : chain.deltas) {
-          KEEL_TRY(open(delta, engine_state, logic_state));
+          KEEL_TRY(open_snapshot_item(delta, engine_state, logic_state, name_));
           if (auto l = logic_->load_changes(logic_state); !l)
             return with_context(std::move(l).err(), "restore " + name_);
         }
@@ -849,18 +858,20 @@ result<void> task_engine::snapshot() {
   // A snapshot written in the background failed: its changes are in no
   // stored snapshot, so the chain starts again with a full one.
   if (snapshot_write_failed_->exchange(false)) deltas_since_full_ = -1;
-  std::string engine_state, logic_state, state;
+  std::string engine_state, logic_state;
   encode_engine_state(engine_state);
-  bool delta = deltas_since_full_ >= 0 && deltas_since_full_ < options_.snapshot_deltas_max &&
+  // Written in the background, a chain of deltas is summed up into a full
+  // snapshot by the store (compact_later), from the stored bytes and off this
+  // thread: the task writes a full snapshot of its live state only to start a
+  // chain (or restart a broken one), never to end one.
+  const bool compacts = options_.snapshot_in_background && options_.snapshot_deltas_max > 0;
+  bool delta = deltas_since_full_ >= 0 && (compacts || deltas_since_full_ < options_.snapshot_deltas_max) &&
                logic_->save_changes(logic_state);
   if (!delta) {
     logic_state.clear();
     logic_->save(logic_state);
   }
-  byte_writer w{state};
-  w.str(snapshot_magic);
-  w.str(engine_state);
-  w.str(logic_state);
+  auto state = snapshot_item(engine_state, logic_state);
   snapshot_meta meta;
   meta.task = name_;
   meta.changelog_next = changelog_next_;
@@ -870,6 +881,7 @@ result<void> task_engine::snapshot() {
   meta.created_ms = wall_.now_ms();
   meta.delta = delta;
   const auto created_ms = meta.created_ms;  // meta moves to the writer
+  bool compacted = false;  // the chain is summed up: the next delta builds on that
   if (options_.snapshot_in_background) {
     snapshots_->save_later(std::move(meta), std::move(state),
                            [failed = snapshot_write_failed_, name = name_](const result<void>& written) {
@@ -878,15 +890,40 @@ result<void> task_engine::snapshot() {
                              log(log_level::warn, "runtime", "{}: snapshot not written, the next one is full: {}",
                                  name, written.err());
                            });
+    if (delta && deltas_since_full_ + 1 >= options_.snapshot_deltas_max) {
+      snapshots_->compact_later(name_, compactor(), [failed = snapshot_write_failed_, name = name_](const result<void>& done) {
+        if (done) return;
+        failed->store(true);
+        log(log_level::warn, "runtime", "{}: snapshots not compacted, the next one is full: {}", name, done.err());
+      });
+      compacted = true;
+    }
   } else if (auto saved = snapshots_->save(meta, std::move(state)); !saved) {
     deltas_since_full_ = -1;  // the store refuses deltas after a failed write
     return saved;
   }
   logic_->snapshot_taken();
-  deltas_since_full_ = delta ? deltas_since_full_ + 1 : 0;
+  deltas_since_full_ = delta && !compacted ? deltas_since_full_ + 1 : 0;
   events_since_snapshot_ = 0;
   last_snapshot_ms_ = created_ms;
   return ok();
+}
+
+snapshot_store::compact_fn task_engine::compactor() const {
+  // Runs on the store's thread, on a logic of its own: nothing of this task's.
+  return [make = spec_.make_logic, name = name_](const snapshot_chain& chain) -> result<std::string> {
+    auto logic = make();
+    std::string_view engine_state, logic_state;
+    KEEL_TRY(open_snapshot_item(chain.full, engine_state, logic_state, name));
+    KEEL_TRY(logic->load(logic_state));
+    for (const auto& delta : chain.deltas) {
+      KEEL_TRY(open_snapshot_item(delta, engine_state, logic_state, name));
+      KEEL_TRY(logic->load_changes(logic_state));
+    }
+    std::string whole;
+    logic->save(whole);
+    return snapshot_item(engine_state, whole);  // the newest engine state
+  };
 }
 
 result<void> task_engine::maybe_snapshot() {

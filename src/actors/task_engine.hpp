@@ -27,7 +27,9 @@ struct task_options {
   std::int64_t snapshot_every_ms = 60'000;
   /// Snapshots between two full ones that hold only what changed (deltas), for
   /// stages that support them; 0 makes every snapshot full. A delta costs time
-  /// proportional to the entities changed, a full one to all of them.
+  /// proportional to the entities changed, a full one to all of them. Written
+  /// in the background, the store sums every this many deltas up into a full
+  /// snapshot itself, and the task takes a full one only to start a chain.
   std::int64_t snapshot_deltas_max = 16;
   /// Where commits are not trusted whole (see log_backend::trusted_commits):
   /// after each commit, read any records another writer put into this task's
@@ -117,6 +119,9 @@ public:
   const stage_logic& logic() const { return *logic_; }
 
 private:
+  /// Sums a stored chain of this task's snapshots up into a full one, on a
+  /// logic of its own (see snapshot_store::compact_later).
+  snapshot_store::compact_fn compactor() const;
   void observe_commit(std::chrono::steady_clock::duration took);
   result<void> claim();
   result<void> apply_changelog_record(const stored_record& rec);

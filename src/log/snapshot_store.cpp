@@ -73,13 +73,34 @@ snapshot_store::~snapshot_store() {
 }
 
 void snapshot_store::save_later(snapshot_meta meta, std::string state, written_fn written) {
+  enqueue(std::move(meta), std::move(state), {}, std::move(written));
+}
+
+void snapshot_store::compact_later(std::string task, compact_fn compact, written_fn written) {
+  snapshot_meta meta;
+  meta.task = std::move(task);
+  enqueue(std::move(meta), {}, std::move(compact), std::move(written));
+}
+
+void snapshot_store::enqueue(snapshot_meta meta, std::string state, compact_fn compact, written_fn written) {
   {
     std::lock_guard lock{queue_mutex_};
     if (!writer_.joinable()) writer_ = std::thread{[this] { run_writer(); }};
-    queue_.push_back({std::move(meta), std::move(state), std::move(written)});
+    queue_.push_back({std::move(meta), std::move(state), std::move(compact), std::move(written)});
     ++queued_;
   }
   queue_changed_.notify_all();
+}
+
+result<void> snapshot_store::compact(const std::string& task, const compact_fn& fn) {
+  auto chain = load_chain(task);
+  if (!chain) return with_context(std::move(chain).err(), "compact the snapshots of " + task);
+  if (!*chain || (*chain)->deltas.empty()) return ok();
+  auto state = fn(**chain);
+  if (!state) return with_context(std::move(state).err(), "compact the snapshots of " + task);
+  auto meta = (*chain)->meta;  // the newest delta's: the sum is the state as of it
+  meta.delta = false;
+  return write(meta, *state);
 }
 
 result<void> snapshot_store::save(const snapshot_meta& meta, std::string state) {
@@ -111,7 +132,13 @@ void snapshot_store::run_writer() {
     queue_.pop_front();
     lock.unlock();
     result<void> r = ok();
-    if (next.meta.delta && broken_.contains(next.meta.task)) {
+    if (next.compact) {
+      // A failed consolidation leaves the chain as it was: still whole.
+      r = broken_.contains(next.meta.task)
+            ? make_error(errc::conflict, "snapshots of {} not compacted: a snapshot since the last full one failed",
+                         next.meta.task)
+            : compact(next.meta.task, next.compact);
+    } else if (next.meta.delta && broken_.contains(next.meta.task)) {
       r = make_error(errc::conflict, "snapshot of {} not written: a snapshot before it failed, and a delta needs "
                      "the chain whole until the next full snapshot", next.meta.task);
     } else {

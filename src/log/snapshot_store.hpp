@@ -67,6 +67,17 @@ public:
   /// writer's thread with the outcome (it must be quick and must not call
   /// back into the store).
   void save_later(snapshot_meta meta, std::string state, written_fn written = {});
+  /// Builds the state a full snapshot and its deltas add up to (off the
+  /// task's thread: from the stored bytes, not from live state).
+  using compact_fn = std::function<result<std::string>(const snapshot_chain&)>;
+  /// Queues the consolidation of a task's chain. After what is queued before
+  /// it is written, the writer loads the task's newest full snapshot and the
+  /// deltas after it, has `compact` build their sum, and stores that as a full
+  /// snapshot as of the newest delta, which retires the deltas. A task never
+  /// stops to write a full snapshot of a large state: only its deltas cost it
+  /// time. Nothing is done for a chain without deltas, and a broken chain (a
+  /// write failed since its last full snapshot) is refused (errc::conflict).
+  void compact_later(std::string task, compact_fn compact, written_fn written = {});
   /// Waits until every snapshot queued so far is written.
   void flush();
 
@@ -80,6 +91,8 @@ private:
   explicit snapshot_store(sqlite::connection db, int keep) : db_(std::move(db)), keep_(keep) {}
   result<std::string> load_state(std::int64_t id, std::int64_t bytes, std::string_view task);
   result<void> write(const snapshot_meta& meta, std::string_view state);
+  result<void> compact(const std::string& task, const compact_fn& fn);
+  void enqueue(snapshot_meta meta, std::string state, compact_fn compact, written_fn written);
   void run_writer();
 
   std::mutex mutex_;
@@ -89,6 +102,7 @@ private:
   struct pending {
     snapshot_meta meta;
     std::string state;
+    compact_fn compact;  // set: a consolidation of meta.task's chain, not a snapshot
     written_fn written;
   };
   std::mutex queue_mutex_;

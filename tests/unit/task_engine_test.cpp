@@ -337,23 +337,88 @@ SCENARIO("snapshots written in the background: in order, and a failed write brea
   GIVEN("a delta of a task with no full snapshot (it fails), then more of the same task and of another") {
     f.snapshots->save_later(meta("a/0", true, 1), "d1", note("a delta without a base"));
     f.snapshots->save_later(meta("a/0", true, 2), "d2", note("a delta after the failure"));
+    // A sum of the chain: the full item, then each delta.
+    auto sum = [](const snapshot_chain& c) -> result<std::string> {
+      std::string out = c.full;
+      for (const auto& d : c.deltas) out += "+" + d;
+      return out;
+    };
+    f.snapshots->compact_later("a/0", sum, note("a compaction of the broken chain"));
     f.snapshots->save_later(meta("b/0", false, 1), "f1", note("another task's full"));
     f.snapshots->save_later(meta("a/0", false, 3), "f3", note("a full"));
     f.snapshots->save_later(meta("a/0", true, 4), "d4", note("a delta after the full"));
-    f.snapshots->flush();
+    f.snapshots->save_later(meta("a/0", true, 5), "d5", note("another delta"));
     THEN("each outcome arrives in order, and the chain is whole again from the full one") {
+      f.snapshots->flush();
       const std::vector<std::pair<std::string, errc>> want{{"a delta without a base", errc::not_found},
                                                            {"a delta after the failure", errc::conflict},
+                                                           {"a compaction of the broken chain", errc::conflict},
                                                            {"another task's full", errc{}},
                                                            {"a full", errc{}},
-                                                           {"a delta after the full", errc{}}};
+                                                           {"a delta after the full", errc{}},
+                                                           {"another delta", errc{}}};
       CHECK(outcomes == want);
       auto chain = f.snapshots->load_chain("a/0");
       REQUIRE(chain);
       REQUIRE(*chain);
       CHECK((*chain)->full == "f3");
-      CHECK((*chain)->deltas == std::vector<std::string>{"d4"});
-      CHECK((*chain)->meta.changelog_next == 4);
+      CHECK((*chain)->deltas == std::vector<std::string>{"d4", "d5"});
+      CHECK((*chain)->meta.changelog_next == 5);
+    }
+    AND_WHEN("the chain is compacted, and a delta follows") {
+      f.snapshots->compact_later("a/0", sum, note("a compaction"));
+      f.snapshots->save_later(meta("a/0", true, 6), "d6", note("a delta after it"));
+      f.snapshots->flush();
+      THEN("the sum is a full snapshot as of the newest delta, and the next delta builds on it") {
+        CHECK(outcomes.back() == std::pair<std::string, errc>{"a delta after it", errc{}});
+        auto chain = f.snapshots->load_chain("a/0");
+        REQUIRE(chain);
+        REQUIRE(*chain);
+        CHECK((*chain)->full == "f3+d4+d5");
+        CHECK((*chain)->deltas == std::vector<std::string>{"d6"});
+        CHECK((*chain)->meta.changelog_next == 6);
+      }
+    }
+  }
+  GIVEN("a task that snapshots in the background, with two deltas between full snapshots") {
+    for (int i = 0; i < 200; ++i) f.produce("k" + std::to_string(i), R"({"amount": 1})");
+    auto engine = f.engine({.batch_max = 1000, .snapshot_deltas_max = 2, .snapshot_in_background = true});
+    while (engine->step()->committed) {
+    }
+    REQUIRE(engine->snapshot());  // the full one that starts the chain
+    f.snapshots->flush();
+    auto first = f.snapshots->latest("counter/0");
+    REQUIRE(first);
+    REQUIRE(*first);
+    CHECK_FALSE((*first)->delta);
+    for (int round = 0; round < 5; ++round) {
+      for (int i = 0; i < 5; ++i) f.produce("k" + std::to_string(i * 7 + round), R"({"amount": 2})");
+      while (engine->step()->committed) {
+      }
+      REQUIRE(engine->snapshot());
+      f.snapshots->flush();
+      auto chain = f.snapshots->load_chain("counter/0");
+      REQUIRE(chain);
+      REQUIRE(*chain);
+      CAPTURE(round);
+      // The task writes only deltas; every second one, the store sums the
+      // chain up into a full snapshot as of that delta.
+      CHECK((*chain)->deltas.size() == (round % 2 == 0 ? 1u : 0u));
+      CHECK((*chain)->meta.changelog_next == engine->status().changelog_next);
+      auto latest = f.snapshots->latest("counter/0");
+      REQUIRE(latest);
+      if ((*latest)->delta) CHECK((*latest)->bytes * 10 < (*first)->bytes);
+    }
+    THEN("a task restored from the summed chain holds what a replay holds") {
+      auto restored = f.engine();
+      task_engine replayed{f.spec, partition_id{0}, *f.log, nullptr, f.wall};
+      REQUIRE(replayed.restore());
+      for (int k = 0; k < 200; ++k) {
+        const auto key = "k" + std::to_string(k);
+        CHECK(restored->logic().describe(key) == engine->logic().describe(key));
+        CHECK(replayed.logic().describe(key) == engine->logic().describe(key));
+      }
+      CHECK(restored->status().positions == engine->status().positions);
     }
   }
   GIVEN("a task that snapshots in the background") {
