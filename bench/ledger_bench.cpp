@@ -4,7 +4,7 @@
 //
 //   ledger_bench [--transactions N] [--accounts N] [--clients N]
 //                [--synchronous normal|full] [--partitions N] [--batch N] [--dir DIR]
-//                [--snapshots background|inline] [--snapshot-every EVENTS] [--mmap-bytes N]
+//                [--snapshots background|inline] [--snapshot-every EVENTS] [--mmap-bytes N] [--checkpoint-pages N]
 //
 // 1. Throughput: N transactions appended up front; time until the clients stage
 //    has committed the limit decision for every one.
@@ -57,6 +57,7 @@ struct bench {
   std::size_t batch = 5000;
   bool snapshot_in_background = true;
   std::int64_t mmap_bytes = embedded_options{}.mmap_bytes;
+  std::int64_t checkpoint_pages = embedded_options{}.checkpoint_pages;
   std::int64_t snapshot_every = runtime::task_options{}.snapshot_every_events;
   sqlite::sync_mode sync = sqlite::sync_mode::normal;
   std::mt19937_64 rng{7};
@@ -137,7 +138,7 @@ struct bench {
     const auto path = dir + "/log.db";
     for (auto suffix : {"", "-wal", "-shm"}) std::filesystem::remove(path + suffix);
     std::filesystem::remove(dir + "/snapshots.db");
-    auto opened = embedded_log::open({.path = path, .sync = sync, .mmap_bytes = mmap_bytes});
+    auto opened = embedded_log::open({.path = path, .sync = sync, .mmap_bytes = mmap_bytes, .checkpoint_pages = checkpoint_pages});
     if (!opened) die(opened.err());
     auto& log = **opened;
     auto snapshots = snapshot_store::open(dir + "/snapshots.db");
@@ -230,6 +231,17 @@ struct bench {
                 std::string{sqlite::to_string(sync)}.c_str(), target, latencies.size(),
                 static_cast<long long>(pct(0.5)), static_cast<long long>(pct(0.99)),
                 static_cast<long long>(latencies.empty() ? 0 : latencies.back()));
+    // How long the tasks' commits took (both phases), summed over the tasks.
+    std::vector<std::int64_t> buckets(std::size(runtime::commit_latency_bounds_ms) + 1, 0);
+    for (const auto& st : (*rt)->status())
+      for (std::size_t i = 0; i < st.commit_latency_counts.size() && i < buckets.size(); ++i)
+        buckets[i] += st.commit_latency_counts[i];
+    std::string histogram;
+    for (std::size_t i = 0; i < buckets.size(); ++i)
+      histogram += i < std::size(runtime::commit_latency_bounds_ms)
+                     ? fmt::format(" <={}ms:{}", runtime::commit_latency_bounds_ms[i], buckets[i])
+                     : fmt::format(" more:{}", buckets[i]);
+    std::printf("task commits%s\n", histogram.c_str());
     const auto grouped = log.commit_stats();
     std::printf("commits     %lld commits in %lld SQLite transactions (%.1f a transaction)\n",
                 static_cast<long long>(grouped.commits), static_cast<long long>(grouped.transactions),
@@ -257,6 +269,7 @@ int main(int argc, char** argv) {
     else if (a == "--batch") b.batch = static_cast<std::size_t>(std::atoll(argv[i + 1]));
     else if (a == "--dir") b.dir = argv[i + 1];
     else if (a == "--mmap-bytes") b.mmap_bytes = std::atoll(argv[i + 1]);
+    else if (a == "--checkpoint-pages") b.checkpoint_pages = std::atoll(argv[i + 1]);
     else if (a == "--snapshot-every") b.snapshot_every = std::atoll(argv[i + 1]);
     else if (a == "--snapshots") b.snapshot_in_background = std::string_view{argv[i + 1]} != "inline";
     else if (a == "--synchronous") {
@@ -266,7 +279,7 @@ int main(int argc, char** argv) {
     } else {
       std::fprintf(stderr, "usage: ledger_bench [--transactions N] [--accounts N] [--clients N] "
                            "[--synchronous normal|full] [--partitions N] [--batch N] [--dir DIR] "
-                           "[--snapshots background|inline] [--snapshot-every EVENTS] [--mmap-bytes N]\n");
+                           "[--snapshots background|inline] [--snapshot-every EVENTS] [--mmap-bytes N] [--checkpoint-pages N]\n");
       return 2;
     }
   }

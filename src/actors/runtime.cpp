@@ -15,6 +15,7 @@ namespace keel::runtime {
 namespace {
 
 using poll_atom = caf::atom_constant<caf::atom("poll")>;
+using wake_atom = caf::atom_constant<caf::atom("wake")>;
 using stop_atom = caf::atom_constant<caf::atom("stop")>;
 using status_atom = caf::atom_constant<caf::atom("status")>;
 using ready_atom = caf::atom_constant<caf::atom("ready")>;
@@ -115,6 +116,49 @@ private:
   std::map<std::string, std::vector<slot>, std::less<>> tasks_;
 };
 
+/// The tasks to wake when records land in a partition they read: those whose
+/// last step found nothing (their idle flag is set). A task is woken once per
+/// idle spell, however many commits land meanwhile.
+class runtime::waker {
+public:
+  using idle_flag = std::shared_ptr<std::atomic<bool>>;
+
+  void enlist(const std::vector<std::string>& topics, partition_id p, const caf::actor& task, const idle_flag& idle) {
+    std::lock_guard lock{mutex_};
+    for (const auto& topic : topics) by_topic_[topic][p.value()].push_back({task, idle});
+  }
+  void remove(const idle_flag& idle) {
+    std::lock_guard lock{mutex_};
+    for (auto& [topic, partitions] : by_topic_)
+      for (auto& [p, sleepers] : partitions)
+        std::erase_if(sleepers, [&](const sleeper& s) { return s.idle == idle; });
+  }
+  /// Forgets every task: nothing is sent after this returns.
+  void clear() {
+    std::lock_guard lock{mutex_};
+    by_topic_.clear();
+  }
+  void appended(const std::vector<std::pair<std::string_view, partition_id>>& parts) {
+    std::lock_guard lock{mutex_};
+    for (const auto& [topic, p] : parts) {
+      auto t = by_topic_.find(topic);
+      if (t == by_topic_.end()) continue;
+      auto sleepers = t->second.find(p.value());
+      if (sleepers == t->second.end()) continue;
+      for (const auto& s : sleepers->second)
+        if (s.idle->exchange(false)) caf::anon_send(s.task, wake_atom::value);
+    }
+  }
+
+private:
+  struct sleeper {
+    caf::actor task;
+    idle_flag idle;
+  };
+  std::mutex mutex_;
+  std::map<std::string, std::map<std::int32_t, std::vector<sleeper>>, std::less<>> by_topic_;  // GUARDED_BY(mutex_)
+};
+
 namespace {
 
 // -- task actor ------------------------------------------------------------------
@@ -127,11 +171,18 @@ struct task_args {
   const clock* wall;
   runtime_options options;
   caf::actor supervisor;
+  std::shared_ptr<runtime::waker> wakes;
 };
 
 struct task_actor_state {
   std::unique_ptr<task_engine> engine;
   std::chrono::milliseconds backoff{0};
+  // Set while the task waits for input; cleared by whoever wakes it.
+  std::shared_ptr<std::atomic<bool>> idle = std::make_shared<std::atomic<bool>>(false);
+  // Only the newest scheduled poll steps: a wake makes a pending delayed poll
+  // stale, so a task never runs two chains of polls.
+  std::uint64_t poll_token = 0;
+  bool unreported = false;  // committed since the last status report
   std::chrono::steady_clock::time_point last_report{};
   static inline const char* name = "keel.task";
 };
@@ -149,18 +200,30 @@ caf::behavior task_actor(caf::stateful_actor<task_actor_state>* self, task_args 
   log(log_level::info, "runtime", "{}: restored {} entities in {} ms", status.task, status.entities,
       status.restore_ms);
   self->send(args.supervisor, report_atom::value, std::move(status));
-  self->send(self, poll_atom::value);
+  if (args.wakes) {
+    args.wakes->enlist(args.spec->inputs, args.partition, caf::actor_cast<caf::actor>(self), st.idle);
+    self->attach_functor([wakes = args.wakes, idle = st.idle] { wakes->remove(idle); });
+  }
+  auto poll_after = [self](std::chrono::milliseconds delay) {
+    auto token = ++self->state.poll_token;
+    if (delay.count() == 0) self->send(self, poll_atom::value, token);
+    else self->delayed_send(self, delay, poll_atom::value, token);
+  };
+  poll_after(std::chrono::milliseconds{0});
 
   auto report = [self, supervisor = args.supervisor](bool force) {
     auto now = std::chrono::steady_clock::now();
     if (!force && now - self->state.last_report < report_interval) return;
     self->state.last_report = now;
+    self->state.unreported = false;
     self->send(supervisor, report_atom::value, self->state.engine->status());
   };
 
   return {
-    [self, args, report](poll_atom) {
+    [self, args, report, poll_after](poll_atom, std::uint64_t token) {
       auto& st = self->state;
+      if (token != st.poll_token) return;  // superseded by a wake
+      st.idle->store(false);
       auto stepped = st.engine->step();
       if (!stepped) {
         if (is_fatal(stepped.err())) {
@@ -171,17 +234,25 @@ caf::behavior task_actor(caf::stateful_actor<task_actor_state>* self, task_args 
         st.backoff = next_backoff(st.backoff, args.options);
         log(log_level::warn, "runtime", "{}: step failed, state rolled back, retrying in {} ms: {}",
             st.engine->name(), st.backoff.count(), stepped.err());
-        self->delayed_send(self, st.backoff, poll_atom::value);
+        poll_after(st.backoff);
         return;
       }
       st.backoff = std::chrono::milliseconds{0};
       if (auto snap = st.engine->maybe_snapshot(); !snap)
         log(log_level::warn, "runtime", "{}: snapshot failed (the changelog still has it all): {}",
             st.engine->name(), snap.err());
-      report(false);
-      if (stepped->committed) self->send(self, poll_atom::value);
-      else self->delayed_send(self, args.options.idle_poll, poll_atom::value);
+      if (stepped->committed) {
+        st.unreported = true;
+        report(false);
+        poll_after(std::chrono::milliseconds{0});
+      } else {
+        // Idle, perhaps for long: what the last steps did is reported now.
+        report(st.unreported);
+        st.idle->store(true);
+        poll_after(args.options.idle_poll);
+      }
     },
+    [poll_after](wake_atom) { poll_after(std::chrono::milliseconds{0}); },
     [self](query_atom, const std::shared_ptr<query_call>& call) {
       // The entity's state and the input positions it reflects.
       auto& engine = *self->state.engine;
@@ -237,6 +308,7 @@ struct supervisor_args {
   snapshot_store* snapshots;
   const clock* wall;
   runtime_options options;
+  std::shared_ptr<runtime::waker> wakes;  // null: the log does not tell of appends
 };
 
 struct supervisor_state {
@@ -253,7 +325,7 @@ caf::behavior supervisor_actor(caf::stateful_actor<supervisor_state>* self, supe
   auto spawn_task = [self, args](const std::string& name) {
     auto& t = self->state.tasks.at(name);
     task_args targs{t.spec, t.partition, args.log, args.snapshots, args.wall, args.options,
-                    caf::actor_cast<caf::actor>(self)};
+                    caf::actor_cast<caf::actor>(self), args.wakes};
     t.actor = self->spawn<caf::detached + caf::monitored>(task_actor, targs);
     t.alive = true;
     t.last.restored = false;
@@ -434,7 +506,7 @@ result<std::unique_ptr<runtime>> runtime::start(caf::actor_system& system, log_b
                                                 runtime_options options) {
   KEEL_TRY(prepare_topics(log, stages, options.default_partitions));
   auto shared = std::make_shared<const std::vector<stage_spec>>(std::move(stages));
-  supervisor_args args{shared, {}, nullptr, &log, snapshots, &wall, options};
+  supervisor_args args{shared, {}, nullptr, &log, snapshots, &wall, options, nullptr};
   for (const auto& stage : *shared) {
     auto spec = log.describe_topic(stage.inputs.front());
     if (!spec) return spec.err();
@@ -442,8 +514,12 @@ result<std::unique_ptr<runtime>> runtime::start(caf::actor_system& system, log_b
   }
   auto tasks = std::make_shared<directory>(*shared, args.partitions);
   args.directory = tasks;
+  auto wakes = std::make_shared<waker>();
+  if (log.listen_for_appends([wakes](const auto& parts) { wakes->appended(parts); })) args.wakes = wakes;
+  else wakes.reset();
   auto supervisor = system.spawn(supervisor_actor, std::move(args));
-  return std::unique_ptr<runtime>{new runtime(system, std::move(supervisor), std::move(shared), std::move(tasks))};
+  return std::unique_ptr<runtime>{
+    new runtime(system, log, std::move(supervisor), std::move(shared), std::move(tasks), std::move(wakes))};
 }
 
 runtime::~runtime() {
@@ -595,6 +671,10 @@ result<void> runtime::stop(std::chrono::milliseconds timeout) {
                                 timeout.count(), caf::to_string(e));
              });
   self->send_exit(supervisor_, caf::exit_reason::user_shutdown);
+  if (wakes_) {
+    (void)log_.listen_for_appends({});
+    wakes_->clear();  // waits out a wake being sent: none follows
+  }
   stopped_ = true;
   return out;
 }

@@ -18,7 +18,10 @@ namespace keel::runtime {
 /// Settings of the runtime as a whole.
 struct runtime_options {
   task_options task;
-  /// How long an idle task waits before polling its inputs again.
+  /// How long an idle task waits before polling its inputs again. Where the
+  /// log tells of appends (the embedded log, for this process's commits), an
+  /// idle task is woken at once by records landing in its input partitions;
+  /// the poll then only catches what other processes append, and timers.
   std::chrono::milliseconds idle_poll{20};
   /// Backoff of a task after a retriable failure or a restart after a fatal one:
   /// doubles from initial up to max.
@@ -123,15 +126,20 @@ public:
   /// partition), published by the supervisor. Queries go straight to the task
   /// that owns the key, without a hop through the supervisor.
   class directory;
+  class waker;
 
 private:
-  runtime(caf::actor_system& system, caf::actor supervisor,
-          std::shared_ptr<const std::vector<stage_spec>> stages, std::shared_ptr<directory> tasks)
-    : system_(system), supervisor_(std::move(supervisor)), stages_(std::move(stages)), tasks_(std::move(tasks)) {}
+  runtime(caf::actor_system& system, log_backend& log, caf::actor supervisor,
+          std::shared_ptr<const std::vector<stage_spec>> stages, std::shared_ptr<directory> tasks,
+          std::shared_ptr<waker> wakes)
+    : system_(system), log_(log), supervisor_(std::move(supervisor)), stages_(std::move(stages)),
+      tasks_(std::move(tasks)), wakes_(std::move(wakes)) {}
   caf::actor_system& system_;
+  log_backend& log_;
   caf::actor supervisor_;
   std::shared_ptr<const std::vector<stage_spec>> stages_;
   std::shared_ptr<directory> tasks_;
+  std::shared_ptr<waker> wakes_;
   bool stopped_ = false;
 };
 

@@ -498,6 +498,28 @@ result<commit_receipt> embedded_log::commit(const commit_batch& batch) {
     group.swap(group_queue_);
   }
   auto results = commit_group(group);
+  // What the group appended, taken while its commits are still here.
+  std::vector<std::pair<std::shared_ptr<const topic_info>, partition_id>> appended;
+  std::shared_ptr<const append_listener> listener;
+  {
+    std::lock_guard lock{listener_mutex_};
+    listener = listener_;
+  }
+  if (listener) {
+    for (std::size_t i = 0; i < group.size(); ++i) {
+      if (!results[i]) continue;
+      const auto& one = *group[i]->packed;
+      for (const auto& [log_id, rows] : one.partitions) {
+        const bool seen = std::any_of(appended.begin(), appended.end(), [&](const auto& a) {
+          return a.first.get() == rows.topic && a.second == rows.partition;
+        });
+        if (seen) continue;
+        auto t = std::find_if(one.topics.begin(), one.topics.end(),
+                              [&](const auto& held) { return held.get() == rows.topic; });
+        if (t != one.topics.end()) appended.emplace_back(*t, rows.partition);
+      }
+    }
+  }
   {
     // The waiters' pending_commits live on their stacks: touched only under
     // the lock, before they may return.
@@ -506,7 +528,19 @@ result<commit_receipt> embedded_log::commit(const commit_batch& batch) {
     group_writing_ = false;
   }
   group_cv_.notify_all();
+  if (listener && !appended.empty()) {
+    std::vector<std::pair<std::string_view, partition_id>> parts;
+    parts.reserve(appended.size());
+    for (const auto& [topic, p] : appended) parts.emplace_back(topic->spec.name, p);
+    (*listener)(parts);
+  }
   return std::move(*self.out);
+}
+
+bool embedded_log::listen_for_appends(append_listener listener) {
+  std::lock_guard lock{listener_mutex_};
+  listener_ = listener ? std::make_shared<const append_listener>(std::move(listener)) : nullptr;
+  return true;
 }
 
 std::vector<result<commit_receipt>> embedded_log::commit_group(const std::vector<pending_commit*>& group) {

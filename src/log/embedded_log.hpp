@@ -77,6 +77,7 @@ public:
   result<topic_spec> describe_topic(std::string_view name) override;
   result<std::vector<topic_spec>> list_topics() override;
   result<commit_receipt> commit(const commit_batch& batch) override;
+  bool listen_for_appends(append_listener listener) override;
   result<std::vector<stored_record>> read(std::string_view topic, partition_id partition,
                                           log_offset from, read_limits limits = {}) override;
   result<offset_range> offsets(std::string_view topic, partition_id partition) override;
@@ -138,6 +139,8 @@ private:
   std::vector<pending_commit*> group_queue_;  // GUARDED_BY(group_mutex_)
   bool group_writing_ = false;                // GUARDED_BY(group_mutex_)
   std::atomic<std::int64_t> commits_{0}, transactions_{0};
+  std::mutex listener_mutex_;
+  std::shared_ptr<const append_listener> listener_;  // GUARDED_BY(listener_mutex_)
 
   std::mutex round_robin_mutex_;
   std::map<std::string, std::uint64_t, std::less<>> round_robin_; // GUARDED_BY(round_robin_mutex_)

@@ -3,6 +3,7 @@
 #include "base/result.hpp"
 #include "log/record.hpp"
 
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string_view>
@@ -81,6 +82,19 @@ public:
   /// changelog, claims the changelog partition with an epoch at restore, and
   /// replays only complete steps of the current epoch.
   virtual bool trusted_commits() const noexcept { return true; }
+
+  /// Told after commits land which partitions they appended to, so readers
+  /// can wake instead of polling. Called on the committing thread, outside
+  /// the backend's locks; it must be quick and must not commit.
+  using append_listener = std::function<void(const std::vector<std::pair<std::string_view, partition_id>>&)>;
+  /// Sets the listener (one; an empty function removes it). Returns whether
+  /// the backend calls it at all (the default: no). Even where it does, it
+  /// cannot tell of records that other processes append, so readers still
+  /// poll now and then.
+  virtual bool listen_for_appends(append_listener listener) {
+    (void)listener;
+    return false;
+  }
 };
 
 /// Validates a topic spec: a name Kafka accepts (1 to 249 of letters, digits,

@@ -183,6 +183,38 @@ TEST_CASE("a stage that records state for a key of another partition is stopped,
   CHECK(log->position("rekey", "rekey.in", partition_id{0}).value() == std::nullopt);
 }
 
+TEST_CASE("an idle task is woken by records landing in its partition, not by its next poll") {
+  test::temp_dir dir;
+  auto log = std::move(*embedded_log::open({.path = dir.file("log.db"), .sync = sqlite::sync_mode::off}));
+  auto snapshots = std::move(*snapshot_store::open(dir.file("snapshots.db")));
+  system_clock wall;
+  caf::actor_system_config config;
+  caf::actor_system system{config};
+  runtime_options options;
+  options.idle_poll = 1h;  // a poll would come too late for this test
+  options.default_partitions = 2;
+  auto started = runtime::runtime::start(system, *log, snapshots.get(), wall, {counter_stage(2)}, options);
+  REQUIRE_MESSAGE(started, (started ? "" : started.err().message));
+  auto& rt = **started;
+  REQUIRE(test::eventually([&] { return rt.ready(); }));
+
+  // Rounds of increments, each after the tasks went idle again.
+  for (int round = 1; round <= 3; ++round) {
+    commit_batch b;
+    for (int i = 0; i < 10; ++i)
+      b.records.push_back({std::string{counter_input_topic}, std::nullopt,
+                           record{"k" + std::to_string(i), R"({"amount": 1})", i, {}}});
+    REQUIRE(log->commit(b));
+    CAPTURE(round);
+    REQUIRE(test::eventually([&] { return consumed(rt) == 10 * round; }, 20s));
+    auto answer = rt.query("counter", "k3", 5s);
+    REQUIRE(answer);
+    REQUIRE(*answer);
+    CHECK((*answer)->find(fmt::format(R"("count":{})", round)) != std::string::npos);
+  }
+  REQUIRE(rt.stop(10s));
+}
+
 TEST_CASE("a runtime that owns no partitions runs the tasks of the partitions assigned to it, and stops the revoked ones") {
   test::temp_dir dir;
   auto log = std::move(*embedded_log::open({.path = dir.file("log.db"), .sync = sqlite::sync_mode::off}));

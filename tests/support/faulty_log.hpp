@@ -87,6 +87,7 @@ public:
     KEEL_TRY(gate());
     return real_.read(topic, partition, from, limits);
   }
+  bool listen_for_appends(append_listener listener) override { return real_.listen_for_appends(std::move(listener)); }
   result<offset_range> offsets(std::string_view topic, partition_id partition) override {
     std::lock_guard lock{mutex_};
     KEEL_TRY(gate());

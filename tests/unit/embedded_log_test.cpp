@@ -286,6 +286,37 @@ TEST_CASE("commits that wait for the writer are written as one group, and one re
   CHECK(log->position("g", "in", partition_id{0}).value() == std::nullopt);
 }
 
+TEST_CASE("a listener hears which partitions each commit appended to, and nothing of a failed one") {
+  test::temp_dir dir;
+  auto log = open_at(dir.file("log.db"));
+  REQUIRE(log->create_topic({.name = "a", .partitions = 3}));
+  REQUIRE(log->create_topic({.name = "b", .partitions = 1}));
+  std::vector<std::set<std::pair<std::string, std::int32_t>>> heard;
+  REQUIRE(log->listen_for_appends([&](const std::vector<std::pair<std::string_view, partition_id>>& parts) {
+    std::set<std::pair<std::string, std::int32_t>> one;
+    for (const auto& [topic, p] : parts) CHECK(one.emplace(std::string{topic}, p.value()).second);  // each once
+    heard.push_back(std::move(one));
+  }));
+  commit_batch batch;
+  batch.records.push_back(entry("a", std::nullopt, "x", partition_id{2}));
+  batch.records.push_back(entry("b", std::nullopt, "y", partition_id{0}));
+  batch.records.push_back(entry("a", std::nullopt, "z", partition_id{2}));
+  batch.records.push_back(entry("a", std::nullopt, "w", partition_id{0}));
+  REQUIRE(log->commit(batch));
+  REQUIRE(heard.size() == 1);
+  CHECK(heard[0] == std::set<std::pair<std::string, std::int32_t>>{{"a", 0}, {"a", 2}, {"b", 0}});
+
+  commit_batch refused;
+  refused.records.push_back(entry("a", std::nullopt, "v", partition_id{1}));
+  refused.positions.push_back({"g", "a", partition_id{1}, log_offset{5}});  // beyond the end
+  REQUIRE_FALSE(log->commit(refused));
+  CHECK(heard.size() == 1);
+
+  REQUIRE(log->listen_for_appends({}));
+  REQUIRE(log->commit(batch));
+  CHECK(heard.size() == 1);
+}
+
 TEST_CASE("limits: oversized records and keyless records on compacted topics are refused") {
   test::temp_dir dir;
   embedded_options o;
