@@ -140,6 +140,13 @@ public:
   }
   void appended(const std::vector<std::pair<std::string_view, partition_id>>& parts) {
     std::lock_guard lock{mutex_};
+    if (parts.empty()) {  // anywhere
+      for (const auto& [topic, partitions] : by_topic_)
+        for (const auto& [p, sleepers] : partitions)
+          for (const auto& s : sleepers)
+            if (s.idle->exchange(false)) caf::anon_send(s.task, wake_atom::value);
+      return;
+    }
     for (const auto& [topic, p] : parts) {
       auto t = by_topic_.find(topic);
       if (t == by_topic_.end()) continue;

@@ -137,14 +137,13 @@ struct embedded_log::pending_commit {
 embedded_log::embedded_log(embedded_options options) : options_(std::move(options)) {}
 
 embedded_log::~embedded_log() {
-  if (checkpointer_.joinable()) {
-    {
-      std::lock_guard lock{checkpoint_mutex_};
-      stopping_ = true;
-    }
-    checkpoint_cv_.notify_one();
-    checkpointer_.join();
+  {
+    std::lock_guard lock{checkpoint_mutex_};
+    stopping_ = true;
   }
+  checkpoint_cv_.notify_all();
+  if (checkpointer_.joinable()) checkpointer_.join();
+  if (watcher_.joinable()) watcher_.join();
 }
 
 int embedded_log::on_wal_commit(void* self, sqlite3*, const char*, int pages) {
@@ -187,6 +186,51 @@ void embedded_log::checkpoint_loop() {
     if (rc != SQLITE_OK && rc != SQLITE_BUSY)
       log(log_level::warn, "log", "{}: checkpoint failed: {}", options_.path, sqlite3_errstr(rc));
   }
+}
+
+void embedded_log::start_watcher() {
+  // The sum of the partitions' next offsets grows with every append, whoever
+  // made it (SQLite's data_version would need a read transaction to notice).
+  // The first reading is taken here, so that whatever is committed once this
+  // returns is told.
+  auto db = sqlite::connection::open(options_.path, sqlite::open_mode::read_only);
+  if (!db) {
+    log(log_level::warn, "log", "{}: commits of other processes are found by polling alone: {}", options_.path,
+        db.err());
+    return;
+  }
+  auto conn = std::make_shared<sqlite::connection>(std::move(*db));
+  auto version = conn->prepare("SELECT coalesce(sum(next_offset), 0) FROM partitions");
+  if (!version) {
+    log(log_level::warn, "log", "{}: commits of other processes are found by polling alone: {}", options_.path,
+        version.err());
+    return;
+  }
+  auto read = [stmt = std::make_shared<sqlite::statement>(std::move(*version))]() -> std::optional<std::int64_t> {
+    auto row = stmt->step();
+    const auto now = row && *row ? std::optional{stmt->column_int(0)} : std::nullopt;
+    stmt->reset();
+    return now;
+  };
+  watcher_ = std::thread{[this, conn, read, last = read()]() mutable {
+    for (;;) {
+      {
+        std::unique_lock lock{checkpoint_mutex_};
+        if (checkpoint_cv_.wait_for(lock, options_.external_watch, [this] { return stopping_; })) return;
+      }
+      const auto now = read();
+      if (!now || now == last) continue;
+      last = now;
+      // Changed by some connection, this process's writer among them: an
+      // empty list says records may have landed in any partition.
+      std::shared_ptr<const append_listener> listener;
+      {
+        std::lock_guard lock{listener_mutex_};
+        listener = listener_;
+      }
+      if (listener) (*listener)({});
+    }
+  }};
 }
 
 result<std::unique_ptr<embedded_log>> embedded_log::open(embedded_options options) {
@@ -540,6 +584,7 @@ result<commit_receipt> embedded_log::commit(const commit_batch& batch) {
 bool embedded_log::listen_for_appends(append_listener listener) {
   std::lock_guard lock{listener_mutex_};
   listener_ = listener ? std::make_shared<const append_listener>(std::move(listener)) : nullptr;
+  if (listener_ && options_.external_watch.count() > 0 && !watcher_.joinable()) start_watcher();
   return true;
 }
 

@@ -4,6 +4,7 @@
 #include "log/sqlite.hpp"
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <map>
@@ -36,6 +37,10 @@ struct embedded_options {
   /// database (a passive checkpoint, which never blocks commits); 0 leaves it
   /// to SQLite's own checkpoint inside the committing thread.
   std::int64_t checkpoint_pages = 4096;
+  /// With a listener (listen_for_appends), how often to look for commits of
+  /// other processes (a read of the partitions' ends); one is told as records
+  /// that may have landed anywhere. 0: never.
+  std::chrono::milliseconds external_watch{1};
 };
 
 /// How commits were grouped into SQLite transactions since the log opened.
@@ -141,6 +146,10 @@ private:
   std::atomic<std::int64_t> commits_{0}, transactions_{0};
   std::mutex listener_mutex_;
   std::shared_ptr<const append_listener> listener_;  // GUARDED_BY(listener_mutex_)
+  /// Starts the thread that tells the listener of other processes' commits.
+  /// REQUIRES: listener_mutex_ held.
+  void start_watcher();
+  std::thread watcher_;  // started with the first listener
 
   std::mutex round_robin_mutex_;
   std::map<std::string, std::uint64_t, std::less<>> round_robin_; // GUARDED_BY(round_robin_mutex_)
@@ -154,7 +163,7 @@ private:
   std::mutex checkpoint_mutex_;
   std::condition_variable checkpoint_cv_;
   bool checkpoint_due_ = false;   // GUARDED_BY(checkpoint_mutex_)
-  bool stopping_ = false;         // GUARDED_BY(checkpoint_mutex_)
+  bool stopping_ = false;         // GUARDED_BY(checkpoint_mutex_): also stops the watcher
   std::thread checkpointer_;
 
   std::mutex readers_mutex_;

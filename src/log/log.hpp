@@ -84,8 +84,9 @@ public:
   virtual bool trusted_commits() const noexcept { return true; }
 
   /// Told after commits land which partitions they appended to, so readers
-  /// can wake instead of polling. Called on the committing thread, outside
-  /// the backend's locks; it must be quick and must not commit.
+  /// can wake instead of polling; an empty list says records may have landed
+  /// in any partition. Called on the committing thread (or the backend's
+  /// own), outside the backend's locks; it must be quick and must not commit.
   using append_listener = std::function<void(const std::vector<std::pair<std::string_view, partition_id>>&)>;
   /// Sets the listener (one; an empty function removes it). Returns whether
   /// the backend calls it at all (the default: no). Even where it does, it

@@ -317,6 +317,27 @@ TEST_CASE("a listener hears which partitions each commit appended to, and nothin
   CHECK(heard.size() == 1);
 }
 
+TEST_CASE("a listener hears, as records that may be anywhere, what another process commits to the file") {
+  test::temp_dir dir;
+  auto ours = open_at(dir.file("log.db"));
+  auto theirs = open_at(dir.file("log.db"));  // as another process would open it
+  REQUIRE(ours->create_topic({.name = "a", .partitions = 1}));
+  std::atomic<int> anywhere{0};
+  REQUIRE(ours->listen_for_appends([&](const std::vector<std::pair<std::string_view, partition_id>>& parts) {
+    if (parts.empty()) anywhere += 1;
+  }));
+  commit_batch batch;
+  batch.records.push_back(entry("a", "k", "v"));
+  for (int round = 1; round <= 3; ++round) {
+    const int before = anywhere;
+    REQUIRE(theirs->commit(batch));
+    for (int tries = 0; anywhere == before; ++tries) {
+      REQUIRE(tries < 5000);
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+  }
+}
+
 TEST_CASE("limits: oversized records and keyless records on compacted topics are refused") {
   test::temp_dir dir;
   embedded_options o;
