@@ -5,7 +5,8 @@
 //   ledger_compare --workload DIR --system SYSTEM --conninfo WHERE
 //     SYSTEM postgres (WHERE: a libpq conninfo), redis-always | redis-everysec
 //     (WHERE: HOST:PORT), keel-full | keel-normal (WHERE: the running daemon's
-//     data directory)
+//     data directory; fed through its log), keel-full-rest (the same, fed
+//     through its REST API by --connections clients)
 //                  [--connections N] [--rate R] [--limit N] [--server-pid PID] [--data-path DIR]
 //                  [--label TEXT]
 //
@@ -133,9 +134,11 @@ void report(const options& o, const std::string& system, std::size_t connections
 }
 
 int run_keel_system(const options& o, const workload& w, const std::vector<outcome>& expected) {
-  auto run = run_keel(w, expected, o.conninfo, o.rate, o.system == "keel-full",
+  const bool rest = o.system.ends_with("-rest");
+  const int connections = rest ? std::max(1, o.connections) : 0;
+  auto run = run_keel(w, expected, o.conninfo, o.rate, o.system != "keel-normal", connections,
                       [&] { return tree_cpu_seconds(o.server_pid); }, [&] { return dir_bytes(o.data_path); });
-  report(o, o.system, 1, w.transactions.size(), run.seconds, run.latency_ms, 0, run.server_cpu_s, run.decided,
+  report(o, o.system, rest ? static_cast<std::size_t>(connections) : 1, w.transactions.size(), run.seconds, run.latency_ms, 0, run.server_cpu_s, run.decided,
          run.reversals, run.failures, run.failures_total, run.disk_written);
   return run.failures_total == 0 ? 0 : 1;
 }
@@ -149,7 +152,8 @@ int run(const options& o) {
   model m{w, r};
   const auto expected = recompute(w, m);
 
-  if (o.system == "keel-full" || o.system == "keel-normal") return run_keel_system(o, w, expected);
+  if (o.system == "keel-full" || o.system == "keel-normal" || o.system == "keel-full-rest")
+    return run_keel_system(o, w, expected);
 
   std::unique_ptr<target> system;
   if (o.system == "postgres") {

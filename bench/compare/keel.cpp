@@ -4,6 +4,10 @@
 #include "log/embedded_log.hpp"
 #include "support/http_client.hpp"
 
+#include <boost/asio/connect.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
 #include <boost/json.hpp>
 #include <fmt/format.h>
 
@@ -57,6 +61,50 @@ keel::Envelope transaction_envelope(const transaction& t) {
   m->set_value_date(t.value_date);
   m->set_booking_time_ms(t.booking_ms);
   return e;
+}
+
+/// One keep-alive HTTP/1.1 connection to the daemon, as a client library keeps.
+class rest_connection {
+public:
+  rest_connection(const std::string& host, std::uint16_t port) : host_(host), socket_(io_) {
+    boost::asio::ip::tcp::resolver resolver{io_};
+    boost::asio::connect(socket_, resolver.resolve(host, std::to_string(port)));
+    socket_.set_option(boost::asio::ip::tcp::no_delay(true));
+  }
+  /// POSTs a transaction; its partition and offset in ledger.transactions.
+  std::pair<std::int32_t, std::int64_t> post(const transaction& t) {
+    namespace http = boost::beast::http;
+    boost::json::object body{{"transaction_id", t.id},     {"account_id", t.account},
+                             {"amount_minor", t.amount},   {"currency", t.currency},
+                             {"value_date", t.value_date}, {"booking_time_ms", t.booking_ms}};
+    http::request<http::string_body> req{http::verb::post, "/api/v1/transactions", 11};
+    req.set(http::field::host, host_);
+    req.set(http::field::content_type, "application/json");
+    req.keep_alive(true);
+    req.body() = boost::json::serialize(body);
+    req.prepare_payload();
+    http::write(socket_, req);
+    http::response<http::string_body> res;
+    http::read(socket_, buffer_, res);
+    if (res.result() != http::status::accepted)
+      throw std::runtime_error(fmt::format("keel: POST /api/v1/transactions answered {}: {}", res.result_int(), res.body()));
+    const auto doc = boost::json::parse(res.body());
+    const auto& o = doc.as_object();
+    return {static_cast<std::int32_t>(o.at("partition").as_int64()), o.at("offset").as_int64()};
+  }
+
+private:
+  std::string host_;
+  boost::asio::io_context io_;
+  boost::asio::ip::tcp::socket socket_;
+  boost::beast::flat_buffer buffer_;
+};
+
+std::string daemon_address(const std::string& data_dir) {
+  std::ifstream addr_file(data_dir + "/http.addr");
+  std::string addr;
+  std::getline(addr_file, addr);
+  return addr;
 }
 
 /// The committed positions of a stage in a topic, by partition.
@@ -117,10 +165,7 @@ std::int64_t wait_drained(keel::embedded_log& log, std::int32_t n, std::chrono::
 
 /// What the daemon holds of each account (its last projected balance).
 std::unordered_map<std::string, std::int64_t> held_totals(const std::string& data_dir, const workload& w) {
-  std::ifstream addr_file(data_dir + "/http.addr");
-  std::string addr;
-  std::getline(addr_file, addr);
-  const auto [host, port] = keel::test::split_address(addr);
+  const auto [host, port] = keel::test::split_address(daemon_address(data_dir));
   std::unordered_map<std::string, std::int64_t> out;
   std::mutex mutex;
   std::atomic<std::size_t> next{0};
@@ -152,7 +197,7 @@ std::unordered_map<std::string, std::int64_t> held_totals(const std::string& dat
 } // namespace
 
 keel_run run_keel(const workload& w, const std::vector<outcome>& expected, const std::string& data_dir, double rate,
-                  bool full, const std::function<double()>& server_cpu,
+                  bool full, int rest_connections, const std::function<double()>& server_cpu,
                   const std::function<std::int64_t()>& disk_bytes) {
   keel::embedded_options options;
   options.path = data_dir + "/log.db";
@@ -231,7 +276,41 @@ keel_run run_keel(const workload& w, const std::vector<outcome>& expected, const
   std::vector<std::pair<std::int32_t, std::int64_t>> placed(total);
   const auto start = std::chrono::steady_clock::now();
   const auto start_ms = wall_ms();
-  std::size_t sent = 0;
+  std::size_t sent = rest_connections > 0 ? total : 0;  // the REST clients below send instead
+  if (rest_connections > 0) {
+    // Each client's transactions through one connection, in file order; a
+    // connection sends the next when the daemon has accepted the last (it is
+    // then in the log, durably), or in the open loop when it is due.
+    const auto [host, port] = keel::test::split_address(daemon_address(data_dir));
+    const auto n_conn = static_cast<std::size_t>(rest_connections);
+    std::vector<std::vector<std::size_t>> by_connection(n_conn);
+    for (std::size_t i = 0; i < total; ++i)
+      by_connection[std::hash<std::string>{}(w.transactions[i].client) % n_conn].push_back(i);
+    std::vector<std::thread> clients;
+    std::mutex failure_mutex;
+    std::string failure;
+    for (std::size_t c = 0; c < n_conn; ++c)
+      clients.emplace_back([&, c, host = host, port = port] {
+        try {
+          rest_connection conn{host, port};
+          for (const auto i : by_connection[c]) {
+            if (rate > 0) {
+              due_ms[i] = start_ms + static_cast<std::int64_t>(1000.0 * static_cast<double>(i) / rate);
+              std::this_thread::sleep_until(start + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                                                      std::chrono::duration<double>(static_cast<double>(i) / rate)));
+            } else {
+              due_ms[i] = wall_ms();
+            }
+            placed[i] = conn.post(w.transactions[i]);
+          }
+        } catch (const std::exception& e) {
+          std::lock_guard lock{failure_mutex};
+          failure = e.what();
+        }
+      });
+    for (auto& t : clients) t.join();
+    if (!failure.empty()) throw std::runtime_error(failure);
+  }
   constexpr auto linger = 5ms;
   auto last_commit = start - linger;
   while (sent < total) {

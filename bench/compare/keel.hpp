@@ -40,9 +40,12 @@ struct keel_run {
 /// Replays the workload into the daemon whose data directory is `data_dir`:
 /// closed loop (rate 0: batches appended as fast as they commit) or open loop
 /// at `rate` transactions per second. `full`: the driver's commits use
-/// synchronous=FULL, as the daemon's.
+/// synchronous=FULL, as the daemon's. With `rest_connections` > 0 the
+/// transactions go through the daemon's REST API instead (POST
+/// /api/v1/transactions, one keep-alive connection per client thread, each
+/// client's transactions through one connection).
 keel_run run_keel(const workload& w, const std::vector<outcome>& expected, const std::string& data_dir, double rate,
-                  bool full, const std::function<double()>& server_cpu,
+                  bool full, int rest_connections, const std::function<double()>& server_cpu,
                   const std::function<std::int64_t()>& disk_bytes);
 
 } // namespace bench_compare

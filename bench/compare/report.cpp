@@ -62,6 +62,7 @@ int main(int argc, char** argv) {
   // system -> skew -> load ("max", "50%", "80%") -> runs
   std::map<std::string, std::map<std::string, std::map<std::string, std::vector<run>>>> runs;
   std::map<std::string, bool> negative;  // skew -> caught
+  std::map<std::string, std::map<std::string, std::vector<double>>> recovery_ms;  // system -> skew -> runs
   std::int64_t transactions = 0, cores = 0;
   std::ifstream in(argv[1]);
   std::string line;
@@ -74,6 +75,10 @@ int main(int argc, char** argv) {
     const bool ok = o.contains("check") && o.at("check").as_string() == "ok";
     if (label.find("negative control") != std::string::npos) {
       negative[t["s"]] = !ok;
+      continue;
+    }
+    if (o.contains("recovery_ms")) {
+      recovery_ms[std::string{o.at("system").as_string()}][t["s"]].push_back(num(o, "recovery_ms"));
       continue;
     }
     if (!t.count("run") || !t.count("load")) continue;  // the sweep
@@ -95,8 +100,10 @@ int main(int argc, char** argv) {
                     "and 80% of the system's own maximum.\n\n",
                     transactions, cores);
   md += "| system | skew | max decisions/s | p50 / p99 / p99.9 at 50% | p50 / p99 / p99.9 at 80% | "
-        "server CPU-s per 1,000 | bytes written per transaction | check |\n|---|---|---|---|---|---|---|---|\n";
-  const std::vector<std::string> order{"keel-full", "keel-normal", "postgres", "redis-always", "redis-everysec"};
+        "server CPU-s per 1,000 | bytes written per transaction | recovery after kill -9 (ms) | check |\n"
+        "|---|---|---|---|---|---|---|---|---|\n";
+  const std::vector<std::string> order{"keel-full", "keel-normal", "keel-full-rest", "postgres", "redis-always",
+                                      "redis-everysec"};
   for (const auto& system : order) {
     if (!runs.count(system)) continue;
     for (const auto& [skew, loads] : runs[system]) {
@@ -112,9 +119,11 @@ int main(int argc, char** argv) {
           failed += r.ok ? 0 : 1;
         }
       const auto& max = loads.count("max") ? loads.at("max") : std::vector<run>{};
-      md += fmt::format("| {}{} | {} | {:.0f} | {} | {} | {:.3f} | {:.0f} | {} |\n", system,
+      const auto& recovered = recovery_ms[system][skew];
+      md += fmt::format("| {}{} | {} | {:.0f} | {} | {} | {:.3f} | {:.0f} | {} | {} |\n", system,
                         system == "redis-everysec" ? " (not durable)" : "", skew, med(max, &run::per_s), at("50%"),
                         at("80%"), med(max, &run::cpu), med(max, &run::disk),
+                        recovered.empty() ? std::string{"-"} : fmt::format("{:.0f}", median(recovered)),
                         failed == 0 ? fmt::format("ok ({} runs)", total) : fmt::format("**FAILED** {} of {}", failed, total));
     }
   }
@@ -124,9 +133,10 @@ int main(int argc, char** argv) {
     return y == 0 ? "-" : fmt::format("{:.2f}", x / y);
   };
   md += "\nOn the s = 1 workload:\n\n| ratio | max decisions/s | p99 at 50% |\n|---|---|---|\n";
-  for (const auto& other : {"postgres", "redis-always"})
-    md += fmt::format("| keel-full / {} | {} | {} |\n", other, ratio("keel-full", other, "max", &run::per_s),
-                      ratio("keel-full", other, "50%", &run::p99));
+  for (const auto& keel : {"keel-full", "keel-full-rest"})
+    for (const auto& other : {"postgres", "redis-always"})
+      md += fmt::format("| {} / {} | {} | {} |\n", keel, other, ratio(keel, other, "max", &run::per_s),
+                        ratio(keel, other, "50%", &run::p99));
   for (const auto& [skew, caught] : negative)
     md += fmt::format("\nNegative control (keel with de-duplication off), s = {}: {}.", skew,
                       caught ? "caught by the check" : "**not caught**");
