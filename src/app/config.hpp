@@ -25,7 +25,7 @@ struct config {
 
   struct http_section {
     std::string listen = "127.0.0.1:8080";
-    std::size_t threads = 2;
+    std::size_t threads = 8;
     std::size_t body_bytes_max = 1024 * 1024;
     std::int64_t request_timeout_ms = 15'000;
     std::size_t connections_max = 1024;

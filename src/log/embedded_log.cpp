@@ -132,6 +132,9 @@ struct embedded_log::pending_commit {
   const commit_batch* batch;
   const packed_commit* packed;
   std::optional<result<commit_receipt>> out;  // GUARDED_BY(group_mutex_)
+  // Signalled when `out` is set, or when this commit is the first in the
+  // queue and the writer is free: each waiter is woken for itself alone.
+  std::condition_variable ready;
 };
 
 embedded_log::embedded_log(embedded_options options) : options_(std::move(options)) {}
@@ -531,12 +534,12 @@ result<commit_receipt> embedded_log::commit(const commit_batch& batch) {
 
   // Join the next group. The first commit to find no group being written
   // writes the queue, itself included; the others wait for their results.
-  pending_commit self{&batch, &*packed, std::nullopt};
+  pending_commit self{&batch, &*packed, std::nullopt, {}};
   std::vector<pending_commit*> group;
   {
     std::unique_lock lock{group_mutex_};
     group_queue_.push_back(&self);
-    group_cv_.wait(lock, [&] { return self.out.has_value() || !group_writing_; });
+    self.ready.wait(lock, [&] { return self.out.has_value() || !group_writing_; });
     if (self.out) return std::move(*self.out);
     group_writing_ = true;
     group.swap(group_queue_);
@@ -565,13 +568,16 @@ result<commit_receipt> embedded_log::commit(const commit_batch& batch) {
     }
   }
   {
-    // The waiters' pending_commits live on their stacks: touched only under
-    // the lock, before they may return.
+    // The waiters' pending_commits live on their stacks: touched (and
+    // signalled) only under the lock, before they may return.
     std::lock_guard lock{group_mutex_};
-    for (std::size_t i = 0; i < group.size(); ++i) group[i]->out = std::move(results[i]);
+    for (std::size_t i = 0; i < group.size(); ++i) {
+      group[i]->out = std::move(results[i]);
+      if (group[i] != &self) group[i]->ready.notify_one();
+    }
     group_writing_ = false;
+    if (!group_queue_.empty()) group_queue_.front()->ready.notify_one();  // the next group's writer
   }
-  group_cv_.notify_all();
   if (listener && !appended.empty()) {
     std::vector<std::pair<std::string_view, partition_id>> parts;
     parts.reserve(appended.size());

@@ -140,7 +140,6 @@ private:
   std::unique_ptr<writer_statements> write_;  // GUARDED_BY(writer_mutex_)
   // Commits waiting for the next group, and whether a group is being written.
   std::mutex group_mutex_;
-  std::condition_variable group_cv_;
   std::vector<pending_commit*> group_queue_;  // GUARDED_BY(group_mutex_)
   bool group_writing_ = false;                // GUARDED_BY(group_mutex_)
   std::atomic<std::int64_t> commits_{0}, transactions_{0};
