@@ -37,6 +37,18 @@ std::int64_t restarts(const runtime::runtime& rt) {
   return total;
 }
 
+/// A runtime's surroundings: an embedded log and snapshot store in a fresh
+/// directory, a wall clock and an actor system.
+struct embedded_setup {
+  test::temp_dir dir;
+  std::unique_ptr<embedded_log> log =
+    std::move(*embedded_log::open({.path = dir.file("log.db"), .sync = sqlite::sync_mode::off}));
+  std::unique_ptr<snapshot_store> snapshots = std::move(*snapshot_store::open(dir.file("snapshots.db")));
+  system_clock wall;
+  caf::actor_system_config config;
+  caf::actor_system system{config};
+};
+
 } // namespace
 
 SCENARIO("the supervisor runs, restarts and stops tasks") {
@@ -184,12 +196,8 @@ TEST_CASE("a stage that records state for a key of another partition is stopped,
 }
 
 TEST_CASE("an idle task is woken by records landing in its partition, not by its next poll") {
-  test::temp_dir dir;
-  auto log = std::move(*embedded_log::open({.path = dir.file("log.db"), .sync = sqlite::sync_mode::off}));
-  auto snapshots = std::move(*snapshot_store::open(dir.file("snapshots.db")));
-  system_clock wall;
-  caf::actor_system_config config;
-  caf::actor_system system{config};
+  embedded_setup setup;
+  auto& [dir, log, snapshots, wall, config, system] = setup;
   runtime_options options;
   options.idle_poll = 1h;  // a poll would come too late for this test
   options.default_partitions = 2;
@@ -216,12 +224,8 @@ TEST_CASE("an idle task is woken by records landing in its partition, not by its
 }
 
 TEST_CASE("a runtime that owns no partitions runs the tasks of the partitions assigned to it, and stops the revoked ones") {
-  test::temp_dir dir;
-  auto log = std::move(*embedded_log::open({.path = dir.file("log.db"), .sync = sqlite::sync_mode::off}));
-  auto snapshots = std::move(*snapshot_store::open(dir.file("snapshots.db")));
-  system_clock wall;
-  caf::actor_system_config config;
-  caf::actor_system system{config};
+  embedded_setup setup;
+  auto& [dir, log, snapshots, wall, config, system] = setup;
   runtime_options options;
   options.idle_poll = 5ms;
   options.default_partitions = 4;
