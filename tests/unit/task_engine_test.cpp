@@ -62,6 +62,25 @@ struct fixture {
     REQUIRE(r);
     return std::move(*r);
   }
+
+  /// Steps until a step finds nothing to do.
+  static void drain(task_engine& e) {
+    while (e.step()->committed) {
+    }
+  }
+
+  /// A round of the incremental-snapshot tests: five of the 200 keys change.
+  void produce_round(int round) {
+    for (int i = 0; i < 5; ++i) produce("k" + std::to_string(i * 7 + round), R"({"amount": 2})");
+  }
+
+  /// The counter task's newest snapshot, which must exist.
+  snapshot_meta latest() {
+    auto l = snapshots->latest("counter/0");
+    REQUIRE(l);
+    REQUIRE(*l);
+    return **l;
+  }
 };
 
 std::string header_of(const stored_record& r, std::string_view name) {
@@ -265,25 +284,20 @@ SCENARIO("incremental snapshots: deltas hold only what changed, and a chain rest
   // 200 keys, then rounds that touch only a few of them.
   for (int i = 0; i < 200; ++i) f.produce("k" + std::to_string(i), R"({"amount": 1})");
   auto engine = f.engine({.batch_max = 1000, .snapshot_deltas_max = 2});
-  while (engine->step()->committed) {
-  }
+  fixture::drain(*engine);
   REQUIRE(engine->snapshot());  // full
-  auto full = f.snapshots->latest("counter/0");
-  REQUIRE(full);
-  REQUIRE(*full);
-  CHECK_FALSE((*full)->delta);
+  const auto full = f.latest();
+  CHECK_FALSE(full.delta);
   for (int round = 0; round < 3; ++round) {
-    for (int i = 0; i < 5; ++i) f.produce("k" + std::to_string(i * 7 + round), R"({"amount": 2})");
-    while (engine->step()->committed) {
-    }
+    f.produce_round(round);
+    fixture::drain(*engine);
     REQUIRE(engine->snapshot());
-    auto latest = f.snapshots->latest("counter/0");
-    REQUIRE(latest);
+    const auto latest = f.latest();
     if (round < 2) {
-      CHECK((*latest)->delta);  // two deltas...
-      CHECK((*latest)->bytes * 10 < (*full)->bytes);
+      CHECK(latest.delta);  // two deltas...
+      CHECK(latest.bytes * 10 < full.bytes);
     } else {
-      CHECK_FALSE((*latest)->delta);  // ...then a full one again
+      CHECK_FALSE(latest.delta);  // ...then a full one again
     }
   }
   // A delta, then changes that no snapshot holds yet.
@@ -383,18 +397,14 @@ SCENARIO("snapshots written in the background: in order, and a failed write brea
   GIVEN("a task that snapshots in the background, with two deltas between full snapshots") {
     for (int i = 0; i < 200; ++i) f.produce("k" + std::to_string(i), R"({"amount": 1})");
     auto engine = f.engine({.batch_max = 1000, .snapshot_deltas_max = 2, .snapshot_in_background = true});
-    while (engine->step()->committed) {
-    }
+    fixture::drain(*engine);
     REQUIRE(engine->snapshot());  // the full one that starts the chain
     f.snapshots->flush();
-    auto first = f.snapshots->latest("counter/0");
-    REQUIRE(first);
-    REQUIRE(*first);
-    CHECK_FALSE((*first)->delta);
+    const auto first = f.latest();
+    CHECK_FALSE(first.delta);
     for (int round = 0; round < 5; ++round) {
-      for (int i = 0; i < 5; ++i) f.produce("k" + std::to_string(i * 7 + round), R"({"amount": 2})");
-      while (engine->step()->committed) {
-      }
+      f.produce_round(round);
+      fixture::drain(*engine);
       REQUIRE(engine->snapshot());
       f.snapshots->flush();
       auto chain = f.snapshots->load_chain("counter/0");
@@ -405,9 +415,8 @@ SCENARIO("snapshots written in the background: in order, and a failed write brea
       // chain up into a full snapshot as of that delta.
       CHECK((*chain)->deltas.size() == (round % 2 == 0 ? 1u : 0u));
       CHECK((*chain)->meta.changelog_next == engine->status().changelog_next);
-      auto latest = f.snapshots->latest("counter/0");
-      REQUIRE(latest);
-      if ((*latest)->delta) CHECK((*latest)->bytes * 10 < (*first)->bytes);
+      const auto latest = f.latest();
+      if (latest.delta) CHECK(latest.bytes * 10 < first.bytes);
     }
     THEN("a task restored from the summed chain holds what a replay holds") {
       auto restored = f.engine();
