@@ -74,6 +74,20 @@ struct fixture {
     for (int i = 0; i < 5; ++i) produce("k" + std::to_string(i * 7 + round), R"({"amount": 2})");
   }
 
+  /// Restores a task from the snapshots and one from the changelog alone, and
+  /// checks both hold what `live` holds for the 200 keys; the restored one.
+  std::unique_ptr<task_engine> restore_and_compare(const task_engine& live) {
+    auto restored = engine();
+    task_engine replayed{spec, partition_id{0}, *log, nullptr, wall};
+    REQUIRE(replayed.restore());
+    for (int k = 0; k < 200; ++k) {
+      const auto key = "k" + std::to_string(k);
+      CHECK(restored->logic().describe(key) == live.logic().describe(key));
+      CHECK(replayed.logic().describe(key) == live.logic().describe(key));
+    }
+    return restored;
+  }
+
   /// The counter task's newest snapshot, which must exist.
   snapshot_meta latest() {
     auto l = snapshots->latest("counter/0");
@@ -313,14 +327,7 @@ SCENARIO("incremental snapshots: deltas hold only what changed, and a chain rest
   REQUIRE(chain);
   REQUIRE(*chain);
   CHECK((*chain)->deltas.size() == 1);
-  auto restored = f.engine();
-  task_engine replayed{f.spec, partition_id{0}, *f.log, nullptr, f.wall};
-  REQUIRE(replayed.restore());
-  for (int k = 0; k < 200; ++k) {
-    const auto key = "k" + std::to_string(k);
-    CHECK(restored->logic().describe(key) == engine->logic().describe(key));
-    CHECK(replayed.logic().describe(key) == engine->logic().describe(key));
-  }
+  auto restored = f.restore_and_compare(*engine);
   CHECK(restored->logic().describe("k0") == R"({"count":103})");
   // The restored task goes on with deltas: what it replayed is in the next one.
   REQUIRE(restored->snapshot());
@@ -419,14 +426,7 @@ SCENARIO("snapshots written in the background: in order, and a failed write brea
       if (latest.delta) CHECK(latest.bytes * 10 < first.bytes);
     }
     THEN("a task restored from the summed chain holds what a replay holds") {
-      auto restored = f.engine();
-      task_engine replayed{f.spec, partition_id{0}, *f.log, nullptr, f.wall};
-      REQUIRE(replayed.restore());
-      for (int k = 0; k < 200; ++k) {
-        const auto key = "k" + std::to_string(k);
-        CHECK(restored->logic().describe(key) == engine->logic().describe(key));
-        CHECK(replayed.logic().describe(key) == engine->logic().describe(key));
-      }
+      auto restored = f.restore_and_compare(*engine);
       CHECK(restored->status().positions == engine->status().positions);
     }
   }
