@@ -46,6 +46,48 @@ std::int64_t now_ms() {
            std::chrono::system_clock::now().time_since_epoch()).count();
 }
 
+/// The machine's noise over a phase: the share of CPU time the hypervisor gave
+/// to other guests (steal) and the share of time some task waited for the disk
+/// (/proc/pressure/io). A phase measured while they are high is slower than
+/// the software.
+class noise_meter {
+public:
+  noise_meter() : start_(read()) {}
+  std::string since_start() const {
+    const auto now = read();
+    const double ticks = static_cast<double>(now.ticks - start_.ticks);
+    const double us = static_cast<double>(now.at_us - start_.at_us);
+    return fmt::format("noise: steal {:.1f}%, I/O pressure {:.1f}%",
+                       ticks > 0 ? 100.0 * static_cast<double>(now.steal - start_.steal) / ticks : 0.0,
+                       us > 0 ? 100.0 * static_cast<double>(now.io_stall_us - start_.io_stall_us) / us : 0.0);
+  }
+
+private:
+  struct sample {
+    std::int64_t ticks = 0, steal = 0, io_stall_us = 0, at_us = 0;
+  };
+  static sample read() {
+    sample s;
+    s.at_us = std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now().time_since_epoch()).count();
+    if (std::FILE* f = std::fopen("/proc/stat", "r")) {
+      long long v[8] = {};
+      if (std::fscanf(f, "cpu %lld %lld %lld %lld %lld %lld %lld %lld", &v[0], &v[1], &v[2], &v[3], &v[4], &v[5], &v[6],
+                      &v[7]) == 8) {
+        for (auto x : v) s.ticks += x;
+        s.steal = v[7];
+      }
+      std::fclose(f);
+    }
+    if (std::FILE* f = std::fopen("/proc/pressure/io", "r")) {
+      long long total = 0;
+      if (std::fscanf(f, "some avg10=%*f avg60=%*f avg300=%*f total=%lld", &total) == 1) s.io_stall_us = total;
+      std::fclose(f);
+    }
+    return s;
+  }
+  sample start_;
+};
+
 record envelope_record(const std::string& key, const keel::Envelope& e) {
   return record{key, e.SerializeAsString(), e.event_time_ms(), {}};
 }
@@ -163,15 +205,17 @@ struct bench {
     rt_options.task.snapshot_every_events = snapshot_every;
     rt_options.default_partitions = partitions;
     const auto started = std::chrono::steady_clock::now();
+    const noise_meter throughput_noise;
     auto rt = runtime::runtime::start(system, log, snapshots->get(), wall, runtime::ledger_stages(options), rt_options);
     if (!rt) die(rt.err());
     wait_drained(log);
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
     const double rate = static_cast<double>(transactions + accounts + clients) / seconds;
     std::printf("throughput  synchronous=%-6s partitions=%d batch=%zu: %lld transactions (+%lld openings, %lld limits) "
-                "decided in %.2f s: %.0f transactions/s end to end\n",
+                "decided in %.2f s: %.0f transactions/s end to end (%s)\n",
                 std::string{sqlite::to_string(sync)}.c_str(), partitions, batch, static_cast<long long>(transactions),
-                static_cast<long long>(accounts), static_cast<long long>(clients), seconds, rate);
+                static_cast<long long>(accounts), static_cast<long long>(clients), seconds, rate,
+                throughput_noise.since_start().c_str());
     std::fflush(stdout);
 
     // 2. Latency at half that rate, open loop.
@@ -188,6 +232,7 @@ struct bench {
       std::vector<std::int64_t> positions;
     };
     std::vector<sample> samples;
+    const noise_meter latency_noise;
     std::atomic<bool> producing{true};
     std::thread watcher([&] {
       while (producing || samples.empty() ||
@@ -227,10 +272,10 @@ struct bench {
     std::sort(latencies.begin(), latencies.end());
     auto pct = [&](double q) { return latencies.empty() ? 0 : latencies[static_cast<std::size_t>(q * (latencies.size() - 1))]; };
     std::printf("latency     synchronous=%-6s at %.0f transactions/s (half the maximum), %zu transactions: "
-                "p50 %lld ms, p99 %lld ms, max %lld ms (append to committed limit decision)\n",
+                "p50 %lld ms, p99 %lld ms, max %lld ms (append to committed limit decision; %s)\n",
                 std::string{sqlite::to_string(sync)}.c_str(), target, latencies.size(),
                 static_cast<long long>(pct(0.5)), static_cast<long long>(pct(0.99)),
-                static_cast<long long>(latencies.empty() ? 0 : latencies.back()));
+                static_cast<long long>(latencies.empty() ? 0 : latencies.back()), latency_noise.since_start().c_str());
     // How long the tasks' commits took (both phases), summed over the tasks.
     std::vector<std::int64_t> buckets(std::size(runtime::commit_latency_bounds_ms) + 1, 0);
     for (const auto& st : (*rt)->status())

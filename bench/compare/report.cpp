@@ -22,6 +22,7 @@ namespace {
 struct run {
   double per_s = 0, p50 = 0, p99 = 0, p999 = 0, cpu = 0, disk = 0;
   bool ok = false;
+  double steal = 0, io_pressure = 0;  // the machine's noise during the run, in %
 };
 
 /// "s=1 run=2 load=50%" -> {"s": "1", "run": "2", "load": "50%"}
@@ -86,7 +87,7 @@ int main(int argc, char** argv) {
     cores = static_cast<std::int64_t>(num(o, "cores"));
     runs[std::string{o.at("system").as_string()}][t["s"]][t["load"]].push_back(
       {num(o, "per_s"), num(o, "p50_ms"), num(o, "p99_ms"), num(o, "p999_ms"), num(o, "cpu_s_per_1000"),
-       num(o, "disk_bytes_per_transaction"), ok});
+       num(o, "disk_bytes_per_transaction"), ok, num(o, "steal_pct"), num(o, "io_pressure_pct")});
   }
 
   auto med = [&](const std::vector<run>& v, double run::*field) {
@@ -99,9 +100,13 @@ int main(int argc, char** argv) {
                     "its rate (at most {} transactions); {} cores; medians of the runs. Latency in ms, open loop at 50% "
                     "and 80% of the system's own maximum.\n\n",
                     transactions, cores);
+  md += "The machine's noise is in the last column but one: the share of CPU time the hypervisor gave to other "
+        "guests (steal) and the share of time some task waited for the disk (`/proc/pressure/io`), medians over "
+        "the row's runs. It differs from run to run; a row measured while it is high is slower than the software.\n\n";
   md += "| system | skew | max decisions/s | p50 / p99 / p99.9 at 50% | p50 / p99 / p99.9 at 80% | "
-        "server CPU-s per 1,000 | bytes written per transaction | recovery after kill -9 (ms) | check |\n"
-        "|---|---|---|---|---|---|---|---|---|\n";
+        "server CPU-s per 1,000 | bytes written per transaction | recovery after kill -9 (ms) | "
+        "noise: steal / I/O pressure (%) | check |\n"
+        "|---|---|---|---|---|---|---|---|---|---|\n";
   const std::vector<std::string> order{"keel-full", "keel-normal", "keel-full-rest", "postgres", "redis-always",
                                       "redis-everysec"};
   for (const auto& system : order) {
@@ -113,17 +118,21 @@ int main(int argc, char** argv) {
         return fmt::format("{:.1f} / {:.1f} / {:.1f}", med(v, &run::p50), med(v, &run::p99), med(v, &run::p999));
       };
       std::size_t failed = 0, total = 0;
+      std::vector<double> steal, io_pressure;
       for (const auto& [load, v] : loads)
         for (const auto& r : v) {
           total += 1;
           failed += r.ok ? 0 : 1;
+          steal.push_back(r.steal);
+          io_pressure.push_back(r.io_pressure);
         }
       const auto& max = loads.count("max") ? loads.at("max") : std::vector<run>{};
       const auto& recovered = recovery_ms[system][skew];
-      md += fmt::format("| {}{} | {} | {:.0f} | {} | {} | {:.3f} | {:.0f} | {} | {} |\n", system,
+      md += fmt::format("| {}{} | {} | {:.0f} | {} | {} | {:.3f} | {:.0f} | {} | {:.1f} / {:.1f} | {} |\n", system,
                         system == "redis-everysec" ? " (not durable)" : "", skew, med(max, &run::per_s), at("50%"),
                         at("80%"), med(max, &run::cpu), med(max, &run::disk),
                         recovered.empty() ? std::string{"-"} : fmt::format("{:.0f}", median(recovered)),
+                        median(steal), median(io_pressure),
                         failed == 0 ? fmt::format("ok ({} runs)", total) : fmt::format("**FAILED** {} of {}", failed, total));
     }
   }
