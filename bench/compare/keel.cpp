@@ -194,6 +194,91 @@ std::unordered_map<std::string, std::int64_t> held_totals(const std::string& dat
   return out;
 }
 
+using start_clock = std::chrono::steady_clock;
+
+/// The submissions of a run: when each was due (open loop) or sent (closed
+/// loop), and where it landed in the transactions topic.
+struct submissions {
+  start_clock::time_point start;
+  std::int64_t start_ms = 0;
+  std::vector<std::int64_t> due_ms;
+  std::vector<std::pair<std::int32_t, std::int64_t>> placed;
+
+  /// When transaction i is due at `rate` (open loop), or now (closed loop).
+  std::int64_t due(std::size_t i, double rate) const {
+    return rate > 0 ? start_ms + static_cast<std::int64_t>(1000.0 * static_cast<double>(i) / rate) : wall_ms();
+  }
+  start_clock::time_point due_at(std::size_t i, double rate) const {
+    return start + std::chrono::duration_cast<start_clock::duration>(
+                     std::chrono::duration<double>(static_cast<double>(i) / rate));
+  }
+};
+
+/// Through the REST API: each client's transactions through one connection,
+/// in file order. A connection sends the next when the daemon has accepted
+/// the last (it is then in the log, durably), or in the open loop when it is
+/// due.
+void submit_rest(const workload& w, const std::string& address, int connections, double rate, submissions& s) {
+  const auto [host, port] = keel::test::split_address(address);
+  const auto n_conn = static_cast<std::size_t>(connections);
+  std::vector<std::vector<std::size_t>> by_connection(n_conn);
+  for (std::size_t i = 0; i < w.transactions.size(); ++i)
+    by_connection[std::hash<std::string>{}(w.transactions[i].client) % n_conn].push_back(i);
+  std::vector<std::thread> clients;
+  std::mutex failure_mutex;
+  std::string failure;
+  for (std::size_t c = 0; c < n_conn; ++c)
+    clients.emplace_back([&, c, host = host, port = port] {
+      try {
+        rest_connection conn{host, port};
+        for (const auto i : by_connection[c]) {
+          if (rate > 0) std::this_thread::sleep_until(s.due_at(i, rate));
+          s.due_ms[i] = s.due(i, rate);
+          s.placed[i] = conn.post(w.transactions[i]);
+        }
+      } catch (const std::exception& e) {
+        std::lock_guard lock{failure_mutex};
+        failure = e.what();
+      }
+    });
+  for (auto& t : clients) t.join();
+  if (!failure.empty()) throw std::runtime_error(failure);
+}
+
+/// Through the log, as a producer with a linger: in the open loop whatever is
+/// due, at most one commit per `linger` (a commit per transaction would hold
+/// the log's write lock against the tasks; the wait counts in the latency,
+/// which runs from each transaction's due time); in the closed loop batches
+/// of 1,000 back to back.
+void submit_log(keel::embedded_log& log, const workload& w, double rate, submissions& s) {
+  constexpr auto linger = 5ms;
+  const auto total = w.transactions.size();
+  auto last_commit = s.start - linger;
+  for (std::size_t sent = 0; sent < total;) {
+    std::size_t upto = std::min(total, sent + 1000);
+    if (rate > 0) {
+      std::this_thread::sleep_until(last_commit + linger);
+      const auto elapsed = std::chrono::duration<double>(start_clock::now() - s.start).count();
+      upto = std::min(total, static_cast<std::size_t>(elapsed * rate) + 1);
+      if (upto <= sent) {
+        std::this_thread::sleep_until(s.due_at(sent, rate));
+        continue;
+      }
+    }
+    last_commit = start_clock::now();
+    keel::commit_batch batch;
+    for (std::size_t i = sent; i < upto; ++i) {
+      const auto& t = w.transactions[i];
+      batch.records.push_back(entry(transactions_topic, t.account, transaction_envelope(t)));
+      s.due_ms[i] = s.due(i, rate);
+    }
+    const auto receipt = must(log.commit(batch), "append");
+    for (std::size_t i = sent; i < upto; ++i)
+      s.placed[i] = {receipt.placements[i - sent].first.value(), receipt.placements[i - sent].second.value()};
+    sent = upto;
+  }
+}
+
 } // namespace
 
 keel_run run_keel(const workload& w, const std::vector<outcome>& expected, const std::string& data_dir, double rate,
@@ -270,77 +355,16 @@ keel_run run_keel(const workload& w, const std::vector<outcome>& expected, const
     }
   });
 
-  // Submissions: their due time and where they landed.
   const auto total = w.transactions.size();
-  std::vector<std::int64_t> due_ms(total);
-  std::vector<std::pair<std::int32_t, std::int64_t>> placed(total);
-  const auto start = std::chrono::steady_clock::now();
-  const auto start_ms = wall_ms();
-  std::size_t sent = rest_connections > 0 ? total : 0;  // the REST clients below send instead
-  if (rest_connections > 0) {
-    // Each client's transactions through one connection, in file order; a
-    // connection sends the next when the daemon has accepted the last (it is
-    // then in the log, durably), or in the open loop when it is due.
-    const auto [host, port] = keel::test::split_address(daemon_address(data_dir));
-    const auto n_conn = static_cast<std::size_t>(rest_connections);
-    std::vector<std::vector<std::size_t>> by_connection(n_conn);
-    for (std::size_t i = 0; i < total; ++i)
-      by_connection[std::hash<std::string>{}(w.transactions[i].client) % n_conn].push_back(i);
-    std::vector<std::thread> clients;
-    std::mutex failure_mutex;
-    std::string failure;
-    for (std::size_t c = 0; c < n_conn; ++c)
-      clients.emplace_back([&, c, host = host, port = port] {
-        try {
-          rest_connection conn{host, port};
-          for (const auto i : by_connection[c]) {
-            if (rate > 0) {
-              due_ms[i] = start_ms + static_cast<std::int64_t>(1000.0 * static_cast<double>(i) / rate);
-              std::this_thread::sleep_until(start + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
-                                                      std::chrono::duration<double>(static_cast<double>(i) / rate)));
-            } else {
-              due_ms[i] = wall_ms();
-            }
-            placed[i] = conn.post(w.transactions[i]);
-          }
-        } catch (const std::exception& e) {
-          std::lock_guard lock{failure_mutex};
-          failure = e.what();
-        }
-      });
-    for (auto& t : clients) t.join();
-    if (!failure.empty()) throw std::runtime_error(failure);
-  }
-  constexpr auto linger = 5ms;
-  auto last_commit = start - linger;
-  while (sent < total) {
-    std::size_t upto = std::min(total, sent + 1000);
-    if (rate > 0) {
-      // Open loop, as a producer with a linger: whatever is due, at most one
-      // commit per `linger` (a commit per transaction would hold the log's
-      // write lock against the tasks). The wait counts in the latency, which
-      // runs from each transaction's due time.
-      std::this_thread::sleep_until(last_commit + linger);
-      const auto elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-      upto = std::min(total, static_cast<std::size_t>(elapsed * rate) + 1);
-      if (upto <= sent) {
-        std::this_thread::sleep_until(start + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
-                                                std::chrono::duration<double>(static_cast<double>(sent) / rate)));
-        continue;
-      }
-    }
-    last_commit = std::chrono::steady_clock::now();
-    keel::commit_batch batch;
-    for (std::size_t i = sent; i < upto; ++i) {
-      const auto& t = w.transactions[i];
-      batch.records.push_back(entry(transactions_topic, t.account, transaction_envelope(t)));
-      due_ms[i] = rate > 0 ? start_ms + static_cast<std::int64_t>(1000.0 * static_cast<double>(i) / rate) : wall_ms();
-    }
-    const auto receipt = must(log->commit(batch), "append");
-    for (std::size_t i = sent; i < upto; ++i)
-      placed[i] = {receipt.placements[i - sent].first.value(), receipt.placements[i - sent].second.value()};
-    sent = upto;
-  }
+  submissions subs{start_clock::now(), wall_ms(), std::vector<std::int64_t>(total),
+                   std::vector<std::pair<std::int32_t, std::int64_t>>(total)};
+  const auto start_ms = subs.start_ms;
+  const auto& due_ms = subs.due_ms;
+  const auto& placed = subs.placed;
+  if (rest_connections > 0)
+    submit_rest(w, daemon_address(data_dir), rest_connections, rate, subs);
+  else
+    submit_log(*log, w, rate, subs);
   // The run ends when the last decision was committed, not after the quiet
   // wait that shows it was the last.
   const auto finished_ms = wait_drained(*log, n, 500ms);

@@ -143,8 +143,7 @@ public:
     if (parts.empty()) {  // anywhere
       for (const auto& [topic, partitions] : by_topic_)
         for (const auto& [p, sleepers] : partitions)
-          for (const auto& s : sleepers)
-            if (s.idle->exchange(false)) caf::anon_send(s.task, wake_atom::value);
+          for (const auto& s : sleepers) s.wake();
       return;
     }
     for (const auto& [topic, p] : parts) {
@@ -152,8 +151,7 @@ public:
       if (t == by_topic_.end()) continue;
       auto sleepers = t->second.find(p.value());
       if (sleepers == t->second.end()) continue;
-      for (const auto& s : sleepers->second)
-        if (s.idle->exchange(false)) caf::anon_send(s.task, wake_atom::value);
+      for (const auto& s : sleepers->second) s.wake();
     }
   }
 
@@ -161,6 +159,10 @@ private:
   struct sleeper {
     caf::actor task;
     idle_flag idle;
+    /// Wakes the task if it is idle, clearing its flag: one wake per idle spell.
+    void wake() const {
+      if (idle->exchange(false)) caf::anon_send(task, wake_atom::value);
+    }
   };
   std::mutex mutex_;
   std::map<std::string, std::map<std::int32_t, std::vector<sleeper>>, std::less<>> by_topic_;  // GUARDED_BY(mutex_)

@@ -145,6 +145,7 @@ embedded_log::~embedded_log() {
     stopping_ = true;
   }
   checkpoint_cv_.notify_all();
+  watcher_cv_.notify_all();
   if (checkpointer_.joinable()) checkpointer_.join();
   if (watcher_.joinable()) watcher_.join();
 }
@@ -215,23 +216,28 @@ void embedded_log::start_watcher() {
     stmt->reset();
     return now;
   };
-  watcher_ = std::thread{[this, conn, read, last = read()]() mutable {
+  // Appends by others: the ends' sum less what this handle's writer appended.
+  // The writer counts its records before they become visible, and the count
+  // is read after the sum, so the difference never counts one of ours as
+  // theirs (it may lag by a commit in flight; the next reading catches up).
+  auto others = [this, read]() -> std::optional<std::int64_t> {
+    const auto sum = read();
+    if (!sum) return std::nullopt;
+    return *sum - own_appended_.load(std::memory_order_acquire);
+  };
+  watcher_ = std::thread{[this, conn, others, last = others()]() mutable {
     for (;;) {
       {
         std::unique_lock lock{checkpoint_mutex_};
-        if (checkpoint_cv_.wait_for(lock, options_.external_watch, [this] { return stopping_; })) return;
+        if (watcher_cv_.wait_for(lock, options_.external_watch, [this] { return stopping_; })) return;
       }
-      const auto now = read();
-      if (!now || now == last) continue;
+      const auto now = others();
+      if (!now) continue;
+      const bool appended = !last || *now > *last;
       last = now;
-      // Changed by some connection, this process's writer among them: an
-      // empty list says records may have landed in any partition.
-      std::shared_ptr<const append_listener> listener;
-      {
-        std::lock_guard lock{listener_mutex_};
-        listener = listener_;
-      }
-      if (listener) (*listener)({});
+      if (!appended) continue;  // nothing new, or this handle's own commits (their listener call told them)
+      // An empty list says records may have landed in any partition.
+      if (auto listener = current_listener()) (*listener)({});
     }
   }};
 }
@@ -547,11 +553,7 @@ result<commit_receipt> embedded_log::commit(const commit_batch& batch) {
   auto results = commit_group(group);
   // What the group appended, taken while its commits are still here.
   std::vector<std::pair<std::shared_ptr<const topic_info>, partition_id>> appended;
-  std::shared_ptr<const append_listener> listener;
-  {
-    std::lock_guard lock{listener_mutex_};
-    listener = listener_;
-  }
+  const auto listener = current_listener();
   if (listener) {
     for (std::size_t i = 0; i < group.size(); ++i) {
       if (!results[i]) continue;
@@ -585,6 +587,11 @@ result<commit_receipt> embedded_log::commit(const commit_batch& batch) {
     (*listener)(parts);
   }
   return std::move(*self.out);
+}
+
+std::shared_ptr<const embedded_log::append_listener> embedded_log::current_listener() {
+  std::lock_guard lock{listener_mutex_};
+  return listener_;
 }
 
 bool embedded_log::listen_for_appends(append_listener listener) {
@@ -634,7 +641,16 @@ std::vector<result<commit_receipt>> embedded_log::commit_group(const std::vector
       return fail_all(with_context(std::move(released).err(), "commit"));
     out.push_back(std::move(r));
   }
-  if (auto r = txn->commit(); !r) return fail_all(with_context(std::move(r).err(), "commit"));
+  // Counted before the records become visible (see start_watcher).
+  std::int64_t records = 0;
+  for (std::size_t i = 0; i < group.size(); ++i)
+    if (out[i])
+      for (const auto& [log_id, rows] : group[i]->packed->partitions) records += rows.count;
+  own_appended_.fetch_add(records, std::memory_order_release);
+  if (auto r = txn->commit(); !r) {
+    own_appended_.fetch_sub(records, std::memory_order_release);
+    return fail_all(with_context(std::move(r).err(), "commit"));
+  }
   return out;
 }
 

@@ -143,11 +143,17 @@ private:
   std::vector<pending_commit*> group_queue_;  // GUARDED_BY(group_mutex_)
   bool group_writing_ = false;                // GUARDED_BY(group_mutex_)
   std::atomic<std::int64_t> commits_{0}, transactions_{0};
+  /// Records this handle's writer appended, counted before its transaction
+  /// becomes visible: the watcher subtracts them from the partitions' ends,
+  /// so that only other handles' and processes' appends wake every task.
+  std::atomic<std::int64_t> own_appended_{0};
   std::mutex listener_mutex_;
   std::shared_ptr<const append_listener> listener_;  // GUARDED_BY(listener_mutex_)
   /// Starts the thread that tells the listener of other processes' commits.
   /// REQUIRES: listener_mutex_ held.
   void start_watcher();
+  /// A copy of the listener, taken under its mutex; null if none.
+  std::shared_ptr<const append_listener> current_listener();
   std::thread watcher_;  // started with the first listener
 
   std::mutex round_robin_mutex_;
@@ -161,6 +167,7 @@ private:
   static int on_wal_commit(void* self, struct sqlite3* db, const char* name, int pages);
   std::mutex checkpoint_mutex_;
   std::condition_variable checkpoint_cv_;
+  std::condition_variable watcher_cv_;  // the watcher's own, so that no wake meant for the checkpointer is lost
   bool checkpoint_due_ = false;   // GUARDED_BY(checkpoint_mutex_)
   bool stopping_ = false;         // GUARDED_BY(checkpoint_mutex_): also stops the watcher
   std::thread checkpointer_;
