@@ -253,7 +253,8 @@ caf::behavior task_actor(caf::stateful_actor<task_actor_state>* self, task_args 
       if (stepped->committed) {
         st.unreported = true;
         report(false);
-        poll_after(std::chrono::milliseconds{0});
+        const bool few = static_cast<std::size_t>(stepped->records) < args.options.fetch_min_records;
+        poll_after(few ? args.options.fetch_max_wait : std::chrono::milliseconds{0});
       } else {
         // Idle, perhaps for long: what the last steps did is reported now.
         report(st.unreported);
@@ -261,7 +262,8 @@ caf::behavior task_actor(caf::stateful_actor<task_actor_state>* self, task_args 
         poll_after(args.options.idle_poll);
       }
     },
-    [poll_after](wake_atom) { poll_after(std::chrono::milliseconds{0}); },
+    // The records that woke it are the first of a batch: it waits for more.
+    [poll_after, wait = args.options.fetch_max_wait](wake_atom) { poll_after(wait); },
     [self](query_atom, const std::shared_ptr<query_call>& call) {
       // The entity's state and the input positions it reflects.
       auto& engine = *self->state.engine;

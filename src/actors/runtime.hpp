@@ -23,6 +23,15 @@ struct runtime_options {
   /// idle task is woken at once by records landing in its input partitions;
   /// the poll then only catches what other processes append, and timers.
   std::chrono::milliseconds idle_poll{20};
+  /// Batching at low load, as a Kafka consumer's fetch.min.bytes and
+  /// fetch.max.wait.ms: after a step that took fewer than fetch_min_records
+  /// input records, and when woken from idle, a task waits fetch_max_wait
+  /// before it reads, so that one step (one read, one commit, one share of a
+  /// sync) carries what arrived meanwhile instead of every few records paying
+  /// for a step of their own. Adds at most fetch_max_wait to each stage's
+  /// latency; 0 reads at once.
+  std::size_t fetch_min_records = 256;
+  std::chrono::milliseconds fetch_max_wait{0};
   /// Backoff of a task after a retriable failure or a restart after a fatal one:
   /// doubles from initial up to max.
   std::chrono::milliseconds backoff_initial{100};

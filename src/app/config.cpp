@@ -236,6 +236,8 @@ result<config> load_config_text(std::string_view text, const std::string& path, 
     if (auto r = t.get("snapshot_every_ms", cfg.runtime.snapshot_every_ms); !r) return in_file(r.err());
     if (auto r = t.get("snapshot_deltas_max", cfg.runtime.snapshot_deltas_max); !r) return in_file(r.err());
     if (auto r = t.get("idle_poll_ms", cfg.runtime.idle_poll_ms); !r) return in_file(r.err());
+    if (auto r = t.get("fetch_min_records", cfg.runtime.fetch_min_records); !r) return in_file(r.err());
+    if (auto r = t.get("fetch_max_wait_ms", cfg.runtime.fetch_max_wait_ms); !r) return in_file(r.err());
     if (auto r = t.get_list("stages", cfg.runtime.stages); !r) return in_file(r.err());
     if (auto r = t.finish(); !r) return in_file(r.err());
     if (cfg.runtime.batch_max < 1 || cfg.runtime.batch_max > 100'000)
@@ -244,6 +246,10 @@ result<config> load_config_text(std::string_view text, const std::string& path, 
       return in_file(make_error(errc::invalid_argument, "runtime.snapshot_deltas_max must be 0 or more"));
     if (cfg.runtime.idle_poll_ms < 1)
       return in_file(make_error(errc::invalid_argument, "runtime.idle_poll_ms must be at least 1"));
+    if (cfg.runtime.fetch_min_records < 0 || cfg.runtime.fetch_min_records > 100'000)
+      return in_file(make_error(errc::invalid_argument, "runtime.fetch_min_records must be 0 to 100000"));
+    if (cfg.runtime.fetch_max_wait_ms < 0 || cfg.runtime.fetch_max_wait_ms > 1000)
+      return in_file(make_error(errc::invalid_argument, "runtime.fetch_max_wait_ms must be 0 to 1000"));
   }
   {
     table_reader t{root["ledger"].as_table(), "ledger."};

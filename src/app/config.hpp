@@ -85,6 +85,8 @@ struct config {
     std::int64_t snapshot_every_ms = 60'000;
     std::int64_t snapshot_deltas_max = 16;
     std::int64_t idle_poll_ms = 20;
+    std::int64_t fetch_min_records = 256;
+    std::int64_t fetch_max_wait_ms = 0;
   } runtime;
 
   struct ledger_section {

@@ -658,6 +658,8 @@ int run_serve(const std::vector<std::string>& args) {
   rt_options.task.snapshot_every_ms = cfg->runtime.snapshot_every_ms;
   rt_options.task.snapshot_in_background = true;  // tasks do not wait for the disk
   rt_options.idle_poll = std::chrono::milliseconds(cfg->runtime.idle_poll_ms);
+  rt_options.fetch_min_records = static_cast<std::size_t>(cfg->runtime.fetch_min_records);
+  rt_options.fetch_max_wait = std::chrono::milliseconds(cfg->runtime.fetch_max_wait_ms);
   rt_options.default_partitions = cfg->log.default_partitions;
   rt_options.task.check_claims = !cfg->kafka.brokers_fence;
   // On Kafka, the daemons of one application divide the partitions among
