@@ -121,6 +121,7 @@ struct bench {
     }
 
     caf::actor_system_config config;
+    runtime::configure_scheduler(config);
     caf::actor_system system{config};
     runtime::system_clock wall;
     runtime::runtime_options rt_options;

@@ -113,6 +113,7 @@ struct bench {
   std::int64_t mmap_bytes = embedded_options{}.mmap_bytes;
   std::int64_t checkpoint_pages = embedded_options{}.checkpoint_pages;
   std::int64_t snapshot_every = runtime::task_options{}.snapshot_every_events;
+  bool caf_default_scheduler = false;
   std::size_t fetch_min_records = runtime::runtime_options{}.fetch_min_records;
   std::int64_t fetch_max_wait_ms = runtime::runtime_options{}.fetch_max_wait.count();
   sqlite::sync_mode sync = sqlite::sync_mode::normal;
@@ -210,6 +211,8 @@ struct bench {
       if (auto r = log.commit(transactions_batch(std::min<std::int64_t>(5000, transactions - done), booking)); !r)
         die(r.err());
     caf::actor_system_config config;
+    if (caf_default_scheduler) config.set("scheduler.max-threads", std::size_t{2});
+    else runtime::configure_scheduler(config);
     caf::actor_system system{config};
     runtime::system_clock wall;
     runtime::runtime_options rt_options;
@@ -350,6 +353,7 @@ int main(int argc, char** argv) {
     else if (a == "--mmap-bytes") b.mmap_bytes = std::atoll(argv[i + 1]);
     else if (a == "--checkpoint-pages") b.checkpoint_pages = std::atoll(argv[i + 1]);
     else if (a == "--snapshot-every") b.snapshot_every = std::atoll(argv[i + 1]);
+    else if (a == "--scheduler") b.caf_default_scheduler = std::string_view{argv[i + 1]} == "stealing";
     else if (a == "--fetch-min-records") b.fetch_min_records = static_cast<std::size_t>(std::atoll(argv[i + 1]));
     else if (a == "--fetch-max-wait-ms") b.fetch_max_wait_ms = std::atoll(argv[i + 1]);
     else if (a == "--snapshots") b.snapshot_in_background = std::string_view{argv[i + 1]} != "inline";

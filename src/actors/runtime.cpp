@@ -468,6 +468,11 @@ caf::behavior supervisor_actor(caf::stateful_actor<supervisor_state>* self, supe
 
 } // namespace
 
+void configure_scheduler(caf::actor_system_config& config) {
+  config.set("scheduler.policy", caf::atom("sharing"));
+  config.set("scheduler.max-threads", std::size_t{2});
+}
+
 result<void> prepare_topics(log_backend& log, const std::vector<stage_spec>& stages,
                             std::int32_t default_partitions) {
   for (const auto& stage : stages) {

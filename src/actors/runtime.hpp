@@ -44,6 +44,15 @@ struct runtime_options {
   bool own_all_partitions = true;
 };
 
+/// Sets up the scheduler of an actor system the runtime is to run in. Task
+/// actors are detached (a thread each), so the scheduler's threads run only
+/// the supervisor and CAF's own actors: two threads that sleep until a job
+/// comes (work sharing). CAF's default, work stealing with a thread per core
+/// (at least four), polls for jobs every 50 microseconds for a while after
+/// each one; every status report restarts that, and on a small or virtual
+/// machine the polling cost more CPU than the tasks' work.
+void configure_scheduler(caf::actor_system_config& config);
+
 /// Checks and creates the topics the stages need: inputs (created with the
 /// default partition count when missing), outputs, changelogs and dead-letter
 /// topics. A stage whose inputs have different partition counts cannot join them

@@ -649,6 +649,7 @@ int run_serve(const std::vector<std::string>& args) {
 
   caf::actor_system_config caf_config;
   caf_config.set("logger.verbosity", caf::atom("quiet"));
+  runtime::configure_scheduler(caf_config);
   caf::actor_system system{caf_config};
   runtime::system_clock wall;
   runtime::runtime_options rt_options;

@@ -37,6 +37,11 @@ std::int64_t restarts(const runtime::runtime& rt) {
   return total;
 }
 
+/// The actor system's settings as the daemon has them.
+struct daemon_config : caf::actor_system_config {
+  daemon_config() { configure_scheduler(*this); }
+};
+
 /// A runtime's surroundings: an embedded log and snapshot store in a fresh
 /// directory, a wall clock and an actor system.
 struct embedded_setup {
@@ -45,7 +50,7 @@ struct embedded_setup {
     std::move(*embedded_log::open({.path = dir.file("log.db"), .sync = sqlite::sync_mode::off}));
   std::unique_ptr<snapshot_store> snapshots = std::move(*snapshot_store::open(dir.file("snapshots.db")));
   system_clock wall;
-  caf::actor_system_config config;
+  daemon_config config;
   caf::actor_system system{config};
 };
 
@@ -57,7 +62,7 @@ SCENARIO("the supervisor runs, restarts and stops tasks") {
   test::faulty_log log{*real};
   auto snapshots = std::move(*snapshot_store::open(dir.file("snapshots.db")));
   system_clock wall;
-  caf::actor_system_config config;
+  daemon_config config;
   caf::actor_system system{config};
   runtime_options options;
   options.idle_poll = 5ms;
