@@ -3,7 +3,10 @@
 // and keel/Redis on the s = 1 workload, and the data of the
 // latency-versus-throughput curves for gnuplot.
 //
-//   compare_report RESULTS.jsonl MARKDOWN_OUT CURVES_OUT
+//   compare_report MARKDOWN_OUT CURVES_OUT RESULTS.jsonl...
+//
+// Several results files make one report: the full run takes hours, so it may
+// be made a skew at a time.
 
 #include <boost/json.hpp>
 #include <fmt/format.h>
@@ -56,8 +59,8 @@ double num(const boost::json::object& o, const char* name) {
 } // namespace
 
 int main(int argc, char** argv) {
-  if (argc != 4) {
-    std::fprintf(stderr, "usage: compare_report RESULTS.jsonl MARKDOWN_OUT CURVES_OUT\n");
+  if (argc < 4) {
+    std::fprintf(stderr, "usage: compare_report MARKDOWN_OUT CURVES_OUT RESULTS.jsonl...\n");
     return 2;
   }
   // system -> skew -> load ("max", "50%", "80%") -> runs
@@ -65,9 +68,16 @@ int main(int argc, char** argv) {
   std::map<std::string, bool> negative;  // skew -> caught
   std::map<std::string, std::map<std::string, std::vector<double>>> recovery_ms;  // system -> skew -> runs
   std::int64_t transactions = 0, cores = 0;
-  std::ifstream in(argv[1]);
-  std::string line;
-  while (std::getline(in, line)) {
+  std::vector<std::string> lines;
+  for (int i = 3; i < argc; ++i) {
+    std::ifstream in(argv[i]);
+    if (!in) {
+      std::fprintf(stderr, "compare_report: cannot read %s\n", argv[i]);
+      return 1;
+    }
+    for (std::string line; std::getline(in, line);) lines.push_back(std::move(line));
+  }
+  for (const auto& line : lines) {
     if (line.empty()) continue;
     const auto doc = boost::json::parse(line);
     const auto& o = doc.as_object();
@@ -102,7 +112,7 @@ int main(int argc, char** argv) {
                     transactions, cores);
   md += "The machine's noise is in the last column but one: the share of CPU time the hypervisor gave to other "
         "guests (steal) and the share of time some task waited for the disk (`/proc/pressure/io`), medians over "
-        "the row's runs. It differs from run to run; a row measured while it is high is slower than the software.\n\n";
+        "the row's runs. It differs from run to run; a row measured while it is high understates the software on a quiet machine.\n\n";
   md += "| system | skew | max decisions/s | p50 / p99 / p99.9 at 50% | p50 / p99 / p99.9 at 80% | "
         "server CPU-s per 1,000 | bytes written per transaction | recovery after kill -9 (ms) | "
         "noise: steal / I/O pressure (%) | check |\n"
@@ -150,11 +160,11 @@ int main(int argc, char** argv) {
     md += fmt::format("\nNegative control (keel with de-duplication off), s = {}: {}.", skew,
                       caught ? "caught by the check" : "**not caught**");
   md += "\n";
-  std::ofstream(argv[2]) << md;
+  std::ofstream(argv[1]) << md;
 
   // The curves: for each system on s = 1, p99 against the rate achieved in the
   // open loops (a closed loop's latency is not comparable: it waits for no one).
-  std::ofstream curves(argv[3]);
+  std::ofstream curves(argv[2]);
   for (const auto& system : order) {
     if (!runs.count(system) || !runs[system].count("1")) continue;
     curves << "\"" << system << "\"\n";

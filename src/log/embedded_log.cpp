@@ -219,23 +219,23 @@ void embedded_log::start_watcher() {
   // Appends by others: the ends' sum less what this handle's writer appended.
   // The writer counts its records before they become visible, and the count
   // is read after the sum, so the difference never counts one of ours as
-  // theirs (it may lag by a commit in flight; the next reading catches up).
+  // theirs; while a commit of ours is in flight it reads low, and back up
+  // once the commit lands. Others' appends only grow (no end ever falls), so
+  // only a reading above the highest yet is news.
   auto others = [this, read]() -> std::optional<std::int64_t> {
     const auto sum = read();
     if (!sum) return std::nullopt;
     return *sum - own_appended_.load(std::memory_order_acquire);
   };
-  watcher_ = std::thread{[this, conn, others, last = others()]() mutable {
+  watcher_ = std::thread{[this, conn, others, highest = others()]() mutable {
     for (;;) {
       {
         std::unique_lock lock{checkpoint_mutex_};
         if (watcher_cv_.wait_for(lock, options_.external_watch, [this] { return stopping_; })) return;
       }
       const auto now = others();
-      if (!now) continue;
-      const bool appended = !last || *now > *last;
-      last = now;
-      if (!appended) continue;  // nothing new, or this handle's own commits (their listener call told them)
+      if (!now || (highest && *now <= *highest)) continue;  // nothing new, or our own commits (told by commit())
+      highest = now;
       // An empty list says records may have landed in any partition.
       if (auto listener = current_listener()) (*listener)({});
     }

@@ -228,6 +228,37 @@ TEST_CASE("an idle task is woken by records landing in its partition, not by its
   REQUIRE(rt.stop(10s));
 }
 
+TEST_CASE("with a fetch wait, a woken task waits for more records and takes them in one step") {
+  embedded_setup setup;
+  auto& [dir, log, snapshots, wall, config, system] = setup;
+  runtime_options options;
+  options.idle_poll = 1h;
+  options.default_partitions = 1;
+  options.fetch_min_records = 100;
+  options.fetch_max_wait = 1s;  // ten commits land well within it
+  auto started = runtime::runtime::start(system, *log, snapshots.get(), wall, {counter_stage(1)}, options);
+  REQUIRE_MESSAGE(started, (started ? "" : started.err().message));
+  auto& rt = **started;
+  REQUIRE(test::eventually([&] { return rt.ready(); }));
+  auto commits = [&] {
+    std::int64_t total = 0;
+    for (const auto& t : rt.status()) total += t.commits_total;
+    return total;
+  };
+  const auto before = commits();
+  // Ten commits of one record each: the first wakes the task, which waits
+  // for the rest instead of stepping on each.
+  for (int i = 0; i < 10; ++i) {
+    commit_batch b;
+    b.records.push_back({std::string{counter_input_topic}, std::nullopt, record{"k", R"({"amount": 1})", i, {}}});
+    REQUIRE(log->commit(b));
+  }
+  REQUIRE(test::eventually([&] { return consumed(rt) == 10; }, 20s));
+  REQUIRE(test::eventually([&] { return commits() > before; }, 5s));
+  CHECK(commits() == before + 1);
+  REQUIRE(rt.stop(10s));
+}
+
 TEST_CASE("a runtime that owns no partitions runs the tasks of the partitions assigned to it, and stops the revoked ones") {
   embedded_setup setup;
   auto& [dir, log, snapshots, wall, config, system] = setup;

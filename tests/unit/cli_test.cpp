@@ -111,6 +111,13 @@ default_partitions = 8
   auto unusable = load_config_text("[log]\ndefault_partitions = -3\n", "t.toml");
   REQUIRE_FALSE(unusable);
   CHECK(unusable.err().message.find("log.default_partitions must be 1 to 10000") != std::string::npos);
+  auto wait = load_config_text("[runtime]\nfetch_max_wait_ms = 5000\n", "t.toml");
+  REQUIRE_FALSE(wait);
+  CHECK(wait.err().message.find("runtime.fetch_max_wait_ms must be 0 to 1000") != std::string::npos);
+  auto fetch = load_config_text("[runtime]\nfetch_min_records = 64\nfetch_max_wait_ms = 3\n", "t.toml");
+  REQUIRE_MESSAGE(fetch, (fetch ? "" : fetch.err().message));
+  CHECK(fetch->runtime.fetch_min_records == 64);
+  CHECK(fetch->runtime.fetch_max_wait_ms == 3);
 
   test::write_file(path, "[log]\nsynchronous = \"sometimes\"\n");
   CHECK_FALSE(load_config_file(path));
