@@ -5,7 +5,7 @@
 //   ledger_bench [--transactions N] [--accounts N] [--clients N]
 //                [--synchronous normal|full] [--partitions N] [--batch N] [--dir DIR]
 //                [--snapshots background|inline] [--snapshot-every EVENTS] [--mmap-bytes N] [--checkpoint-pages N]
-//                [--fetch-min-records N] [--fetch-max-wait-ms MS]
+//                [--fetch-min-records N] [--fetch-max-wait-ms MS] [--scheduler sharing|stealing]
 //
 // 1. Throughput: N transactions appended up front; time until the clients stage
 //    has committed the limit decision for every one.
@@ -305,7 +305,7 @@ struct bench {
     std::sort(latencies.begin(), latencies.end());
     auto pct = [&](double q) { return latencies.empty() ? 0 : latencies[static_cast<std::size_t>(q * (latencies.size() - 1))]; };
     std::printf("latency     synchronous=%-6s at %.0f transactions/s (half the maximum; %.0f offered), %zu transactions: "
-                "p50 %lld ms, p99 %lld ms, max %lld ms (append to committed limit decision; "
+                "p50 %lld ms, p99 %lld ms, max %lld ms (due to committed limit decision; "
                 "%.1f us of CPU a transaction; %s)\n",
                 std::string{sqlite::to_string(sync)}.c_str(), target,
                 static_cast<double>(latency_transactions) / offered_s, latencies.size(),
@@ -365,7 +365,7 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "usage: ledger_bench [--transactions N] [--accounts N] [--clients N] "
                            "[--synchronous normal|full] [--partitions N] [--batch N] [--dir DIR] "
                            "[--snapshots background|inline] [--snapshot-every EVENTS] [--mmap-bytes N] [--checkpoint-pages N] "
-                           "[--fetch-min-records N] [--fetch-max-wait-ms MS]\n");
+                           "[--fetch-min-records N] [--fetch-max-wait-ms MS] [--scheduler sharing|stealing]\n");
       return 2;
     }
   }

@@ -52,6 +52,13 @@ struct embedded_setup {
   system_clock wall;
   daemon_config config;
   caf::actor_system system{config};
+
+  /// A runtime of one stage on this setup; fails the test if it does not start.
+  std::unique_ptr<runtime::runtime> start(stage_spec stage, const runtime_options& options) {
+    auto started = runtime::runtime::start(system, *log, snapshots.get(), wall, {std::move(stage)}, options);
+    REQUIRE_MESSAGE(started, (started ? "" : started.err().message));
+    return std::move(*started);
+  }
 };
 
 } // namespace
@@ -206,9 +213,8 @@ TEST_CASE("an idle task is woken by records landing in its partition, not by its
   runtime_options options;
   options.idle_poll = 1h;  // a poll would come too late for this test
   options.default_partitions = 2;
-  auto started = runtime::runtime::start(system, *log, snapshots.get(), wall, {counter_stage(2)}, options);
-  REQUIRE_MESSAGE(started, (started ? "" : started.err().message));
-  auto& rt = **started;
+  auto started = setup.start(counter_stage(2), options);
+  auto& rt = *started;
   REQUIRE(test::eventually([&] { return rt.ready(); }));
 
   // Rounds of increments, each after the tasks went idle again.
@@ -236,9 +242,8 @@ TEST_CASE("with a fetch wait, a woken task waits for more records and takes them
   options.default_partitions = 1;
   options.fetch_min_records = 100;
   options.fetch_max_wait = 1s;  // ten commits land well within it
-  auto started = runtime::runtime::start(system, *log, snapshots.get(), wall, {counter_stage(1)}, options);
-  REQUIRE_MESSAGE(started, (started ? "" : started.err().message));
-  auto& rt = **started;
+  auto started = setup.start(counter_stage(1), options);
+  auto& rt = *started;
   REQUIRE(test::eventually([&] { return rt.ready(); }));
   auto commits = [&] {
     std::int64_t total = 0;
@@ -266,9 +271,8 @@ TEST_CASE("a runtime that owns no partitions runs the tasks of the partitions as
   options.idle_poll = 5ms;
   options.default_partitions = 4;
   options.own_all_partitions = false;
-  auto started = runtime::runtime::start(system, *log, snapshots.get(), wall, {counter_stage(4)}, options);
-  REQUIRE_MESSAGE(started, (started ? "" : started.err().message));
-  auto& rt = **started;
+  auto started = setup.start(counter_stage(4), options);
+  auto& rt = *started;
   CHECK(rt.status().empty());
 
   // 40 increments of 1 on keys spread over the four partitions.
