@@ -6,10 +6,12 @@
 //                [--synchronous normal|full] [--partitions N] [--batch N] [--dir DIR]
 //                [--snapshots background|inline] [--snapshot-every EVENTS] [--mmap-bytes N] [--checkpoint-pages N]
 //                [--fetch-min-records N] [--fetch-max-wait-ms MS] [--scheduler sharing|stealing]
+//                [--latency-rate TX_PER_S]
 //
 // 1. Throughput: N transactions appended up front; time until the clients stage
 //    has committed the limit decision for every one.
-// 2. Latency: transactions appended open-loop at half that rate (every
+// 2. Latency: transactions appended open-loop at half that rate, or at
+//    --latency-rate (every
 //    millisecond, what is due by then), each stamped with the time it was due;
 //    its latency is the time until the clients stage's committed position
 //    passes its balance change (polled every millisecond from the log). A late
@@ -117,6 +119,7 @@ struct bench {
   std::size_t fetch_min_records = runtime::runtime_options{}.fetch_min_records;
   std::int64_t fetch_max_wait_ms = runtime::runtime_options{}.fetch_max_wait.count();
   sqlite::sync_mode sync = sqlite::sync_mode::normal;
+  double latency_rate = 0;  // transactions/s of the latency phase; 0: half the measured maximum
   std::mt19937_64 rng{7};
   std::int64_t next_id = 0;
 
@@ -239,8 +242,8 @@ struct bench {
                 throughput_noise.since_start().c_str());
     std::fflush(stdout);
 
-    // 2. Latency at half that rate, open loop.
-    const double target = rate / 2;
+    // 2. Latency at half that rate (or at --latency-rate), open loop.
+    const double target = latency_rate > 0 ? latency_rate : rate / 2;
     const auto latency_transactions = std::min<std::int64_t>(transactions, static_cast<std::int64_t>(target * 10));
     const auto base_offsets = [&] {
       std::vector<std::int64_t> ends;
@@ -304,11 +307,11 @@ struct bench {
     }
     std::sort(latencies.begin(), latencies.end());
     auto pct = [&](double q) { return latencies.empty() ? 0 : latencies[static_cast<std::size_t>(q * (latencies.size() - 1))]; };
-    std::printf("latency     synchronous=%-6s at %.0f transactions/s (half the maximum; %.0f offered), %zu transactions: "
+    std::printf("latency     synchronous=%-6s at %.0f transactions/s (%s; %.0f offered), %zu transactions: "
                 "p50 %lld ms, p99 %lld ms, max %lld ms (due to committed limit decision; "
                 "%.1f us of CPU a transaction; %s)\n",
                 std::string{sqlite::to_string(sync)}.c_str(), target,
-                static_cast<double>(latency_transactions) / offered_s, latencies.size(),
+                latency_rate > 0 ? "as asked" : "half the maximum", static_cast<double>(latency_transactions) / offered_s, latencies.size(),
                 static_cast<long long>(pct(0.5)), static_cast<long long>(pct(0.99)),
                 static_cast<long long>(latencies.empty() ? 0 : latencies.back()),
                 1e6 * latency_cpu_s / static_cast<double>(std::max<std::int64_t>(1, latency_transactions)),
@@ -356,6 +359,7 @@ int main(int argc, char** argv) {
     else if (a == "--scheduler") b.caf_default_scheduler = std::string_view{argv[i + 1]} == "stealing";
     else if (a == "--fetch-min-records") b.fetch_min_records = static_cast<std::size_t>(std::atoll(argv[i + 1]));
     else if (a == "--fetch-max-wait-ms") b.fetch_max_wait_ms = std::atoll(argv[i + 1]);
+    else if (a == "--latency-rate") b.latency_rate = std::atof(argv[i + 1]);
     else if (a == "--snapshots") b.snapshot_in_background = std::string_view{argv[i + 1]} != "inline";
     else if (a == "--synchronous") {
       auto m = sqlite::parse_sync_mode(argv[i + 1]);
@@ -365,7 +369,8 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "usage: ledger_bench [--transactions N] [--accounts N] [--clients N] "
                            "[--synchronous normal|full] [--partitions N] [--batch N] [--dir DIR] "
                            "[--snapshots background|inline] [--snapshot-every EVENTS] [--mmap-bytes N] [--checkpoint-pages N] "
-                           "[--fetch-min-records N] [--fetch-max-wait-ms MS] [--scheduler sharing|stealing]\n");
+                           "[--fetch-min-records N] [--fetch-max-wait-ms MS] [--scheduler sharing|stealing] "
+                           "[--latency-rate TX_PER_S]\n");
       return 2;
     }
   }

@@ -192,6 +192,7 @@ struct task_actor_state {
   // stale, so a task never runs two chains of polls.
   std::uint64_t poll_token = 0;
   bool unreported = false;  // committed since the last status report
+  bool report_scheduled = false;  // a delayed report to itself is on its way
   std::chrono::steady_clock::time_point last_report{};
   static inline const char* name = "keel.task";
 };
@@ -227,9 +228,24 @@ caf::behavior task_actor(caf::stateful_actor<task_actor_state>* self, task_args 
     self->state.unreported = false;
     self->send(supervisor, report_atom::value, self->state.engine->status());
   };
+  // Going idle, a task reports what its last steps did, but no more often
+  // than every report_interval: at a low rate a task goes idle after nearly
+  // every step, hundreds of times a second, and each report is a copy of its
+  // status and a message the supervisor's thread wakes up for.
+  auto report_when_due = [self, report] {
+    auto& st = self->state;
+    if (!st.unreported) return;
+    const auto since = std::chrono::steady_clock::now() - st.last_report;
+    if (since >= report_interval) return report(true);
+    if (st.report_scheduled) return;
+    st.report_scheduled = true;
+    self->delayed_send(self, std::chrono::duration_cast<std::chrono::milliseconds>(report_interval - since) +
+                               std::chrono::milliseconds{1},
+                       report_atom::value);
+  };
 
   return {
-    [self, args, report, poll_after](poll_atom, std::uint64_t token) {
+    [self, args, report, report_when_due, poll_after](poll_atom, std::uint64_t token) {
       auto& st = self->state;
       if (token != st.poll_token) return;  // superseded by a wake
       st.idle->store(false);
@@ -256,11 +272,15 @@ caf::behavior task_actor(caf::stateful_actor<task_actor_state>* self, task_args 
         const bool few = static_cast<std::size_t>(stepped->records) < args.options.fetch_min_records;
         poll_after(few ? args.options.fetch_max_wait : std::chrono::milliseconds{0});
       } else {
-        // Idle, perhaps for long: what the last steps did is reported now.
-        report(st.unreported);
+        // Idle, perhaps for long: what the last steps did is reported soon.
+        report_when_due();
         st.idle->store(true);
         poll_after(args.options.idle_poll);
       }
+    },
+    [self, report](report_atom) {
+      self->state.report_scheduled = false;
+      if (self->state.unreported) report(true);
     },
     // The records that woke it are the first of a batch: it waits for more.
     [poll_after, wait = args.options.fetch_max_wait](wake_atom) { poll_after(wait); },

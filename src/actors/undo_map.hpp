@@ -2,6 +2,7 @@
 
 #include "base/assert.hpp"
 
+#include <array>
 #include <cstdint>
 #include <iterator>
 #include <optional>
@@ -24,9 +25,17 @@ namespace keel::runtime {
 /// A change costs one lookup: each entry carries the batch that saved it and
 /// its place in the changed set, so the hot path (a key changed again)
 /// neither hashes the key a second time nor copies it.
+///
+/// The entries live in `shard_count` hash maps, chosen by the key's hash. A
+/// map that only grows (a ledger's applied transactions: millions of keys)
+/// rehashes one shard at a time, so growing stops the task for a 64th of
+/// what one map's rehash would (one map of 400,000 entries: tens of ms,
+/// every entry's node visited, most of them cache misses).
 template <class K, class V, class Hash = std::hash<K>, class Eq = std::equal_to<K>>
 class undo_map {
   static constexpr std::size_t unchanged = static_cast<std::size_t>(-1);
+  static constexpr std::size_t shard_bits = 6;
+  static constexpr std::size_t shard_count = std::size_t{1} << shard_bits;
   struct slot {
     V value;
     std::uint64_t saved_in = 0;       // the batch whose undo log holds this key's prior value
@@ -34,12 +43,13 @@ class undo_map {
   };
   using slots = std::unordered_map<K, slot, Hash, Eq>;
   using node = typename slots::value_type;
+  using shards = std::array<slots, shard_count>;
 
 public:
   using map_type = std::unordered_map<K, V, Hash, Eq>;
   using mapped_type = V;
 
-  /// The entries as (key, value) pairs, for iteration and size.
+  /// The entries as (key, value) pairs, for iteration and size; in no order.
   class view {
   public:
     class iterator {
@@ -49,25 +59,41 @@ public:
       using difference_type = std::ptrdiff_t;
       using pointer = void;
       using reference = value_type;
-      explicit iterator(typename slots::const_iterator it) : it_(it) {}
+      /// At the first entry of shard `shard` or after it; end() at shard_count.
+      iterator(const shards* s, std::size_t shard) : shards_(s), shard_(shard) {
+        if (shard_ < shard_count) {
+          it_ = (*shards_)[shard_].begin();
+          skip_empty();
+        }
+      }
       value_type operator*() const { return {it_->first, it_->second.value}; }
       iterator& operator++() {
         ++it_;
+        skip_empty();
         return *this;
       }
-      bool operator==(const iterator& o) const { return it_ == o.it_; }
-      bool operator!=(const iterator& o) const { return it_ != o.it_; }
+      bool operator==(const iterator& o) const { return shard_ == o.shard_ && (shard_ == shard_count || it_ == o.it_); }
+      bool operator!=(const iterator& o) const { return !(*this == o); }
 
     private:
-      typename slots::const_iterator it_;
+      void skip_empty() {
+        while (it_ == (*shards_)[shard_].end()) {
+          if (++shard_ == shard_count) return;
+          it_ = (*shards_)[shard_].begin();
+        }
+      }
+      const shards* shards_;
+      std::size_t shard_;
+      typename slots::const_iterator it_{};
     };
-    explicit view(const slots& s) : slots_(s) {}
-    iterator begin() const { return iterator{slots_.begin()}; }
-    iterator end() const { return iterator{slots_.end()}; }
-    std::size_t size() const noexcept { return slots_.size(); }
+    view(const shards& s, std::size_t size) : shards_(s), size_(size) {}
+    iterator begin() const { return iterator{&shards_, 0}; }
+    iterator end() const { return iterator{&shards_, shard_count}; }
+    std::size_t size() const noexcept { return size_; }
 
   private:
-    const slots& slots_;
+    const shards& shards_;
+    std::size_t size_;
   };
 
   /// Starts recording changes. REQUIRES: no batch is open.
@@ -84,12 +110,14 @@ public:
   /// Reverts every change since begin(), newest first.
   void rollback() {
     for (auto it = undo_.rbegin(); it != undo_.rend(); ++it) {
+      auto& shard = shard_of(it->first);
       if (it->second) {
-        auto node_it = map_.try_emplace(it->first).first;
+        auto [node_it, inserted] = shard.try_emplace(it->first);
+        size_ += inserted ? 1 : 0;
         node_it->second.value = std::move(*it->second);
         mark_changed(*node_it);
-      } else if (auto node_it = map_.find(it->first); node_it != map_.end()) {
-        remove(node_it);
+      } else if (auto node_it = shard.find(it->first); node_it != shard.end()) {
+        remove(shard, node_it);
       }
     }
     undo_.clear();
@@ -97,12 +125,14 @@ public:
   }
 
   const V* find(const K& key) const {
-    auto it = map_.find(key);
-    return it == map_.end() ? nullptr : &it->second.value;
+    const auto& shard = shard_of(key);
+    auto it = shard.find(key);
+    return it == shard.end() ? nullptr : &it->second.value;
   }
   /// The value to change (default-constructed if absent), its prior state saved.
   V& touch(const K& key) {
-    auto [it, inserted] = map_.try_emplace(key);
+    auto [it, inserted] = shard_of(key).try_emplace(key);
+    size_ += inserted ? 1 : 0;
     auto& s = it->second;
     if (open_ && (inserted || s.saved_in != batch_)) {
       undo_.emplace_back(key, inserted ? std::nullopt : std::optional<V>{s.value});
@@ -112,18 +142,22 @@ public:
     return s.value;
   }
   void erase(const K& key) {
-    auto it = map_.find(key);
-    if (it == map_.end()) return;
+    auto& shard = shard_of(key);
+    auto it = shard.find(key);
+    if (it == shard.end()) return;
     auto& s = it->second;
     if (open_ && s.saved_in != batch_) undo_.emplace_back(key, std::optional<V>{std::move(s.value)});
-    remove(it);
+    remove(shard, it);
   }
   /// Replaces everything (restore). REQUIRES: no batch is open.
   void reset(map_type contents = {}) {
     KEEL_ASSERT(!open_, "undo_map: reset() inside a batch");
-    map_.clear();
-    map_.reserve(contents.size());
-    for (auto& [key, value] : contents) map_.emplace(key, slot{std::move(value), 0, unchanged});
+    for (auto& shard : shards_) {
+      shard.clear();
+      shard.reserve(contents.size() / shard_count);
+    }
+    for (auto& [key, value] : contents) shard_of(key).emplace(key, slot{std::move(value), 0, unchanged});
+    size_ = contents.size();
     changed_.clear();
     changed_live_ = 0;
     erased_.clear();
@@ -132,14 +166,19 @@ public:
   /// counting it as a change. REQUIRES: no batch is open.
   void load_entry(const K& key, std::optional<V> value) {
     KEEL_ASSERT(!open_, "undo_map: load_entry() inside a batch");
-    auto it = map_.find(key);
+    auto& shard = shard_of(key);
+    auto it = shard.find(key);
     if (!value) {
-      if (it == map_.end()) return;
+      if (it == shard.end()) return;
       forget_change(it->second);
-      map_.erase(it);
+      shard.erase(it);
+      --size_;
       return;
     }
-    if (it == map_.end()) it = map_.try_emplace(key).first;
+    if (it == shard.end()) {
+      it = shard.try_emplace(key).first;
+      ++size_;
+    }
     it->second.value = std::move(*value);
     it->second.saved_in = 0;
   }
@@ -152,11 +191,11 @@ public:
     for (const node* n : changed_)
       if (n != nullptr) fn(n->first, &n->second.value);
     for (const auto& key : erased_)
-      if (map_.find(key) == map_.end()) fn(key, static_cast<const V*>(nullptr));  // present again: reported above
+      if (find(key) == nullptr) fn(key, static_cast<const V*>(nullptr));  // present again: reported above
   }
   std::size_t changes() const {
     std::size_t n = changed_live_;
-    for (const auto& key : erased_) n += map_.find(key) == map_.end() ? 1 : 0;
+    for (const auto& key : erased_) n += find(key) == nullptr ? 1 : 0;
     return n;
   }
   /// Forgets the changes: a snapshot now holds them.
@@ -168,10 +207,20 @@ public:
     erased_.clear();
   }
 
-  view items() const noexcept { return view{map_}; }
-  std::size_t size() const noexcept { return map_.size(); }
+  view items() const noexcept { return view{shards_, size_}; }
+  std::size_t size() const noexcept { return size_; }
 
 private:
+  // Fibonacci hashing of the key's hash picks the shard from its high bits:
+  // a hash that is the identity (integers) spreads too, and the bits the
+  // shard's own buckets use stay independent of it.
+  static std::size_t shard_index(const K& key) {
+    const auto h = static_cast<std::uint64_t>(Hash{}(key));
+    return static_cast<std::size_t>((h * 0x9E3779B97F4A7C15ull) >> (64 - shard_bits));
+  }
+  slots& shard_of(const K& key) { return shards_[shard_index(key)]; }
+  const slots& shard_of(const K& key) const { return shards_[shard_index(key)]; }
+
   // The changed set holds nodes, whose addresses an unordered_map keeps
   // until they are erased: marking a change hashes nothing and copies no key.
   void mark_changed(node& n) {
@@ -187,13 +236,15 @@ private:
     --changed_live_;
   }
   /// Erases an entry as a change: reported as removed unless added again.
-  void remove(typename slots::iterator it) {
+  void remove(slots& shard, typename slots::iterator it) {
     forget_change(it->second);
     erased_.insert(it->first);
-    map_.erase(it);
+    shard.erase(it);
+    --size_;
   }
 
-  slots map_;
+  shards shards_;
+  std::size_t size_ = 0;
   std::vector<std::pair<K, std::optional<V>>> undo_;  // prior values, first change of each key
   std::vector<node*> changed_;                        // changed since mark_clean(); nullptr once erased
   std::size_t changed_live_ = 0;                      // non-null entries of changed_

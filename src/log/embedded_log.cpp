@@ -1,5 +1,6 @@
 #include "log/embedded_log.hpp"
 
+#include "log/background.hpp"
 #include "log/partitioner.hpp"
 #include "log/record_batch.hpp"
 #include "base/logging.hpp"
@@ -163,6 +164,7 @@ int embedded_log::on_wal_commit(void* self, sqlite3*, const char*, int pages) {
 }
 
 void embedded_log::checkpoint_loop() {
+  lower_this_thread_priority("checkpointer");
   auto db = sqlite::connection::open(options_.path, sqlite::open_mode::read_write);
   // A connection learns that the file is in WAL mode on its first read; until
   // then a checkpoint does nothing.

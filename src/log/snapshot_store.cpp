@@ -1,5 +1,7 @@
 #include "log/snapshot_store.hpp"
 
+#include "log/background.hpp"
+
 #include <sqlite3.h>
 
 namespace keel {
@@ -124,6 +126,9 @@ void snapshot_store::flush() {
 }
 
 void snapshot_store::run_writer() {
+  // Summing a chain up costs a whole state's decoding and encoding: the
+  // tasks' steps come first.
+  lower_this_thread_priority("snapshot writer");
   std::unique_lock lock{queue_mutex_};
   for (;;) {
     queue_changed_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
