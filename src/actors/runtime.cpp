@@ -118,16 +118,19 @@ private:
 
 /// The tasks to wake when records land in a partition they read: those whose
 /// last step found nothing (their idle flag is set). A task is woken once per
-/// idle spell, however many commits land meanwhile.
+/// idle spell, however many commits land meanwhile. Busy or not, a task is
+/// told that records landed (its appended flag), so that after a step it
+/// reads again only if something came.
 class runtime::waker {
 public:
-  using idle_flag = std::shared_ptr<std::atomic<bool>>;
+  using flag = std::shared_ptr<std::atomic<bool>>;
 
-  void enlist(const std::vector<std::string>& topics, partition_id p, const caf::actor& task, const idle_flag& idle) {
+  void enlist(const std::vector<std::string>& topics, partition_id p, const caf::actor& task, const flag& idle,
+              const flag& appended) {
     std::lock_guard lock{mutex_};
-    for (const auto& topic : topics) by_topic_[topic][p.value()].push_back({task, idle});
+    for (const auto& topic : topics) by_topic_[topic][p.value()].push_back({task, idle, appended});
   }
-  void remove(const idle_flag& idle) {
+  void remove(const flag& idle) {
     std::lock_guard lock{mutex_};
     for (auto& [topic, partitions] : by_topic_)
       for (auto& [p, sleepers] : partitions)
@@ -158,9 +161,13 @@ public:
 private:
   struct sleeper {
     caf::actor task;
-    idle_flag idle;
-    /// Wakes the task if it is idle, clearing its flag: one wake per idle spell.
+    flag idle;
+    flag appended;
+    /// Tells the task that records landed, and wakes it if it is idle,
+    /// clearing its flag: one wake per idle spell. appended is set first: a
+    /// task that sets idle and then finds appended clear will be woken.
     void wake() const {
+      appended->store(true);
       if (idle->exchange(false)) caf::anon_send(task, wake_atom::value);
     }
   };
@@ -188,6 +195,9 @@ struct task_actor_state {
   std::chrono::milliseconds backoff{0};
   // Set while the task waits for input; cleared by whoever wakes it.
   std::shared_ptr<std::atomic<bool>> idle = std::make_shared<std::atomic<bool>>(false);
+  // Set by the waker when records land in an input partition; cleared before
+  // each step reads (only where the log tells of appends).
+  std::shared_ptr<std::atomic<bool>> appended = std::make_shared<std::atomic<bool>>(false);
   // Only the newest scheduled poll steps: a wake makes a pending delayed poll
   // stale, so a task never runs two chains of polls.
   std::uint64_t poll_token = 0;
@@ -211,7 +221,7 @@ caf::behavior task_actor(caf::stateful_actor<task_actor_state>* self, task_args 
       status.restore_ms);
   self->send(args.supervisor, report_atom::value, std::move(status));
   if (args.wakes) {
-    args.wakes->enlist(args.spec->inputs, args.partition, caf::actor_cast<caf::actor>(self), st.idle);
+    args.wakes->enlist(args.spec->inputs, args.partition, caf::actor_cast<caf::actor>(self), st.idle, st.appended);
     self->attach_functor([wakes = args.wakes, idle = st.idle] { wakes->remove(idle); });
   }
   auto poll_after = [self](std::chrono::milliseconds delay) {
@@ -244,11 +254,23 @@ caf::behavior task_actor(caf::stateful_actor<task_actor_state>* self, task_args 
                        report_atom::value);
   };
 
+  // Waits for input: until a wake, or the idle poll (wall-clock timers come
+  // due without input). Records that landed while it stepped, which the waker
+  // saw it busy for and so did not wake it, are read at once.
+  auto go_idle = [self, report_when_due, poll_after, idle_poll = args.options.idle_poll] {
+    auto& st = self->state;
+    report_when_due();
+    st.idle->store(true);
+    if (st.appended->load() && st.idle->exchange(false)) return poll_after(std::chrono::milliseconds{0});
+    poll_after(idle_poll);
+  };
+
   return {
-    [self, args, report, report_when_due, poll_after](poll_atom, std::uint64_t token) {
+    [self, args, report, go_idle, poll_after](poll_atom, std::uint64_t token) {
       auto& st = self->state;
       if (token != st.poll_token) return;  // superseded by a wake
       st.idle->store(false);
+      st.appended->store(false);  // what lands from now on is news to this step's reads
       auto stepped = st.engine->step();
       if (!stepped) {
         if (is_fatal(stepped.err())) {
@@ -270,12 +292,15 @@ caf::behavior task_actor(caf::stateful_actor<task_actor_state>* self, task_args 
         st.unreported = true;
         report(false);
         const bool few = static_cast<std::size_t>(stepped->records) < args.options.fetch_min_records;
-        poll_after(few ? args.options.fetch_max_wait : std::chrono::milliseconds{0});
+        if (few && args.options.fetch_max_wait.count() > 0) return poll_after(args.options.fetch_max_wait);
+        // A step that read less than a batch read all there was: unless the
+        // waker says records landed since, another read would find nothing
+        // (at a low rate, nearly every step was followed by such a read).
+        const bool drained = static_cast<std::size_t>(stepped->records) < args.options.task.batch_max;
+        if (args.wakes && drained && !st.appended->load()) return go_idle();
+        poll_after(std::chrono::milliseconds{0});
       } else {
-        // Idle, perhaps for long: what the last steps did is reported soon.
-        report_when_due();
-        st.idle->store(true);
-        poll_after(args.options.idle_poll);
+        go_idle();
       }
     },
     [self, report](report_atom) {

@@ -17,6 +17,7 @@
 
 #include <map>
 #include <set>
+#include <thread>
 
 using namespace keel;
 using namespace keel::runtime;
@@ -231,6 +232,31 @@ TEST_CASE("an idle task is woken by records landing in its partition, not by its
     REQUIRE(*answer);
     CHECK((*answer)->find(fmt::format(R"("count":{})", round)) != std::string::npos);
   }
+  REQUIRE(rt.stop(10s));
+}
+
+TEST_CASE("records that land while a task steps are read without a poll, however the commits fall") {
+  embedded_setup setup;
+  auto& [dir, log, snapshots, wall, config, system] = setup;
+  runtime_options options;
+  options.idle_poll = 1h;  // a record missed by the wake would wait for it
+  options.default_partitions = 1;
+  auto started = setup.start(counter_stage(1), options);
+  auto& rt = *started;
+  REQUIRE(test::eventually([&] { return rt.ready(); }));
+  // One-record commits back to back: they land before, during and after the
+  // task's steps and its turns to idle.
+  constexpr int commits = 300;
+  for (int i = 0; i < commits; ++i) {
+    commit_batch b;
+    b.records.push_back({std::string{counter_input_topic}, std::nullopt, record{"k", R"({"amount": 1})", i, {}}});
+    REQUIRE(log->commit(b));
+  }
+  REQUIRE(test::eventually([&] { return consumed(rt) == commits; }, 20s));
+  auto answer = rt.query("counter", "k", 5s);
+  REQUIRE(answer);
+  REQUIRE(*answer);
+  CHECK((*answer)->find(fmt::format(R"("count":{})", commits)) != std::string::npos);
   REQUIRE(rt.stop(10s));
 }
 
