@@ -328,9 +328,12 @@ struct bench {
                      : fmt::format(" more:{}", buckets[i]);
     std::printf("task commits%s\n", histogram.c_str());
     const auto grouped = log.commit_stats();
-    std::printf("commits     %lld commits in %lld SQLite transactions (%.1f a transaction)\n",
+    std::printf("commits     %lld commits in %lld SQLite transactions (%.1f a transaction); %lld checkpoints, "
+                "the WAL restarted %lld times by the checkpointer, at most %lld pages\n",
                 static_cast<long long>(grouped.commits), static_cast<long long>(grouped.transactions),
-                grouped.transactions == 0 ? 0.0 : static_cast<double>(grouped.commits) / static_cast<double>(grouped.transactions));
+                grouped.transactions == 0 ? 0.0 : static_cast<double>(grouped.commits) / static_cast<double>(grouped.transactions),
+                static_cast<long long>(grouped.checkpoints), static_cast<long long>(grouped.wal_restarts),
+                static_cast<long long>(grouped.wal_pages_max));
     std::fflush(stdout);
     (void)(*rt)->stop(10s);
   }

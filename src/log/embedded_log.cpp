@@ -103,6 +103,7 @@ result<bool> check_file_header(const std::string& path) {
 } // namespace
 
 struct embedded_log::reader {
+  std::size_t epoch = 0;  // of the lease that holds it (readers_in_epoch_)
   sqlite::connection db;
   sqlite::statement read;
   sqlite::statement offsets;
@@ -153,7 +154,13 @@ embedded_log::~embedded_log() {
 
 int embedded_log::on_wal_commit(void* self, sqlite3*, const char*, int pages) {
   auto* log = static_cast<embedded_log*>(self);
-  if (pages >= log->options_.checkpoint_pages) {
+  // Counted from where the last checkpoint began: while readers keep the WAL
+  // from restarting at its start, its size stays above checkpoint_pages, and
+  // a checkpoint after every commit (each syncing the database file, hundreds
+  // a second) would keep the disk busy that the commits' syncs wait for.
+  auto from = log->checkpoint_from_pages_.load(std::memory_order_relaxed);
+  if (pages < from) from = 0;  // the WAL restarted
+  if (pages - from >= log->options_.checkpoint_pages) {
     {
       std::lock_guard lock{log->checkpoint_mutex_};
       log->checkpoint_due_ = true;
@@ -164,7 +171,6 @@ int embedded_log::on_wal_commit(void* self, sqlite3*, const char*, int pages) {
 }
 
 void embedded_log::checkpoint_loop() {
-  lower_this_thread_priority("checkpointer");
   auto db = sqlite::connection::open(options_.path, sqlite::open_mode::read_write);
   // A connection learns that the file is in WAL mode on its first read; until
   // then a checkpoint does nothing.
@@ -189,9 +195,43 @@ void embedded_log::checkpoint_loop() {
     // commits go on while the pages are written and synced.
     int wal_pages = 0, copied = 0;
     const int rc = sqlite3_wal_checkpoint_v2(db->handle(), nullptr, SQLITE_CHECKPOINT_PASSIVE, &wal_pages, &copied);
+    checkpoints_.fetch_add(1, std::memory_order_relaxed);
+    if (rc == SQLITE_OK) {
+      checkpoint_from_pages_.store(wal_pages, std::memory_order_relaxed);
+      if (wal_pages > wal_pages_max_.load(std::memory_order_relaxed))
+        wal_pages_max_.store(wal_pages, std::memory_order_relaxed);
+    }
+    if (rc == SQLITE_OK && wal_pages >= wal_restart_pages()) restart_wal(*db);
     if (rc != SQLITE_OK && rc != SQLITE_BUSY)
       log(log_level::warn, "log", "{}: checkpoint failed: {}", options_.path, sqlite3_errstr(rc));
   }
+}
+
+// SQLite writes the WAL from its start again only when a commit begins with
+// the WAL wholly copied back and no reader still reading frames of it. With
+// the tasks reading all the time that moment never comes: a checkpoint may
+// not copy back what a reader's snapshot does not hold yet, and there is
+// always a reader whose snapshot is older than the last commit. Under a
+// steady load the WAL grew past a gigabyte, and as it grows every page a
+// reader reads is looked up in more of its index, and every sync that
+// extends the file waits for the file system's journal. So once the WAL is
+// this large the checkpointer makes the moment: it holds the commits of this
+// process off, waits for the readers that started before (each read is
+// short; at most 20 ms), copies back the rest, now that every snapshot has
+// it, waits for the readers once more, and lets the next commit write the
+// WAL from its start. What it copies under the hold is only what readers kept
+// it from copying just before.
+void embedded_log::restart_wal(sqlite::connection& db) {
+  int size = 0, copied = 0;
+  // Copy back what can be, without holding anyone off.
+  if (sqlite3_wal_checkpoint_v2(db.handle(), nullptr, SQLITE_CHECKPOINT_PASSIVE, &size, &copied) != SQLITE_OK) return;
+  std::lock_guard hold{writer_mutex_};
+  constexpr auto wait = std::chrono::milliseconds{20};
+  if (!drain_readers(wait)) return;
+  if (sqlite3_wal_checkpoint_v2(db.handle(), nullptr, SQLITE_CHECKPOINT_PASSIVE, &size, &copied) != SQLITE_OK ||
+      copied != size)
+    return;
+  if (drain_readers(wait)) wal_restarts_.fetch_add(1, std::memory_order_relaxed);
 }
 
 void embedded_log::start_watcher() {
@@ -775,6 +815,8 @@ result<std::unique_ptr<embedded_log::reader>> embedded_log::acquire_reader() {
     if (!idle_readers_.empty()) {
       auto r = std::move(idle_readers_.back());
       idle_readers_.pop_back();
+      r->epoch = reader_epoch_;
+      ++readers_in_epoch_[r->epoch];
       return r;
     }
     ++readers_open_;
@@ -806,13 +848,26 @@ result<std::unique_ptr<embedded_log::reader>> embedded_log::acquire_reader() {
   r->read = std::move(*read);
   r->offsets = std::move(*offsets);
   r->position = std::move(*position);
+  std::lock_guard lock{readers_mutex_};
+  r->epoch = reader_epoch_;
+  ++readers_in_epoch_[r->epoch];
   return r;
 }
 
 void embedded_log::release_reader(std::unique_ptr<reader> r) {
   std::lock_guard lock{readers_mutex_};
+  if (--readers_in_epoch_[r->epoch] == 0 && r->epoch != reader_epoch_) readers_drained_cv_.notify_all();
   idle_readers_.push_back(std::move(r));
   readers_cv_.notify_one();
+}
+
+bool embedded_log::drain_readers(std::chrono::milliseconds wait) {
+  std::unique_lock lock{readers_mutex_};
+  const auto older = reader_epoch_;
+  reader_epoch_ ^= 1;
+  // A drain that timed out left readers behind in the epoch now current
+  // again: they count as new, so this waits for the older epoch alone.
+  return readers_drained_cv_.wait_for(lock, wait, [&] { return readers_in_epoch_[older] == 0; });
 }
 
 

@@ -48,6 +48,9 @@ struct group_commit_stats {
   std::int64_t commits = 0;       ///< commit() calls that reached the writer
   std::int64_t transactions = 0;  ///< SQLite transactions (and syncs) they took
   std::int64_t waiting = 0;       ///< commits now waiting for the next group
+  std::int64_t checkpoints = 0;   ///< passes of the checkpointer
+  std::int64_t wal_restarts = 0;  ///< times the checkpointer let the WAL start again (see restart_wal)
+  std::int64_t wal_pages_max = 0; ///< the largest the WAL was at a checkpoint, in pages
 };
 
 /// What one cleaning pass removed.
@@ -102,7 +105,8 @@ public:
   group_commit_stats commit_stats() {
     std::lock_guard lock{group_mutex_};
     return {commits_.load(std::memory_order_relaxed), transactions_.load(std::memory_order_relaxed),
-            static_cast<std::int64_t>(group_queue_.size())};
+            static_cast<std::int64_t>(group_queue_.size()), checkpoints_.load(std::memory_order_relaxed),
+            wal_restarts_.load(std::memory_order_relaxed), wal_pages_max_.load(std::memory_order_relaxed)};
   }
 
   struct reader;
@@ -169,13 +173,35 @@ private:
   std::condition_variable checkpoint_cv_;
   std::condition_variable watcher_cv_;  // the watcher's own, so that no wake meant for the checkpointer is lost
   bool checkpoint_due_ = false;   // GUARDED_BY(checkpoint_mutex_)
+  /// The WAL's size in pages when the last checkpoint began: the next is due
+  /// once checkpoint_pages more have been written (or the WAL restarted).
+  std::atomic<int> checkpoint_from_pages_{0};
+  std::atomic<std::int64_t> checkpoints_{0};
+  std::atomic<std::int64_t> wal_restarts_{0};  // made by restart_wal
+  std::atomic<std::int64_t> wal_pages_max_{0};
   bool stopping_ = false;         // GUARDED_BY(checkpoint_mutex_): also stops the watcher
   std::thread checkpointer_;
+
+  /// WAL pages from which the checkpointer makes the WAL restart.
+  int wal_restart_pages() const noexcept { return static_cast<int>(4 * options_.checkpoint_pages); }
+  /// Copies the WAL back whole and lets the next commit write it from its
+  /// start. Thread: the checkpointer's.
+  void restart_wal(sqlite::connection& db);
+  /// With every commit of ours held off, waits until the readers that were
+  /// reading when the WAL was last wholly copied back are done, so that the
+  /// next commit writes the WAL from its start again (see checkpoint_loop).
+  /// REQUIRES: writer_mutex_ held. false: a reader took longer than `wait`.
+  bool drain_readers(std::chrono::milliseconds wait);
 
   std::mutex readers_mutex_;
   std::condition_variable readers_cv_;
   std::vector<std::unique_ptr<reader>> idle_readers_; // GUARDED_BY(readers_mutex_)
   std::size_t readers_open_ = 0;                        // GUARDED_BY(readers_mutex_)
+  /// Readers in use by the epoch they were taken in (drain_readers waits for
+  /// the older one to empty).
+  std::size_t readers_in_epoch_[2] = {0, 0};  // GUARDED_BY(readers_mutex_)
+  std::size_t reader_epoch_ = 0;              // GUARDED_BY(readers_mutex_)
+  std::condition_variable readers_drained_cv_;
 };
 
 /// A topic as the embedded log knows it: its row id, spec, and for each
