@@ -245,12 +245,12 @@ caf::behavior task_actor(caf::stateful_actor<task_actor_state>* self, task_args 
   auto report_when_due = [self, report] {
     auto& st = self->state;
     if (!st.unreported) return;
-    const auto since = std::chrono::steady_clock::now() - st.last_report;
-    if (since >= report_interval) return report(true);
+    const auto now = std::chrono::steady_clock::now();
+    const auto due = std::max(st.last_report + report_interval, st.engine->gauges_due());
+    if (now >= due) return report(true);
     if (st.report_scheduled) return;
     st.report_scheduled = true;
-    self->delayed_send(self, std::chrono::duration_cast<std::chrono::milliseconds>(report_interval - since) +
-                               std::chrono::milliseconds{1},
+    self->delayed_send(self, std::chrono::duration_cast<std::chrono::milliseconds>(due - now) + std::chrono::milliseconds{1},
                        report_atom::value);
   };
 
@@ -303,9 +303,9 @@ caf::behavior task_actor(caf::stateful_actor<task_actor_state>* self, task_args 
         go_idle();
       }
     },
-    [self, report](report_atom) {
+    [self, report_when_due](report_atom) {
       self->state.report_scheduled = false;
-      if (self->state.unreported) report(true);
+      report_when_due();
     },
     // The records that woke it are the first of a batch: it waits for more.
     [poll_after, wait = args.options.fetch_max_wait](wake_atom) { poll_after(wait); },

@@ -845,6 +845,7 @@ result<step_result> task_engine::step() {
     }
   }
   out.committed = true;
+  gauges_stale_ = true;
   records_total_ += out.records;
   outputs_total_ += out.outputs;
   dead_letters_total_ += out.dead_letters;
@@ -955,6 +956,11 @@ std::string task_engine::positions_json() const {
   return out;
 }
 
+std::chrono::steady_clock::time_point task_engine::gauges_due() const {
+  if (!gauges_stale_ || gauges_at_ == std::chrono::steady_clock::time_point{}) return {};
+  return gauges_at_ + std::chrono::seconds(1);
+}
+
 task_status task_engine::status() const {
   task_status s;
   s.task = name_;
@@ -976,9 +982,10 @@ task_status task_engine::status() const {
   s.commits_total = commits_total_;
   // Gauges may walk every entity: at most once a second.
   const auto now = std::chrono::steady_clock::now();
-  if (logic_ && (gauges_at_ == std::chrono::steady_clock::time_point{} || now - gauges_at_ >= std::chrono::seconds(1))) {
+  if (logic_ && gauges_stale_ && now >= gauges_due()) {
     gauges_ = logic_->gauges();
     gauges_at_ = now;
+    gauges_stale_ = false;
   }
   s.gauges = gauges_;
   return s;

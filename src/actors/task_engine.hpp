@@ -112,6 +112,11 @@ public:
   result<void> maybe_snapshot();
 
   task_status status() const;
+  /// When status() will figure the stage's gauges anew: now if they are up
+  /// to date or may be figured again, else the end of their once-a-second
+  /// interval (a report of an idle task waits for it, so that its last
+  /// report does not carry gauges older than its last commit).
+  std::chrono::steady_clock::time_point gauges_due() const;
   const std::string& name() const noexcept { return name_; }
   /// The committed input positions as a JSON object {"topic": next offset, ...}:
   /// how fresh an answer from this task's state is.
@@ -182,6 +187,7 @@ private:
   std::int64_t commits_total_ = 0;
   mutable std::vector<stage_gauge> gauges_;
   mutable std::chrono::steady_clock::time_point gauges_at_;
+  mutable bool gauges_stale_ = true;  // committed since they were figured
 };
 
 /// Parses "<topic>/<partition>/<offset>/<index>" into the source ("topic/partition")
