@@ -66,12 +66,11 @@ keel::Envelope transaction_envelope(const transaction& t) {
 /// One keep-alive HTTP/1.1 connection to the daemon, as a client library keeps.
 class rest_connection {
 public:
-  rest_connection(const std::string& host, std::uint16_t port) : host_(host), socket_(io_) {
-    boost::asio::ip::tcp::resolver resolver{io_};
-    boost::asio::connect(socket_, resolver.resolve(host, std::to_string(port)));
-    socket_.set_option(boost::asio::ip::tcp::no_delay(true));
-  }
+  rest_connection(const std::string& host, std::uint16_t port) : host_(host), port_(port), socket_(io_) { connect(); }
   /// POSTs a transaction; its partition and offset in ledger.transactions.
+  /// A keep-alive connection the daemon closed while it sat idle (its
+  /// request timeout) is opened again and the request sent once more, as an
+  /// HTTP client does; the transaction id makes a repeat harmless.
   std::pair<std::int32_t, std::int64_t> post(const transaction& t) {
     namespace http = boost::beast::http;
     boost::json::object body{{"transaction_id", t.id},     {"account_id", t.account},
@@ -83,9 +82,21 @@ public:
     req.keep_alive(true);
     req.body() = boost::json::serialize(body);
     req.prepare_payload();
-    http::write(socket_, req);
     http::response<http::string_body> res;
-    http::read(socket_, buffer_, res);
+    try {
+      http::write(socket_, req);
+      http::read(socket_, buffer_, res);
+    } catch (const boost::system::system_error& e) {
+      namespace net = boost::asio::error;
+      const auto& code = e.code();
+      if (code != http::error::end_of_stream && code != net::eof && code != net::connection_reset &&
+          code != net::broken_pipe)
+        throw;
+      connect();
+      res = {};
+      http::write(socket_, req);
+      http::read(socket_, buffer_, res);
+    }
     if (res.result() != http::status::accepted)
       throw std::runtime_error(fmt::format("keel: POST /api/v1/transactions answered {}: {}", res.result_int(), res.body()));
     const auto doc = boost::json::parse(res.body());
@@ -94,7 +105,17 @@ public:
   }
 
 private:
+  void connect() {
+    boost::system::error_code ignored;
+    socket_.close(ignored);
+    buffer_.clear();
+    boost::asio::ip::tcp::resolver resolver{io_};
+    boost::asio::connect(socket_, resolver.resolve(host_, std::to_string(port_)));
+    socket_.set_option(boost::asio::ip::tcp::no_delay(true));
+  }
+
   std::string host_;
+  std::uint16_t port_;
   boost::asio::io_context io_;
   boost::asio::ip::tcp::socket socket_;
   boost::beast::flat_buffer buffer_;
@@ -354,6 +375,15 @@ keel_run run_keel(const workload& w, const std::vector<outcome>& expected, const
       std::this_thread::sleep_for(1ms);
     }
   });
+  // Should the submissions fail, the sampler stops before the error leaves.
+  struct stop_sampler {
+    std::atomic<bool>& producing;
+    std::thread& sampler;
+    ~stop_sampler() {
+      producing = false;
+      if (sampler.joinable()) sampler.join();
+    }
+  } sampler_guard{producing, sampler};
 
   const auto total = w.transactions.size();
   submissions subs{start_clock::now(), wall_ms(), std::vector<std::int64_t>(total),

@@ -187,10 +187,11 @@ private:
   /// Copies the WAL back whole and lets the next commit write it from its
   /// start. Thread: the checkpointer's.
   void restart_wal(sqlite::connection& db);
-  /// With every commit of ours held off, waits until the readers that were
-  /// reading when the WAL was last wholly copied back are done, so that the
-  /// next commit writes the WAL from its start again (see checkpoint_loop).
-  /// REQUIRES: writer_mutex_ held. false: a reader took longer than `wait`.
+  /// Waits until the readers taken before this call are given back (see
+  /// restart_wal). A reader still out after a drain that gave up counts as
+  /// taken after the next one; that drain may then let the restart fail,
+  /// which SQLite notices (it never restarts under a reader). REQUIRES:
+  /// writer_mutex_ held. false: a reader took longer than `wait`.
   bool drain_readers(std::chrono::milliseconds wait);
 
   std::mutex readers_mutex_;

@@ -1,3 +1,4 @@
+#include "log/background.hpp"
 #include "log/data_dir.hpp"
 #include "log/embedded_log.hpp"
 #include "log/partitioner.hpp"
@@ -8,12 +9,16 @@
 #include <doctest/doctest.h>
 #include <sqlite3.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <filesystem>
 #include <fstream>
 #include <random>
 #include <set>
 #include <thread>
+#include <sys/resource.h>
+#include <unistd.h>
 
 using namespace keel;
 
@@ -496,6 +501,20 @@ TEST_CASE("readers read concurrently with a writer and always see whole batches"
   CHECK(torn == 0);
   CHECK(reads > 0);
   CHECK(log->offsets("t", partition_id{0})->end == log_offset{batches * per_batch});
+}
+
+TEST_CASE("a background thread lowers its own CPU priority and no other thread's") {
+  errno = 0;
+  const int caller_before = ::getpriority(PRIO_PROCESS, static_cast<id_t>(::gettid()));
+  int before = 0, after = 0;
+  std::thread background([&] {
+    before = ::getpriority(PRIO_PROCESS, static_cast<id_t>(::gettid()));
+    lower_this_thread_priority("test thread");
+    after = ::getpriority(PRIO_PROCESS, static_cast<id_t>(::gettid()));
+  });
+  background.join();
+  CHECK(after == std::min(before + background_nice, 19));
+  CHECK(::getpriority(PRIO_PROCESS, static_cast<id_t>(::gettid())) == caller_before);
 }
 
 TEST_CASE("the WAL keeps starting over while readers read all the time, so it stays small") {
