@@ -10,9 +10,10 @@ namespace keel {
 inline constexpr int background_nice = 10;
 
 /// Lowers the calling thread's CPU priority by background_nice, for work that
-/// no commit waits for (summing snapshots up, checkpointing the WAL): on a
-/// machine whose cores are busy, the tasks' steps go first and the background
-/// work takes what is left. A refusal is logged and changes nothing else.
+/// no commit waits for (summing snapshots up): on a machine whose cores are
+/// busy, the tasks' steps go first and the background work takes what is
+/// left. Not for a thread that may hold a lock commits wait on (the
+/// checkpointer). A refusal is logged and changes nothing else.
 /// Call it from the thread itself, first thing.
 void lower_this_thread_priority(std::string_view thread_name);
 
