@@ -222,9 +222,9 @@ void embedded_log::checkpoint_loop() {
 // WAL from its start. What it copies under the hold is only what readers kept
 // it from copying just before.
 void embedded_log::restart_wal(sqlite::connection& db) {
-  // The checkpoint just made copied back what it could without holding
-  // anyone off.
   int size = 0, copied = 0;
+  // Copy back what can be, without holding anyone off.
+  if (sqlite3_wal_checkpoint_v2(db.handle(), nullptr, SQLITE_CHECKPOINT_PASSIVE, &size, &copied) != SQLITE_OK) return;
   std::lock_guard hold{writer_mutex_};
   constexpr auto wait = std::chrono::milliseconds{20};
   if (!drain_readers(wait)) return;
