@@ -223,7 +223,8 @@ void embedded_log::checkpoint_loop() {
 // it from copying just before.
 void embedded_log::restart_wal(sqlite::connection& db) {
   int size = 0, copied = 0;
-  // Copy back what can be, without holding anyone off.
+  // Copy back, without holding anyone off, what was committed during the
+  // checkpoint just made: less is left to copy under the hold.
   if (sqlite3_wal_checkpoint_v2(db.handle(), nullptr, SQLITE_CHECKPOINT_PASSIVE, &size, &copied) != SQLITE_OK) return;
   std::lock_guard hold{writer_mutex_};
   constexpr auto wait = std::chrono::milliseconds{20};
