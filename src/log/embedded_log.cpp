@@ -3,6 +3,7 @@
 #include "log/background.hpp"
 #include "log/partitioner.hpp"
 #include "log/record_batch.hpp"
+#include "log/writeback.hpp"
 #include "base/logging.hpp"
 
 #include <sqlite3.h>
@@ -170,6 +171,13 @@ int embedded_log::on_wal_commit(void* self, sqlite3*, const char*, int pages) {
   return SQLITE_OK;
 }
 
+struct embedded_log::paced_sync {
+  sqlite::connection guard;  // its read holds the WAL in place
+  db_file_writeback writeback;
+  std::int64_t page_size = 0;
+  bool failed = false;  // a sync failed: the guard's read stays, the WAL keeps every commit
+};
+
 void embedded_log::checkpoint_loop() {
   auto db = sqlite::connection::open(options_.path, sqlite::open_mode::read_write);
   // A connection learns that the file is in WAL mode on its first read; until
@@ -184,27 +192,80 @@ void embedded_log::checkpoint_loop() {
     sqlite3_wal_autocheckpoint(writer_.handle(), 1000);
     return;
   }
+  // Syncing what it copies itself, the checkpointer's connection syncs
+  // nothing; should it be the last to close, its final checkpoint syncs.
+  std::optional<paced_sync> paced;
+  if (options_.sync != sqlite::sync_mode::off) {
+    auto guard = sqlite::connection::open(options_.path, sqlite::open_mode::read_only);
+    auto writeback = db_file_writeback::open(options_.path);
+    auto page_size = db->query_int("PRAGMA page_size");
+    auto unsynced = guard && writeback && page_size ? db->exec("PRAGMA synchronous=OFF") : result<void>{};
+    if (guard && writeback && page_size && unsynced)
+      paced.emplace(paced_sync{std::move(*guard), std::move(*writeback), *page_size});
+    else
+      log(log_level::warn, "log", "{}: checkpoints sync the database file at once: {}", options_.path,
+          !guard ? guard.err() : !writeback ? writeback.err() : !page_size ? page_size.err() : unsynced.err());
+  }
   for (;;) {
     {
       std::unique_lock lock{checkpoint_mutex_};
       checkpoint_cv_.wait(lock, [this] { return checkpoint_due_ || stopping_; });
-      if (stopping_) return;
+      if (stopping_) break;
       checkpoint_due_ = false;
     }
+    if (paced && paced->failed) continue;
     // Passive: copies what no reader still needs, never waits for a lock, so
     // commits go on while the pages are written and synced.
     int wal_pages = 0, copied = 0;
-    const int rc = sqlite3_wal_checkpoint_v2(db->handle(), nullptr, SQLITE_CHECKPOINT_PASSIVE, &wal_pages, &copied);
+    const int rc = checkpoint(*db, paced ? &*paced : nullptr, wal_pages, copied);
     checkpoints_.fetch_add(1, std::memory_order_relaxed);
     if (rc == SQLITE_OK) {
       checkpoint_from_pages_.store(wal_pages, std::memory_order_relaxed);
       if (wal_pages > wal_pages_max_.load(std::memory_order_relaxed))
         wal_pages_max_.store(wal_pages, std::memory_order_relaxed);
     }
-    if (rc == SQLITE_OK && wal_pages >= wal_restart_pages()) restart_wal(*db);
+    if (rc == SQLITE_OK && wal_pages >= wal_restart_pages()) restart_wal(*db, paced ? &*paced : nullptr);
     if (rc != SQLITE_OK && rc != SQLITE_BUSY)
       log(log_level::warn, "log", "{}: checkpoint failed: {}", options_.path, sqlite3_errstr(rc));
   }
+  if (paced && !paced->failed) (void)db->exec(fmt::format("PRAGMA synchronous={}", sqlite::to_string(options_.sync)));
+}
+
+// A checkpoint with its connection's syncs off copies the pages into the
+// database file and marks them copied; SQLite would then let the next commit
+// write the WAL from its start, before those pages are on disk. The guard's
+// read keeps that from happening (SQLite starts the WAL over only with no
+// reader in it) until the pages are synced, and if the sync fails it stays:
+// the WAL then keeps every commit, and the next start copies them back.
+int embedded_log::checkpoint(sqlite::connection& db, paced_sync* paced, int& wal_pages, int& copied) {
+  if (!paced) return sqlite3_wal_checkpoint_v2(db.handle(), nullptr, SQLITE_CHECKPOINT_PASSIVE, &wal_pages, &copied);
+  if (auto read = paced->guard.exec("BEGIN; SELECT count(*) FROM topics"); !read) {
+    log(log_level::warn, "log", "{}: checkpoint skipped: {}", options_.path, read.err());
+    return SQLITE_BUSY;
+  }
+  auto fail = [&](const error& e) {
+    paced->failed = true;
+    log(log_level::error, "log",
+        "{}: {}; checkpoints stop, and the WAL keeps every commit until keel restarts and copies them back",
+        options_.path, e);
+    return SQLITE_IOERR;
+  };
+  const auto before = paced->writeback.backfilled();
+  // SQLite's own order: the WAL on disk before its pages overwrite the
+  // database's (with synchronous=full every commit synced it already).
+  if (options_.sync == sqlite::sync_mode::normal)
+    if (auto synced = paced->writeback.sync_wal(); !synced) return fail(synced.err());
+  const int rc = sqlite3_wal_checkpoint_v2(db.handle(), nullptr, SQLITE_CHECKPOINT_PASSIVE, &wal_pages, &copied);
+  if (rc == SQLITE_OK && before && copied > *before) {
+    auto pages = paced->writeback.frame_pages(*before, copied);
+    // Pacing only: whatever it misses, the sync below writes.
+    if (pages) (void)paced->writeback.write_back(std::move(*pages), paced->page_size);
+    if (auto synced = paced->writeback.sync(); !synced) return fail(synced.err());
+  } else if (rc == SQLITE_OK && copied > 0) {
+    if (auto synced = paced->writeback.sync(); !synced) return fail(synced.err());
+  }
+  (void)paced->guard.exec("COMMIT");
+  return rc;
 }
 
 // SQLite writes the WAL from its start again only when a commit begins with
@@ -221,17 +282,15 @@ void embedded_log::checkpoint_loop() {
 // it, waits for the readers once more, and lets the next commit write the
 // WAL from its start. What it copies under the hold is only what readers kept
 // it from copying just before.
-void embedded_log::restart_wal(sqlite::connection& db) {
+void embedded_log::restart_wal(sqlite::connection& db, paced_sync* paced) {
   int size = 0, copied = 0;
   // Copy back, without holding anyone off, what was committed during the
   // checkpoint just made: less is left to copy under the hold.
-  if (sqlite3_wal_checkpoint_v2(db.handle(), nullptr, SQLITE_CHECKPOINT_PASSIVE, &size, &copied) != SQLITE_OK) return;
+  if (checkpoint(db, paced, size, copied) != SQLITE_OK) return;
   std::lock_guard hold{writer_mutex_};
   constexpr auto wait = std::chrono::milliseconds{20};
   if (!drain_readers(wait)) return;
-  if (sqlite3_wal_checkpoint_v2(db.handle(), nullptr, SQLITE_CHECKPOINT_PASSIVE, &size, &copied) != SQLITE_OK ||
-      copied != size)
-    return;
+  if (checkpoint(db, paced, size, copied) != SQLITE_OK || copied != size) return;
   if (drain_readers(wait)) wal_restarts_.fetch_add(1, std::memory_order_relaxed);
 }
 

@@ -168,6 +168,12 @@ private:
 
   // The checkpointer: woken by the writer's WAL hook.
   void checkpoint_loop();
+  /// How the checkpointer syncs what it copied: itself, paced (see
+  /// db_file_writeback), while a read of its own keeps the WAL in place.
+  struct paced_sync;
+  /// One passive checkpoint; with `paced`, its pages synced before any commit
+  /// may start the WAL over. An SQLite result code.
+  int checkpoint(sqlite::connection& db, paced_sync* paced, int& wal_pages, int& copied);
   static int on_wal_commit(void* self, struct sqlite3* db, const char* name, int pages);
   std::mutex checkpoint_mutex_;
   std::condition_variable checkpoint_cv_;
@@ -186,7 +192,7 @@ private:
   int wal_restart_pages() const noexcept { return static_cast<int>(4 * options_.checkpoint_pages); }
   /// Copies the WAL back whole and lets the next commit write it from its
   /// start. Thread: the checkpointer's.
-  void restart_wal(sqlite::connection& db);
+  void restart_wal(sqlite::connection& db, paced_sync* paced);
   /// Waits until the readers taken before this call are given back (see
   /// restart_wal). A reader still out after a drain that gave up counts as
   /// taken after the next one; that drain may then let the restart fail,

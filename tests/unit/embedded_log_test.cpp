@@ -3,6 +3,7 @@
 #include "log/embedded_log.hpp"
 #include "log/partitioner.hpp"
 #include "log/record_batch.hpp"
+#include "log/writeback.hpp"
 
 #include "support/temp_dir.hpp"
 
@@ -563,6 +564,52 @@ TEST_CASE("the WAL keeps starting over while readers read all the time, so it st
   // write some thousands between two restarts.
   CHECK(wal_bytes < 8000 * 4096);
   for (std::int32_t p = 0; p < 4; ++p) CHECK(log.offsets("t", partition_id{p})->end == log_offset{3000});
+}
+
+TEST_CASE("the WAL index names the page of every frame, across its blocks, as the WAL's own frame headers do") {
+  test::temp_dir dir;
+  const auto path = dir.file("plain.db");
+  sqlite3* db = nullptr;
+  REQUIRE(sqlite3_open(path.c_str(), &db) == SQLITE_OK);
+  auto exec = [&](const char* sql) { REQUIRE(sqlite3_exec(db, sql, nullptr, nullptr, nullptr) == SQLITE_OK); };
+  exec("PRAGMA journal_mode=WAL; PRAGMA wal_autocheckpoint=0; CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)");
+  // Commits of one to a few pages each, past the first block's 4062 frames
+  // and the second's 4096.
+  for (int i = 0; i < 4000; ++i) {
+    const auto sql = fmt::format("INSERT INTO t(v) VALUES (randomblob({}))", 500 + (i % 7) * 3000);
+    exec(sql.c_str());
+  }
+  int wal_frames = 0, copied = 0;
+  REQUIRE(sqlite3_wal_checkpoint_v2(db, nullptr, SQLITE_CHECKPOINT_PASSIVE, &wal_frames, &copied) == SQLITE_OK);
+  REQUIRE(wal_frames > 8200);
+  // What the WAL itself says: a 32-byte header, then frames of a 24-byte
+  // header (the page number first, big-endian) and a page.
+  std::ifstream wal{path + "-wal", std::ios::binary};
+  std::string bytes{std::istreambuf_iterator<char>{wal}, {}};
+  const auto page_size = static_cast<std::size_t>(4096);
+  std::vector<std::uint32_t> expected;
+  for (int f = 0; f < wal_frames; ++f) {
+    const auto* h = reinterpret_cast<const unsigned char*>(bytes.data() + 32 + f * (24 + page_size));
+    expected.push_back(std::uint32_t{h[0]} << 24 | std::uint32_t{h[1]} << 16 | std::uint32_t{h[2]} << 8 | h[3]);
+  }
+  auto wb = db_file_writeback::open(path);
+  REQUIRE_MESSAGE(wb, (wb ? "" : wb.err().message));
+  auto all = wb->frame_pages(0, wal_frames);
+  REQUIRE(all);
+  CHECK(*all == expected);
+  auto middle = wb->frame_pages(4000, 8200);
+  REQUIRE(middle);
+  CHECK(*middle == std::vector<std::uint32_t>(expected.begin() + 4000, expected.begin() + 8200));
+  CHECK(wb->frame_pages(10, 10)->empty());
+  // The checkpoint copied every frame; the index says so.
+  CHECK(copied == wal_frames);
+  CHECK(wb->backfilled().value() == copied);
+  // Pages already clean, and those just copied: written back without error.
+  CHECK(wb->write_back(std::move(*all), 4096));
+  CHECK(wb->sync());
+  CHECK(wb->sync_wal());
+  sqlite3_close(db);
+  CHECK(!db_file_writeback::open(dir.file("missing.db")));
 }
 
 TEST_CASE("a writer blocked by another process's lock fails with busy, then succeeds once it is released") {
