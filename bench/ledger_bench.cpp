@@ -114,6 +114,7 @@ struct bench {
   bool snapshot_in_background = true;
   std::int64_t mmap_bytes = embedded_options{}.mmap_bytes;
   std::int64_t checkpoint_pages = embedded_options{}.checkpoint_pages;
+  std::int64_t writeback_piece_bytes = embedded_options{}.writeback_piece_bytes;
   std::int64_t snapshot_every = runtime::task_options{}.snapshot_every_events;
   bool caf_default_scheduler = false;
   std::size_t fetch_min_records = runtime::runtime_options{}.fetch_min_records;
@@ -198,7 +199,8 @@ struct bench {
     const auto path = dir + "/log.db";
     for (auto suffix : {"", "-wal", "-shm"}) std::filesystem::remove(path + suffix);
     std::filesystem::remove(dir + "/snapshots.db");
-    auto opened = embedded_log::open({.path = path, .sync = sync, .mmap_bytes = mmap_bytes, .checkpoint_pages = checkpoint_pages});
+    auto opened = embedded_log::open({.path = path, .sync = sync, .mmap_bytes = mmap_bytes, .checkpoint_pages = checkpoint_pages,
+                                   .writeback_piece_bytes = writeback_piece_bytes});
     if (!opened) die(opened.err());
     auto& log = **opened;
     auto snapshots = snapshot_store::open(dir + "/snapshots.db");
@@ -358,6 +360,7 @@ int main(int argc, char** argv) {
     else if (a == "--dir") b.dir = argv[i + 1];
     else if (a == "--mmap-bytes") b.mmap_bytes = std::atoll(argv[i + 1]);
     else if (a == "--checkpoint-pages") b.checkpoint_pages = std::atoll(argv[i + 1]);
+    else if (a == "--writeback-piece-bytes") b.writeback_piece_bytes = std::atoll(argv[i + 1]);
     else if (a == "--snapshot-every") b.snapshot_every = std::atoll(argv[i + 1]);
     else if (a == "--scheduler") b.caf_default_scheduler = std::string_view{argv[i + 1]} == "stealing";
     else if (a == "--fetch-min-records") b.fetch_min_records = static_cast<std::size_t>(std::atoll(argv[i + 1]));
@@ -371,7 +374,7 @@ int main(int argc, char** argv) {
     } else {
       std::fprintf(stderr, "usage: ledger_bench [--transactions N] [--accounts N] [--clients N] "
                            "[--synchronous normal|full] [--partitions N] [--batch N] [--dir DIR] "
-                           "[--snapshots background|inline] [--snapshot-every EVENTS] [--mmap-bytes N] [--checkpoint-pages N] "
+                           "[--snapshots background|inline] [--snapshot-every EVENTS] [--mmap-bytes N] [--checkpoint-pages N] [--writeback-piece-bytes N] "
                            "[--fetch-min-records N] [--fetch-max-wait-ms MS] [--scheduler sharing|stealing] "
                            "[--latency-rate TX_PER_S]\n");
       return 2;

@@ -237,7 +237,7 @@ void embedded_log::checkpoint_loop() {
 // read keeps that from happening (SQLite starts the WAL over only with no
 // reader in it) until the pages are synced, and if the sync fails it stays:
 // the WAL then keeps every commit, and the next start copies them back.
-int embedded_log::checkpoint(sqlite::connection& db, paced_sync* paced, int& wal_pages, int& copied) {
+int embedded_log::checkpoint(sqlite::connection& db, paced_sync* paced, int& wal_pages, int& copied, bool at_once) {
   if (!paced) return sqlite3_wal_checkpoint_v2(db.handle(), nullptr, SQLITE_CHECKPOINT_PASSIVE, &wal_pages, &copied);
   if (auto read = paced->guard.exec("BEGIN; SELECT count(*) FROM topics"); !read) {
     log(log_level::warn, "log", "{}: checkpoint skipped: {}", options_.path, read.err());
@@ -256,10 +256,10 @@ int embedded_log::checkpoint(sqlite::connection& db, paced_sync* paced, int& wal
   if (options_.sync == sqlite::sync_mode::normal)
     if (auto synced = paced->writeback.sync_wal(); !synced) return fail(synced.err());
   const int rc = sqlite3_wal_checkpoint_v2(db.handle(), nullptr, SQLITE_CHECKPOINT_PASSIVE, &wal_pages, &copied);
-  if (rc == SQLITE_OK && before && copied > *before) {
+  if (rc == SQLITE_OK && before && copied > *before && !at_once && options_.writeback_piece_bytes > 0) {
     auto pages = paced->writeback.frame_pages(*before, copied);
     // Pacing only: whatever it misses, the sync below writes.
-    if (pages) (void)paced->writeback.write_back(std::move(*pages), paced->page_size);
+    if (pages) (void)paced->writeback.write_back(std::move(*pages), paced->page_size, options_.writeback_piece_bytes);
     if (auto synced = paced->writeback.sync(); !synced) return fail(synced.err());
   } else if (rc == SQLITE_OK && copied > 0) {
     if (auto synced = paced->writeback.sync(); !synced) return fail(synced.err());
@@ -290,7 +290,7 @@ void embedded_log::restart_wal(sqlite::connection& db, paced_sync* paced) {
   std::lock_guard hold{writer_mutex_};
   constexpr auto wait = std::chrono::milliseconds{20};
   if (!drain_readers(wait)) return;
-  if (checkpoint(db, paced, size, copied) != SQLITE_OK || copied != size) return;
+  if (checkpoint(db, paced, size, copied, true) != SQLITE_OK || copied != size) return;
   if (drain_readers(wait)) wal_restarts_.fetch_add(1, std::memory_order_relaxed);
 }
 

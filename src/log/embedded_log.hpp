@@ -37,6 +37,9 @@ struct embedded_options {
   /// database (a passive checkpoint, which never blocks commits); 0 leaves it
   /// to SQLite's own checkpoint inside the committing thread.
   std::int64_t checkpoint_pages = 4096;
+  /// How much of what a checkpoint copied is written back to the disk at a
+  /// time before its sync (see db_file_writeback); 0 syncs it all at once.
+  std::int64_t writeback_piece_bytes = 256 * 1024;
   /// With a listener (listen_for_appends), how often to look for commits of
   /// other processes (a read of the partitions' ends); one is told as records
   /// that may have landed anywhere. 0: never.
@@ -173,7 +176,9 @@ private:
   struct paced_sync;
   /// One passive checkpoint; with `paced`, its pages synced before any commit
   /// may start the WAL over. An SQLite result code.
-  int checkpoint(sqlite::connection& db, paced_sync* paced, int& wal_pages, int& copied);
+  /// `at_once`: sync without pacing (commits are held off, so nothing is
+  /// gained by letting them in between).
+  int checkpoint(sqlite::connection& db, paced_sync* paced, int& wal_pages, int& copied, bool at_once = false);
   static int on_wal_commit(void* self, struct sqlite3* db, const char* name, int pages);
   std::mutex checkpoint_mutex_;
   std::condition_variable checkpoint_cv_;
