@@ -256,12 +256,12 @@ int embedded_log::checkpoint(sqlite::connection& db, paced_sync* paced, int& wal
   if (options_.sync == sqlite::sync_mode::normal)
     if (auto synced = paced->writeback.sync_wal(); !synced) return fail(synced.err());
   const int rc = sqlite3_wal_checkpoint_v2(db.handle(), nullptr, SQLITE_CHECKPOINT_PASSIVE, &wal_pages, &copied);
-  if (rc == SQLITE_OK && before && copied > *before && !at_once && options_.writeback_piece_bytes > 0) {
-    auto pages = paced->writeback.frame_pages(*before, copied);
-    // Pacing only: whatever it misses, the sync below writes.
-    if (pages) (void)paced->writeback.write_back(std::move(*pages), paced->page_size, options_.writeback_piece_bytes);
-    if (auto synced = paced->writeback.sync(); !synced) return fail(synced.err());
-  } else if (rc == SQLITE_OK && copied > 0) {
+  if (rc == SQLITE_OK && copied > 0) {
+    if (before && copied > *before && !at_once && options_.writeback_piece_bytes > 0) {
+      // Pacing only: whatever it misses, the sync below writes.
+      if (auto pages = paced->writeback.frame_pages(*before, copied))
+        (void)paced->writeback.write_back(std::move(*pages), paced->page_size, options_.writeback_piece_bytes);
+    }
     if (auto synced = paced->writeback.sync(); !synced) return fail(synced.err());
   }
   (void)paced->guard.exec("COMMIT");
