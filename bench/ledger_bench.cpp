@@ -6,7 +6,7 @@
 //                [--synchronous normal|full] [--partitions N] [--batch N] [--dir DIR]
 //                [--snapshots background|inline] [--snapshot-every EVENTS] [--mmap-bytes N] [--checkpoint-pages N]
 //                [--fetch-min-records N] [--fetch-max-wait-ms MS] [--scheduler sharing|stealing]
-//                [--latency-rate TX_PER_S]
+//                [--latency-rate TX_PER_S] [--log debug|info|warn|error]
 //
 // 1. Throughput: N transactions appended up front; time until the clients stage
 //    has committed the limit decision for every one.
@@ -20,6 +20,7 @@
 
 #include "actors/ledger_stage.hpp"
 #include "actors/runtime.hpp"
+#include "base/logging.hpp"
 #include "keel/envelope.pb.h"
 #include "log/embedded_log.hpp"
 #include "state/date.hpp"
@@ -32,6 +33,7 @@
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <map>
 #include <random>
 #include <thread>
 #include <sys/resource.h>
@@ -260,6 +262,12 @@ struct bench {
     std::vector<sample> samples;
     const noise_meter latency_noise;
     const double latency_cpu = cpu_seconds();
+    auto task_commits = [&] {
+      std::int64_t n = 0;
+      for (const auto& st : (*rt)->status()) n += st.commits_total;
+      return n;
+    };
+    const auto latency_commits_before = task_commits();
     std::atomic<bool> producing{true};
     std::thread watcher([&] {
       while (producing || samples.empty() ||
@@ -277,6 +285,7 @@ struct bench {
     // latency instead of slowing the offered rate.
     const auto start = std::chrono::steady_clock::now();
     const auto start_ms = now_ms();
+    keel::log(log_level::debug, "bench", "the latency phase starts");
     for (std::int64_t sent = 0; sent < latency_transactions;) {
       const auto elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
       const auto due = std::min(latency_transactions, static_cast<std::int64_t>(elapsed * target) + 1);
@@ -291,9 +300,11 @@ struct bench {
     producing = false;
     watcher.join();
     const double latency_cpu_s = cpu_seconds() - latency_cpu;  // with the sampler's, a thread polling every ms
+    const auto latency_commits = task_commits() - latency_commits_before;
     // Each balance change: from its booking time (when it was due to be
     // appended) to the first sample whose committed position is past it.
     std::vector<std::int64_t> latencies;
+    std::map<std::int64_t, std::vector<std::int64_t>> by_second;  // due second of the phase -> latencies
     for (std::int32_t p = 0; p < partitions; ++p) {
       auto records = log.read("ledger.client-balances", partition_id{p}, log_offset{base_offsets[static_cast<std::size_t>(p)]},
                               {.max_records = 10'000'000, .max_bytes = std::size_t{1} << 31});
@@ -305,6 +316,7 @@ struct bench {
         while (s < samples.size() && samples[s].positions[static_cast<std::size_t>(p)] <= r.offset.value()) ++s;
         if (s == samples.size()) break;
         latencies.push_back(samples[s].at_ms - e.balance_changed().booking_time_ms());
+        by_second[(e.balance_changed().booking_time_ms() - start_ms) / 1000].push_back(latencies.back());
       }
     }
     std::sort(latencies.begin(), latencies.end());
@@ -318,6 +330,18 @@ struct bench {
                 static_cast<long long>(latencies.empty() ? 0 : latencies.back()),
                 1e6 * latency_cpu_s / static_cast<double>(std::max<std::int64_t>(1, latency_transactions)),
                 latency_noise.since_start().c_str());
+    // Where the tail lies: a burst shows as one second's high p99.
+    std::string seconds_line;
+    for (auto& [second, values] : by_second) {
+      std::sort(values.begin(), values.end());
+      seconds_line += fmt::format(" {}s:{}/{}/{}", second, values[values.size() / 2],
+                                  values[static_cast<std::size_t>(0.99 * static_cast<double>(values.size() - 1))],
+                                  values.back());
+    }
+    std::printf("by second   p50/p99/max ms by the second it was due in:%s\n", seconds_line.c_str());
+    std::printf("steps       %lld task commits in the latency phase, %.0f transactions each\n",
+                static_cast<long long>(latency_commits),
+                static_cast<double>(latency_transactions) / static_cast<double>(std::max<std::int64_t>(1, latency_commits)));
     // How long the tasks' commits took (both phases), summed over the tasks.
     std::vector<std::int64_t> buckets(std::size(runtime::commit_latency_bounds_ms) + 1, 0);
     for (const auto& st : (*rt)->status())
@@ -331,11 +355,13 @@ struct bench {
     std::printf("task commits%s\n", histogram.c_str());
     const auto grouped = log.commit_stats();
     std::printf("commits     %lld commits in %lld SQLite transactions (%.1f a transaction); %lld checkpoints, "
-                "the WAL restarted %lld times by the checkpointer, at most %lld pages\n",
+                "the WAL restarted %lld times by the checkpointer, at most %lld pages; commits held off %.1f ms in all, "
+                "%.1f ms at most\n",
                 static_cast<long long>(grouped.commits), static_cast<long long>(grouped.transactions),
                 grouped.transactions == 0 ? 0.0 : static_cast<double>(grouped.commits) / static_cast<double>(grouped.transactions),
                 static_cast<long long>(grouped.checkpoints), static_cast<long long>(grouped.wal_restarts),
-                static_cast<long long>(grouped.wal_pages_max));
+                static_cast<long long>(grouped.wal_pages_max), static_cast<double>(grouped.hold_us_total) / 1e3,
+                static_cast<double>(grouped.hold_us_max) / 1e3);
     std::fflush(stdout);
     (void)(*rt)->stop(10s);
   }
@@ -366,6 +392,14 @@ int main(int argc, char** argv) {
     else if (a == "--fetch-min-records") b.fetch_min_records = static_cast<std::size_t>(std::atoll(argv[i + 1]));
     else if (a == "--fetch-max-wait-ms") b.fetch_max_wait_ms = std::atoll(argv[i + 1]);
     else if (a == "--latency-rate") b.latency_rate = std::atof(argv[i + 1]);
+    else if (a == "--log") {
+      log_level level;
+      if (!parse_log_level(argv[i + 1], level)) {
+        std::fprintf(stderr, "ledger_bench: --log takes debug, info, warn or error\n");
+        return 2;
+      }
+      configure_logging(level, log_format::text);
+    }
     else if (a == "--snapshots") b.snapshot_in_background = std::string_view{argv[i + 1]} != "inline";
     else if (a == "--synchronous") {
       auto m = sqlite::parse_sync_mode(argv[i + 1]);
@@ -376,7 +410,7 @@ int main(int argc, char** argv) {
                            "[--synchronous normal|full] [--partitions N] [--batch N] [--dir DIR] "
                            "[--snapshots background|inline] [--snapshot-every EVENTS] [--mmap-bytes N] [--checkpoint-pages N] [--writeback-piece-bytes N] "
                            "[--fetch-min-records N] [--fetch-max-wait-ms MS] [--scheduler sharing|stealing] "
-                           "[--latency-rate TX_PER_S]\n");
+                           "[--latency-rate TX_PER_S] [--log debug|info|warn|error]\n");
       return 2;
     }
   }

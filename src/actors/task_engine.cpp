@@ -285,7 +285,24 @@ private:
 task_engine::task_engine(const stage_spec& spec, partition_id partition, log_backend& log,
                          snapshot_store* snapshots, const clock& wall, task_options options)
   : spec_(spec), partition_(partition), log_(log), snapshots_(snapshots), wall_(wall),
-    options_(options), name_(fmt::format("{}/{}", spec.name, partition.value())) {}
+    options_(options), name_(fmt::format("{}/{}", spec.name, partition.value())),
+    spread_state_(std::hash<std::string>{}(name_)) {
+  draw_snapshot_spread();
+}
+
+// Tasks of equal load would reach their snapshot intervals together (they
+// start together and count the same events), and their snapshots, each some
+// milliseconds of their task's time and megabytes for the disk, would come
+// all at once. Each interval is its setting times a factor in [0.5, 1.5),
+// drawn per task (splitmix64 seeded by the task's name): the same on average,
+// spread apart.
+void task_engine::draw_snapshot_spread() {
+  std::uint64_t z = (spread_state_ += 0x9e3779b97f4a7c15ULL);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+  z ^= z >> 31;
+  snapshot_spread_ = 0.5 + static_cast<double>(z >> 11) * 0x1.0p-53;
+}
 
 void task_engine::encode_engine_state(std::string& out) const {
   byte_writer w{out};
@@ -859,6 +876,7 @@ result<void> task_engine::snapshot() {
   // A snapshot written in the background failed: its changes are in no
   // stored snapshot, so the chain starts again with a full one.
   if (snapshot_write_failed_->exchange(false)) deltas_since_full_ = -1;
+  const auto started = std::chrono::steady_clock::now();
   std::string engine_state, logic_state;
   encode_engine_state(engine_state);
   // Written in the background, a chain of deltas is summed up into a full
@@ -873,6 +891,9 @@ result<void> task_engine::snapshot() {
     logic_->save(logic_state);
   }
   auto state = snapshot_item(engine_state, logic_state);
+  log(log_level::debug, "runtime", "{}: {} snapshot of {} entities, {} bytes, taken in {:.1f} ms", name_,
+      delta ? "delta" : "full", logic_->entity_count(), state.size(),
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - started).count());
   snapshot_meta meta;
   meta.task = name_;
   meta.changelog_next = changelog_next_;
@@ -907,6 +928,7 @@ result<void> task_engine::snapshot() {
   deltas_since_full_ = delta && !compacted ? deltas_since_full_ + 1 : 0;
   events_since_snapshot_ = 0;
   last_snapshot_ms_ = created_ms;
+  draw_snapshot_spread();
   return ok();
 }
 
@@ -930,9 +952,11 @@ snapshot_store::compact_fn task_engine::compactor() const {
 result<void> task_engine::maybe_snapshot() {
   if (snapshots_ == nullptr || events_since_snapshot_ == 0) return ok();
   const bool by_count = options_.snapshot_every_events > 0 &&
-                        events_since_snapshot_ >= options_.snapshot_every_events;
+                        static_cast<double>(events_since_snapshot_) >=
+                          snapshot_spread_ * static_cast<double>(options_.snapshot_every_events);
   const bool by_time = options_.snapshot_every_ms > 0 &&
-                       wall_.now_ms() - last_snapshot_ms_ >= options_.snapshot_every_ms;
+                       static_cast<double>(wall_.now_ms() - last_snapshot_ms_) >=
+                         snapshot_spread_ * static_cast<double>(options_.snapshot_every_ms);
   if (!by_count && !by_time) return ok();
   return snapshot();
 }
@@ -946,6 +970,7 @@ void task_engine::observe_commit(std::chrono::steady_clock::duration took) {
   ++commit_latency_counts_[i];
   commit_latency_sum_s_ += ms / 1000.0;
   ++commits_total_;
+  if (ms >= 50) log(log_level::debug, "runtime", "{}: a commit took {:.1f} ms", name_, ms);
 }
 
 std::string task_engine::positions_json() const {

@@ -24,6 +24,8 @@ struct task_options {
   /// Snapshot after this many processed records...
   std::int64_t snapshot_every_events = 50'000;
   /// ...or this much wall time with any records processed; 0 disables both.
+  /// Each interval is the setting times a factor in [0.5, 1.5) drawn per task,
+  /// so that tasks of equal load do not all snapshot at the same moment.
   std::int64_t snapshot_every_ms = 60'000;
   /// Snapshots between two full ones that hold only what changed (deltas), for
   /// stages that support them; 0 makes every snapshot full. A delta costs time
@@ -128,6 +130,7 @@ private:
   /// logic of its own (see snapshot_store::compact_later).
   snapshot_store::compact_fn compactor() const;
   void observe_commit(std::chrono::steady_clock::duration took);
+  void draw_snapshot_spread();
   result<void> claim();
   result<void> apply_changelog_record(const stored_record& rec);
   result<void> check_claims(std::int64_t expected, std::int64_t first);
@@ -176,6 +179,9 @@ private:
   std::int64_t records_total_ = 0, outputs_total_ = 0, dead_letters_total_ = 0;
   std::int64_t duplicates_total_ = 0;
   std::int64_t events_since_snapshot_ = 0;
+  /// This interval's factor on the snapshot settings (see draw_snapshot_spread).
+  std::uint64_t spread_state_ = 0;
+  double snapshot_spread_ = 1.0;
   std::int64_t last_snapshot_ms_ = 0;
   std::int64_t deltas_since_full_ = -1;  // -1: no full snapshot to build on
   /// Set by the store's writer thread when a snapshot handed over in the

@@ -288,6 +288,18 @@ void embedded_log::restart_wal(sqlite::connection& db, paced_sync* paced) {
   // checkpoint just made: less is left to copy under the hold.
   if (checkpoint(db, paced, size, copied) != SQLITE_OK) return;
   std::lock_guard hold{writer_mutex_};
+  // How long commits were held off, counted however the attempt ends.
+  struct count_hold {
+    embedded_log& log;
+    std::chrono::steady_clock::time_point at = std::chrono::steady_clock::now();
+    ~count_hold() {
+      const auto us = std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - at).count();
+      log.hold_us_total_.fetch_add(us, std::memory_order_relaxed);
+      if (us > log.hold_us_max_.load(std::memory_order_relaxed)) log.hold_us_max_.store(us, std::memory_order_relaxed);
+      keel::log(log_level::debug, "log", "{}: commits held off {:.1f} ms to start the WAL over", log.options_.path,
+                static_cast<double>(us) / 1e3);
+    }
+  } counted{*this};
   constexpr auto wait = std::chrono::milliseconds{20};
   if (!drain_readers(wait)) return;
   if (checkpoint(db, paced, size, copied, true) != SQLITE_OK || copied != size) return;

@@ -1,8 +1,11 @@
 #include "log/snapshot_store.hpp"
 
+#include "base/logging.hpp"
 #include "log/background.hpp"
 
 #include <sqlite3.h>
+
+#include <chrono>
 
 namespace keel {
 namespace {
@@ -137,6 +140,7 @@ void snapshot_store::run_writer() {
     queue_.pop_front();
     lock.unlock();
     result<void> r = ok();
+    const auto started = std::chrono::steady_clock::now();
     if (next.compact) {
       // A failed consolidation leaves the chain as it was: still whole.
       r = broken_.contains(next.meta.task)
@@ -151,6 +155,9 @@ void snapshot_store::run_writer() {
       if (!r) broken_.insert(next.meta.task);
       else if (!next.meta.delta) broken_.erase(next.meta.task);
     }
+    log(log_level::debug, "snapshots", "{}: {} in {:.1f} ms", next.meta.task,
+        next.compact ? "chain summed up" : next.meta.delta ? "delta written" : "full snapshot written",
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - started).count());
     if (next.written) next.written(r);
     lock.lock();
     ++written_;
