@@ -11,12 +11,17 @@
 // 1. Throughput: N transactions appended up front; time until the clients stage
 //    has committed the limit decision for every one.
 // 2. Latency: transactions appended open-loop at half that rate, or at
-//    --latency-rate (every
-//    millisecond, what is due by then), each stamped with the time it was due;
-//    its latency is the time until the clients stage's committed position
-//    passes its balance change (polled every millisecond from the log). A late
-//    append counts against it (no coordinated omission). p50 / p99 / max
-//    reported, with the CPU time per transaction and the machine's noise.
+//    --latency-rate (what is due by then in one commit, the next as soon as
+//    more is due), each stamped with the time it was due; its latency is the
+//    time until the clients stage's committed position passes its balance
+//    change (polled every millisecond from the log). A late append counts
+//    against it (no coordinated omission). p50 / p99 / max reported, by
+//    second too, with the links of the chain (appended, committed by the
+//    accounts stage), the CPU time per transaction and the machine's noise.
+//
+// --partitions defaults to the machine's cores: each stage runs a thread per
+// partition, and threads beyond the cores wait in the run queue (see the
+// README's performance section).
 
 #include "actors/ledger_stage.hpp"
 #include "actors/runtime.hpp"
@@ -111,7 +116,7 @@ record envelope_record(const std::string& key, const keel::Envelope& e) {
 struct bench {
   std::string dir;
   std::int64_t accounts = 10'000, clients = 1'000, transactions = 300'000;
-  std::int32_t partitions = 4;
+  std::int32_t partitions = static_cast<std::int32_t>(std::max(1u, std::thread::hardware_concurrency()));
   std::size_t batch = 5000;
   bool snapshot_in_background = true;
   std::int64_t mmap_bytes = embedded_options{}.mmap_bytes;
@@ -126,10 +131,14 @@ struct bench {
   std::mt19937_64 rng{7};
   std::int64_t next_id = 0;
 
-  commit_batch transactions_batch(std::int64_t n, std::int64_t booking_ms) {
+  /// n transactions booked at booking_ms, or, with a rate, the i-th of them
+  /// at booking_ms + i / rate (each at the time it was due).
+  commit_batch transactions_batch(std::int64_t n, std::int64_t first_booking_ms, double per_ms = 0) {
     commit_batch b;
     std::uniform_int_distribution<std::int64_t> account(0, accounts - 1), amount(-5000, 5000);
     for (std::int64_t i = 0; i < n; ++i) {
+      const auto booking_ms =
+        per_ms > 0 ? first_booking_ms + static_cast<std::int64_t>(static_cast<double>(i) / per_ms) : first_booking_ms;
       keel::Envelope e;
       e.set_event_id(fmt::format("t{}", next_id));
       e.set_event_time_ms(booking_ms);
@@ -255,9 +264,17 @@ struct bench {
         ends.push_back(log.offsets("ledger.client-balances", partition_id{p})->end.value());
       return ends;
     }();
+    const auto input_base = [&] {
+      std::vector<std::int64_t> ends;
+      for (std::int32_t p = 0; p < partitions; ++p)
+        ends.push_back(log.offsets("ledger.transactions", partition_id{p})->end.value());
+      return ends;
+    }();
     struct sample {
       std::int64_t at_ms;
-      std::vector<std::int64_t> positions;
+      std::vector<std::int64_t> positions;  // clients in ledger.client-balances
+      std::vector<std::int64_t> appended;   // the ends of ledger.transactions
+      std::vector<std::int64_t> accounts;   // accounts in ledger.transactions
     };
     std::vector<sample> samples;
     const noise_meter latency_noise;
@@ -272,17 +289,21 @@ struct bench {
     std::thread watcher([&] {
       while (producing || samples.empty() ||
              committed(log, "clients", "ledger.client-balances") < end_of(log, "ledger.client-balances")) {
-        sample s{now_ms(), {}};
-        for (std::int32_t p = 0; p < partitions; ++p)
+        sample s{now_ms(), {}, {}, {}};
+        for (std::int32_t p = 0; p < partitions; ++p) {
           s.positions.push_back(log.position("clients", "ledger.client-balances", partition_id{p})->value_or(log_offset{0}).value());
+          s.appended.push_back(log.offsets("ledger.transactions", partition_id{p})->end.value());
+          s.accounts.push_back(log.position("accounts", "ledger.transactions", partition_id{p})->value_or(log_offset{0}).value());
+        }
         samples.push_back(std::move(s));
         std::this_thread::sleep_for(1ms);
       }
     });
-    // Open loop: every millisecond, whatever is due by then, in one commit.
-    // Each transaction is stamped with the time it was due, so that a late
-    // append (the producer's commit waiting for the disk) counts against the
-    // latency instead of slowing the offered rate.
+    // Open loop: whatever is due by now, in one commit, at once again after
+    // it if more is due by then, else once the next transaction is due. Each
+    // transaction is stamped with the time it was due (transaction k at
+    // k / rate), so that a late append (the producer's commit waiting for the
+    // disk) counts against the latency instead of slowing the offered rate.
     const auto start = std::chrono::steady_clock::now();
     const auto start_ms = now_ms();
     keel::log(log_level::debug, "bench", "the latency phase starts");
@@ -291,10 +312,12 @@ struct bench {
       const auto due = std::min(latency_transactions, static_cast<std::int64_t>(elapsed * target) + 1);
       if (due > sent) {
         const auto due_ms = start_ms + static_cast<std::int64_t>(1000.0 * static_cast<double>(sent) / target);
-        if (auto r = log.commit(transactions_batch(due - sent, due_ms)); !r) die(r.err());
+        if (auto r = log.commit(transactions_batch(due - sent, due_ms, target / 1000.0)); !r) die(r.err());
         sent = due;
+        continue;
       }
-      std::this_thread::sleep_for(1ms);
+      std::this_thread::sleep_until(start + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                                              std::chrono::duration<double>(static_cast<double>(sent) / target)));
     }
     const double offered_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     producing = false;
@@ -319,6 +342,30 @@ struct bench {
         by_second[(e.balance_changed().booking_time_ms() - start_ms) / 1000].push_back(latencies.back());
       }
     }
+    // The chain's first two links: from due to appended, and to committed by
+    // the accounts stage (its step that turned it into a balance change).
+    std::vector<std::int64_t> to_appended, to_accounts;
+    for (std::int32_t p = 0; p < partitions; ++p) {
+      auto records = log.read("ledger.transactions", partition_id{p}, log_offset{input_base[static_cast<std::size_t>(p)]},
+                              {.max_records = 10'000'000, .max_bytes = std::size_t{1} << 31});
+      if (!records) die(records.err());
+      const auto i = static_cast<std::size_t>(p);
+      std::size_t a = 0, c = 0;
+      for (const auto& r : *records) {
+        keel::Envelope e;
+        e.ParseFromString(*r.data.value);
+        const auto due = e.post_transaction().booking_time_ms();
+        while (a < samples.size() && samples[a].appended[i] <= r.offset.value()) ++a;
+        while (c < samples.size() && samples[c].accounts[i] <= r.offset.value()) ++c;
+        if (a < samples.size()) to_appended.push_back(samples[a].at_ms - due);
+        if (c < samples.size()) to_accounts.push_back(samples[c].at_ms - due);
+      }
+    }
+    auto p50_p99 = [](std::vector<std::int64_t>& v) {
+      std::sort(v.begin(), v.end());
+      if (v.empty()) return std::string{"-"};
+      return fmt::format("p50 {} ms, p99 {} ms", v[v.size() / 2], v[static_cast<std::size_t>(0.99 * static_cast<double>(v.size() - 1))]);
+    };
     std::sort(latencies.begin(), latencies.end());
     auto pct = [&](double q) { return latencies.empty() ? 0 : latencies[static_cast<std::size_t>(q * (latencies.size() - 1))]; };
     std::printf("latency     synchronous=%-6s at %.0f transactions/s (%s; %.0f offered), %zu transactions: "
@@ -339,6 +386,8 @@ struct bench {
                                   values.back());
     }
     std::printf("by second   p50/p99/max ms by the second it was due in:%s\n", seconds_line.c_str());
+    std::printf("chain       due to appended: %s; to committed by the accounts stage: %s\n",
+                p50_p99(to_appended).c_str(), p50_p99(to_accounts).c_str());
     std::printf("steps       %lld task commits in the latency phase, %.0f transactions each\n",
                 static_cast<long long>(latency_commits),
                 static_cast<double>(latency_transactions) / static_cast<double>(std::max<std::int64_t>(1, latency_commits)));
