@@ -1,9 +1,11 @@
 #include "actors/counter_stage.hpp"
+#include "actors/ledger_stage.hpp"
 #include "actors/runtime.hpp"
 #include "actors/task_engine.hpp"
 #include "base/json.hpp"
 #include "actors/undo_map.hpp"
 #include "keel/envelope.pb.h"
+#include "keel/ledger.pb.h"
 #include "log/embedded_log.hpp"
 
 #include "support/faulty_log.hpp"
@@ -11,6 +13,7 @@
 
 #include <doctest/doctest.h>
 
+#include <map>
 #include <mutex>
 
 #include <random>
@@ -630,6 +633,147 @@ TEST_CASE("undo_map: rollback restores the last commit exactly, and every change
       map.mark_clean();
       clean = committed;
       CHECK(map.changes() == 0);
+    }
+  }
+}
+
+SCENARIO("the accounts stage's deltas hold every applied transaction changed: in steps, retried steps and replays") {
+  // The book of applied transactions is most of an accounts delta, and it is
+  // encoded as batches commit rather than at the snapshot: a delta must still
+  // hold each entry's last value, whether it changed in a step, in a step
+  // retried after a failed commit, or in the replay of a restore.
+  test::temp_dir dir;
+  auto real = std::move(*embedded_log::open({.path = dir.file("log.db"), .sync = sqlite::sync_mode::off}));
+  test::faulty_log log{*real};
+  auto snapshots = std::move(*snapshot_store::open(dir.file("snapshots.db")));
+  manual_clock wall{1'000'000};
+  ledger_options options;
+  options.partitions = 1;
+  const auto stages = ledger_stages(options);
+  const auto& accounts = stages[0];
+  REQUIRE(prepare_topics(*real, {accounts}, 1));
+  const task_options o{.batch_max = 7, .snapshot_deltas_max = 16};
+  auto engine = [&](snapshot_store* store) {
+    auto e = std::make_unique<task_engine>(accounts, partition_id{0}, log, store, wall, o);
+    REQUIRE(e->restore());
+    return e;
+  };
+  auto append = [&](const keel::Envelope& env, const std::string& key) {
+    commit_batch b;
+    append_entry e;
+    e.topic = "ledger.transactions";
+    e.partition = partition_id{0};
+    e.data.key = key;
+    e.data.value = env.SerializeAsString();
+    e.data.timestamp_ms = 1'000'000;
+    b.records.push_back(std::move(e));
+    REQUIRE(real->commit(b));
+  };
+  struct posting {
+    std::string account;
+    std::int64_t amount;
+    std::string value_date;
+  };
+  std::map<std::string, posting> posted;  // by transaction id
+  auto post = [&](const std::string& id, const std::string& account, std::int64_t amount,
+                  const std::string& value_date, const std::string& reverses = "") {
+    keel::Envelope env;
+    auto* t = env.mutable_post_transaction();
+    t->set_transaction_id(id);
+    t->set_account_id(account);
+    t->set_amount_minor(amount);
+    t->set_currency("USD");
+    t->set_value_date(value_date);
+    t->set_booking_time_ms(1'000'000);
+    t->set_reverses_transaction_id(reverses);
+    append(env, account);
+    posted[id] = {account, amount, value_date};
+  };
+  auto reverse = [&](const std::string& original, const std::string& prefix = "rev-") {
+    const auto p = posted.at(original);
+    post(prefix + original, p.account, -p.amount, p.value_date, original);
+  };
+  auto drain = [](task_engine& e) {
+    while (e.step()->committed) {
+    }
+  };
+  for (int a = 0; a < 5; ++a) {
+    keel::Envelope env;
+    auto* open = env.mutable_open_account();
+    open->set_account_id("acc-" + std::to_string(a));
+    open->set_client_id("client-" + std::to_string(a % 2));
+    open->set_currency("USD");
+    append(env, open->account_id());
+  }
+  auto transactions = [&](int from, int to) {
+    for (int i = from; i < to; ++i)
+      post("t" + std::to_string(i), "acc-" + std::to_string(i % 5), 100 + i, i % 3 == 0 ? "1970-01-04" : "1970-01-01");
+  };
+
+  transactions(0, 40);
+  auto live = engine(snapshots.get());
+  drain(*live);
+  REQUIRE(live->snapshot());  // full
+  transactions(40, 60);
+  reverse("t3");  // changes t3's entry, written before the full snapshot
+  drain(*live);
+  REQUIRE(live->snapshot());  // delta
+  transactions(60, 65);
+  reverse("t5");
+  log.fail_next_commit(errc::busy);
+  REQUIRE_FALSE(live->step());
+  drain(*live);  // the retry
+  REQUIRE(live->snapshot());  // delta
+  transactions(65, 70);
+  reverse("t41");
+  drain(*live);  // in no snapshot: replayed on restore
+
+  auto restored = engine(snapshots.get());
+  transactions(70, 72);
+  reverse("t66");  // written by the replay of the restore, reversed after it
+  drain(*restored);
+  REQUIRE(restored->snapshot());  // a delta holding the replay's changes and these
+  auto chain = snapshots->load_chain("accounts/0");
+  REQUIRE(chain);
+  REQUIRE(*chain);
+  CHECK((*chain)->deltas.size() == 3);
+
+  auto again = engine(snapshots.get());
+  task_engine replayed{accounts, partition_id{0}, log, nullptr, wall};
+  REQUIRE(replayed.restore());
+  for (int a = 0; a < 5; ++a) {
+    const auto key = "acc-" + std::to_string(a);
+    CHECK(again->logic().describe(key) == replayed.logic().describe(key));
+    CHECK(again->logic().describe(key) == restored->logic().describe(key));
+  }
+
+  WHEN("every transaction comes again, and reversals of what was reversed") {
+    const auto before = real->offsets(std::string{ledger_topics::transaction_events}, partition_id{0})->end.value();
+    const auto ids = posted;
+    for (const auto& [id, p] : ids) {
+      keel::Envelope env;
+      auto* t = env.mutable_post_transaction();
+      t->set_transaction_id(id);
+      t->set_account_id(p.account);
+      t->set_amount_minor(p.amount);
+      t->set_currency("USD");
+      t->set_value_date(p.value_date);
+      t->set_booking_time_ms(1'000'000);
+      append(env, p.account);
+    }
+    for (const auto* original : {"t3", "t5", "t41", "t66"}) reverse(original, "again-");
+    drain(*again);
+    THEN("the repeats change nothing and each second reversal is refused: the book came back whole") {
+      auto events = real->read(std::string{ledger_topics::transaction_events}, partition_id{0}, log_offset{before},
+                               {.max_records = 1000});
+      REQUIRE(events);
+      REQUIRE(events->size() == 4);
+      for (const auto& r : *events) {
+        keel::Envelope e;
+        REQUIRE(e.ParseFromString(*r.data.value));
+        REQUIRE(e.body_case() == keel::Envelope::kTransactionRejected);
+        CHECK(e.transaction_rejected().reason() == keel::ledger::REJECT_REASON_ALREADY_REVERSED);
+      }
     }
   }
 }
