@@ -1,10 +1,23 @@
 #include "base/assert.hpp"
 #include "base/error.hpp"
 
+#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 
 namespace keel {
+
+errc errc_from_errno(int e) noexcept {
+  switch (e) {
+    case EROFS:
+    case EACCES:
+    case EPERM: return errc::read_only;
+    case ENOSPC:
+    case EDQUOT: return errc::disk_full;
+    case ENOENT: return errc::not_found;
+    default: return errc::io_error;
+  }
+}
 
 std::string_view to_string(errc code) noexcept {
   switch (code) {

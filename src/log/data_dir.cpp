@@ -10,33 +10,18 @@
 #include <utility>
 
 namespace keel {
-namespace {
-
-errc from_errno(int e) {
-  switch (e) {
-    case EROFS:
-    case EACCES:
-    case EPERM: return errc::read_only;
-    case ENOSPC:
-    case EDQUOT: return errc::disk_full;
-    case ENOENT: return errc::not_found;
-    default: return errc::io_error;
-  }
-}
-
-} // namespace
 
 result<data_dir> data_dir::lock(const std::string& path) {
   std::error_code ec;
   std::filesystem::create_directories(path, ec);
   if (ec)
-    return make_error(from_errno(ec.value()), "cannot create data directory {}: {}", path,
+    return make_error(errc_from_errno(ec.value()), "cannot create data directory {}: {}", path,
                       ec.message());
   const std::string lock_path = path + "/LOCK";
   int fd = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
   if (fd < 0) {
     int e = errno;
-    return make_error(from_errno(e), "cannot open {}: {}", lock_path, std::strerror(e));
+    return make_error(errc_from_errno(e), "cannot open {}: {}", lock_path, std::strerror(e));
   }
   if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
     int e = errno;
@@ -45,7 +30,7 @@ result<data_dir> data_dir::lock(const std::string& path) {
       return make_error(errc::busy,
                         "data directory {} is in use by another keel process (lock {} is held)",
                         path, lock_path);
-    return make_error(from_errno(e), "cannot lock {}: {}", lock_path, std::strerror(e));
+    return make_error(errc_from_errno(e), "cannot lock {}: {}", lock_path, std::strerror(e));
   }
   // Record who holds it, for a person looking at the directory.
   std::string pid = std::to_string(::getpid()) + "\n";

@@ -10,15 +10,6 @@
 namespace keel {
 namespace {
 
-errc from_errno(int e) {
-  switch (e) {
-    case ENOSPC:
-    case EDQUOT: return errc::disk_full;
-    case ENOENT: return errc::not_found;
-    default: return errc::io_error;
-  }
-}
-
 // The WAL index (walformat.html, "The WAL-Index Format"): 32 KiB blocks, each
 // 4096 frames' page numbers (native 32-bit integers) and then their hash
 // table; the first block begins with the 136-byte header, so it holds 4062.
@@ -43,14 +34,14 @@ result<db_file_writeback> db_file_writeback::open(const std::string& path) {
   const int db = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (db < 0) {
     const int e = errno;
-    return make_error(from_errno(e), "cannot open {} to write back its pages: {}", path, std::strerror(e));
+    return make_error(errc_from_errno(e), "cannot open {} to write back its pages: {}", path, std::strerror(e));
   }
   const auto shm_path = path + "-shm";
   const int shm = ::open(shm_path.c_str(), O_RDONLY | O_CLOEXEC);
   if (shm < 0) {
     const int e = errno;
     ::close(db);
-    return make_error(from_errno(e), "cannot open the WAL index {}: {}", shm_path, std::strerror(e));
+    return make_error(errc_from_errno(e), "cannot open the WAL index {}: {}", shm_path, std::strerror(e));
   }
   return db_file_writeback{path, db, shm};
 }
@@ -121,7 +112,7 @@ result<void> db_file_writeback::write_back(std::vector<std::uint32_t> pages, std
     const auto to = static_cast<std::int64_t>(pages[j]) * page_size;
     if (::sync_file_range(db_fd_, from, to - from, flags) != 0) {
       const int e = errno;
-      return make_error(from_errno(e), "cannot write back pages of {}: {}", path_, std::strerror(e));
+      return make_error(errc_from_errno(e), "cannot write back pages of {}: {}", path_, std::strerror(e));
     }
   }
   return ok();
@@ -130,7 +121,7 @@ result<void> db_file_writeback::write_back(std::vector<std::uint32_t> pages, std
 result<void> db_file_writeback::sync() const {
   if (::fdatasync(db_fd_) != 0) {
     const int e = errno;
-    return make_error(from_errno(e), "cannot sync {}: {}", path_, std::strerror(e));
+    return make_error(errc_from_errno(e), "cannot sync {}: {}", path_, std::strerror(e));
   }
   return ok();
 }
@@ -141,12 +132,12 @@ result<void> db_file_writeback::sync_wal() {
     wal_fd_ = ::open(wal_path.c_str(), O_RDONLY | O_CLOEXEC);
     if (wal_fd_ < 0) {
       const int e = errno;
-      return make_error(from_errno(e), "cannot open {}: {}", wal_path, std::strerror(e));
+      return make_error(errc_from_errno(e), "cannot open {}: {}", wal_path, std::strerror(e));
     }
   }
   if (::fdatasync(wal_fd_) != 0) {
     const int e = errno;
-    return make_error(from_errno(e), "cannot sync {}-wal: {}", path_, std::strerror(e));
+    return make_error(errc_from_errno(e), "cannot sync {}-wal: {}", path_, std::strerror(e));
   }
   return ok();
 }

@@ -5,6 +5,7 @@
 
 #include <doctest/doctest.h>
 
+#include <cerrno>
 #include <limits>
 #include <set>
 
@@ -60,6 +61,13 @@ TEST_CASE("every error code has a distinct stable name") {
   CHECK(names.size() == static_cast<std::size_t>(static_cast<int>(errc::internal)));
   CHECK(names.count("unknown") == 0);
   CHECK(fmt::format("{}", make_error(errc::disk_full, "no space")) == "disk_full: no space");
+}
+
+TEST_CASE("a failed system call's errno maps to the code a caller acts on") {
+  for (int e : {EROFS, EACCES, EPERM}) CHECK(errc_from_errno(e) == errc::read_only);
+  for (int e : {ENOSPC, EDQUOT}) CHECK(errc_from_errno(e) == errc::disk_full);
+  CHECK(errc_from_errno(ENOENT) == errc::not_found);
+  for (int e : {EIO, EBADF, 0}) CHECK(errc_from_errno(e) == errc::io_error);
 }
 
 TEST_CASE("named types compare and hash by value but do not mix") {
