@@ -1,4 +1,5 @@
 #include "base/assert.hpp"
+#include "base/errno.hpp"
 #include "base/error.hpp"
 
 #include <cerrno>

@@ -55,10 +55,6 @@ enum class errc : std::uint8_t {
 /// Stable lower-case name of a code, used in logs and JSON error bodies.
 std::string_view to_string(errc code) noexcept;
 
-/// The code for a failed system call's errno: read_only (EROFS, EACCES,
-/// EPERM), disk_full (ENOSPC, EDQUOT), not_found (ENOENT), else io_error.
-errc errc_from_errno(int e) noexcept;
-
 /// A failure that is not a bug: a code to act on and a message with context.
 struct error {
   errc code = errc::internal;

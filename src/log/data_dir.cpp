@@ -1,5 +1,7 @@
 #include "log/data_dir.hpp"
 
+#include "base/errno.hpp"
+
 #include <cerrno>
 #include <cstring>
 #include <fcntl.h>

@@ -1,5 +1,7 @@
 #include "log/writeback.hpp"
 
+#include "base/errno.hpp"
+
 #include <algorithm>
 #include <cerrno>
 #include <cstring>

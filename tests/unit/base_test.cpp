@@ -1,4 +1,5 @@
 #include "base/bytes.hpp"
+#include "base/errno.hpp"
 #include "base/json.hpp"
 #include "base/named_type.hpp"
 #include "base/result.hpp"
