@@ -30,14 +30,15 @@ public:
   const V* find(const std::string& id) const override { return map_.find(key_for(id)); }
   V& touch(const std::string& id) override { return map_.touch(key_for(id)); }
 
-private:
-  /// "<entity>\0<id>", built in one buffer kept across calls.
+  /// "<entity>\0<id>", built in one buffer kept across calls (valid until the
+  /// next call on this book).
   const std::string& key_for(const std::string& id) const {
     key_.resize(prefix_bytes_);
     key_.append(id);
     return key_;
   }
 
+private:
   undo_map<std::string, V>& map_;
   mutable std::string key_;
   std::size_t prefix_bytes_ = 0;
@@ -448,14 +449,17 @@ void load_map(Map& target, byte_reader& r) {
 
 // A delta: the keys changed since the last snapshot, with their value or a
 // removal mark.
+template <class V>
+void write_change(byte_writer& w, const std::string& key, const V* value) {
+  w.str(key);
+  w.u64(value != nullptr ? 1 : 0);
+  if (value != nullptr) write(w, *value);
+}
+
 template <class Map>
 void save_changed(const Map& map, byte_writer& w) {
   w.u64(map.changes());
-  map.for_changes([&w](const std::string& key, const auto* value) {
-    w.str(key);
-    w.u64(value != nullptr ? 1 : 0);
-    if (value != nullptr) write(w, *value);
-  });
+  map.for_changes([&w](const std::string& key, const auto* value) { write_change(w, key, value); });
 }
 
 template <class Map>
@@ -578,7 +582,7 @@ public:
     std::string k{key};
     keyed_book<applied_transaction> applied{applied_, k};
     evolve(accounts_.touch(k), applied, *decoded);
-    note_applied(k, *decoded);
+    note_applied(applied, *decoded);
     return ok();
   }
 
@@ -656,7 +660,7 @@ private:
     if (changes_state) {
       keyed_book<applied_transaction> applied{applied_, key};
       evolve(accounts_.touch(key), applied, e);
-      note_applied(key, e);
+      note_applied(applied, e);
       ctx.record(key, encoded);
     }
     ctx.emit(std::string{lt::transaction_events}, key, std::move(encoded));
@@ -680,20 +684,16 @@ private:
   /// as save_changed encodes an entry: into the batch's part, kept once the
   /// batch commits, or, replaying the changelog, straight into what the next
   /// delta holds.
-  void note_applied(const std::string& account_key, const account_event& e) {
+  void note_applied(const keyed_book<applied_transaction>& book, const account_event& e) {
     const auto* posted = std::get_if<transaction_posted>(&e);
     if (posted == nullptr) return;
     auto& into = in_batch_ ? applied_in_batch_ : applied_since_;
     auto note = [&](const std::string& id) {
-      note_key_.assign(account_key);
-      note_key_.push_back('\0');
-      note_key_.append(id);
-      const auto* value = applied_.find(note_key_);
+      const auto& key = book.key_for(id);
+      const auto* value = applied_.find(key);
       if (value == nullptr) return;
       byte_writer w{into.bytes};
-      w.str(note_key_);
-      w.u64(1);
-      write(w, *value);
+      write_change(w, key, value);
       into.count += 1;
     };
     note(posted->transaction.transaction_id);
@@ -718,7 +718,6 @@ private:
   };
   encoded_changes applied_since_, applied_in_batch_;
   bool in_batch_ = false;
-  std::string note_key_;  // a buffer kept across calls
 };
 
 // -- the clients stage ---------------------------------------------------------------------------
