@@ -38,6 +38,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <map>
+#include <numeric>
 #include <random>
 #include <thread>
 #include <sys/resource.h>
@@ -106,6 +107,11 @@ double cpu_seconds() {
   ::getrusage(RUSAGE_SELF, &u);
   auto s = [](const timeval& t) { return static_cast<double>(t.tv_sec) + static_cast<double>(t.tv_usec) / 1e6; };
   return s(u.ru_utime) + s(u.ru_stime);
+}
+
+/// The q-quantile of sorted values (0 when there are none).
+std::int64_t percentile(const std::vector<std::int64_t>& sorted, double q) {
+  return sorted.empty() ? 0 : sorted[static_cast<std::size_t>(q * static_cast<double>(sorted.size() - 1))];
 }
 
 record envelope_record(const std::string& key, const keel::Envelope& e) {
@@ -189,10 +195,16 @@ struct bench {
     return total;
   }
 
+  /// The next offset of each partition of a topic.
+  std::vector<std::int64_t> ends_of(embedded_log& log, const std::string& topic) {
+    std::vector<std::int64_t> ends;
+    for (std::int32_t p = 0; p < partitions; ++p) ends.push_back(log.offsets(topic, partition_id{p})->end.value());
+    return ends;
+  }
+
   std::int64_t end_of(embedded_log& log, const std::string& topic) {
-    std::int64_t total = 0;
-    for (std::int32_t p = 0; p < partitions; ++p) total += log.offsets(topic, partition_id{p})->end.value();
-    return total;
+    const auto ends = ends_of(log, topic);
+    return std::accumulate(ends.begin(), ends.end(), std::int64_t{0});
   }
 
   void wait_drained(embedded_log& log) {
@@ -257,18 +269,8 @@ struct bench {
     // 2. Latency at half that rate (or at --latency-rate), open loop.
     const double target = latency_rate > 0 ? latency_rate : rate / 2;
     const auto latency_transactions = std::min<std::int64_t>(transactions, static_cast<std::int64_t>(target * 10));
-    const auto base_offsets = [&] {
-      std::vector<std::int64_t> ends;
-      for (std::int32_t p = 0; p < partitions; ++p)
-        ends.push_back(log.offsets("ledger.client-balances", partition_id{p})->end.value());
-      return ends;
-    }();
-    const auto input_base = [&] {
-      std::vector<std::int64_t> ends;
-      for (std::int32_t p = 0; p < partitions; ++p)
-        ends.push_back(log.offsets("ledger.transactions", partition_id{p})->end.value());
-      return ends;
-    }();
+    const auto base_offsets = ends_of(log, "ledger.client-balances");
+    const auto input_base = ends_of(log, "ledger.transactions");
     struct sample {
       std::int64_t at_ms;
       std::vector<std::int64_t> positions;  // clients in ledger.client-balances
@@ -363,10 +365,10 @@ struct bench {
     auto p50_p99 = [](std::vector<std::int64_t>& v) {
       std::sort(v.begin(), v.end());
       if (v.empty()) return std::string{"-"};
-      return fmt::format("p50 {} ms, p99 {} ms", v[v.size() / 2], v[static_cast<std::size_t>(0.99 * static_cast<double>(v.size() - 1))]);
+      return fmt::format("p50 {} ms, p99 {} ms", percentile(v, 0.5), percentile(v, 0.99));
     };
     std::sort(latencies.begin(), latencies.end());
-    auto pct = [&](double q) { return latencies.empty() ? 0 : latencies[static_cast<std::size_t>(q * (latencies.size() - 1))]; };
+    auto pct = [&](double q) { return percentile(latencies, q); };
     std::printf("latency     synchronous=%-6s at %.0f transactions/s (%s; %.0f offered), %zu transactions: "
                 "p50 %lld ms, p99 %lld ms, max %lld ms (due to committed limit decision; "
                 "%.1f us of CPU a transaction; %s)\n",
@@ -380,8 +382,7 @@ struct bench {
     std::string seconds_line;
     for (auto& [second, values] : by_second) {
       std::sort(values.begin(), values.end());
-      seconds_line += fmt::format(" {}s:{}/{}/{}", second, values[values.size() / 2],
-                                  values[static_cast<std::size_t>(0.99 * static_cast<double>(values.size() - 1))],
+      seconds_line += fmt::format(" {}s:{}/{}/{}", second, percentile(values, 0.5), percentile(values, 0.99),
                                   values.back());
     }
     std::printf("by second   p50/p99/max ms by the second it was due in:%s\n", seconds_line.c_str());
