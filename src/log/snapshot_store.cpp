@@ -45,7 +45,12 @@ result<std::unique_ptr<snapshot_store>> snapshot_store::open(const std::string& 
   if (!tables) return std::move(tables).err();
   if (*app != snapshot_application_id && !(*app == 0 && *tables == 0))
     return make_error(errc::foreign_format, "{} is not a keel snapshot store", path);
-  KEEL_TRY(db->exec("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL"));
+  // The store syncs and checkpoints itself (sync_written).
+  // secure_delete (on in Debian's SQLite) would write every page an old
+  // snapshot freed over with zeros, as many bytes again as the snapshot
+  // written; FAST clears deleted content only in pages written anyway.
+  KEEL_TRY(db->exec("PRAGMA journal_mode=WAL; PRAGMA synchronous=OFF; PRAGMA secure_delete=FAST"));
+  sqlite3_wal_autocheckpoint(db->handle(), 0);
   KEEL_TRY(db->exec(fmt::format(
     "PRAGMA application_id={};"
     "CREATE TABLE IF NOT EXISTS snapshots(id INTEGER PRIMARY KEY, task TEXT NOT NULL, "
@@ -65,7 +70,7 @@ result<std::unique_ptr<snapshot_store>> snapshot_store::open(const std::string& 
   } else if (*version > 2) {
     return make_error(errc::foreign_format, "{} holds snapshots of a newer keel (format {})", path, *version);
   }
-  return std::unique_ptr<snapshot_store>{new snapshot_store(std::move(*db), keep)};
+  return std::unique_ptr<snapshot_store>{new snapshot_store(std::move(*db), path, keep)};
 }
 
 snapshot_store::~snapshot_store() {
@@ -75,6 +80,11 @@ snapshot_store::~snapshot_store() {
   }
   queue_changed_.notify_all();
   if (writer_.joinable()) writer_.join();
+  // Closing copies the WAL back and removes it: with a sync first, unless a
+  // sync failed, when the WAL stays for the next open to recover from.
+  std::lock_guard lock{mutex_};
+  if (sync_failed_) sqlite3_db_config(db_.handle(), SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1, nullptr);
+  else (void)db_.exec("PRAGMA synchronous=NORMAL");
 }
 
 void snapshot_store::save_later(snapshot_meta meta, std::string state, written_fn written) {
@@ -167,6 +177,9 @@ void snapshot_store::run_writer() {
 
 result<void> snapshot_store::write(const snapshot_meta& meta, std::string_view state) {
   std::lock_guard lock{mutex_};
+  if (sync_failed_)
+    return make_error(errc::io_error, "snapshot of {} not written: the snapshot store stopped writing after {}",
+                      meta.task, *sync_failed_);
   auto txn = sqlite::transaction::begin(db_);
   if (!txn) return with_context(std::move(txn).err(), "save snapshot of " + meta.task);
   std::int64_t base_id = 0;
@@ -215,7 +228,34 @@ result<void> snapshot_store::write(const snapshot_meta& meta, std::string_view s
   prune->bind(2, std::int64_t{keep_});
   KEEL_TRY(prune->step());
   KEEL_TRY(db_.exec("DELETE FROM snapshot_chunks WHERE snapshot_id NOT IN (SELECT id FROM snapshots)"));
-  return txn->commit();
+  KEEL_TRY(txn->commit());
+  if (auto synced = sync_written(); !synced) {
+    sync_failed_ = synced.err();
+    log(log_level::error, "snapshots", "{}: {}; no more snapshots are written until keel restarts (the changelog "
+        "holds everything they would)", path_, synced.err());
+    return with_context(std::move(synced).err(), "save snapshot of " + meta.task);
+  }
+  return ok();
+}
+
+result<void> snapshot_store::sync_written() {
+  if (!wal_) {
+    auto wal = paced_file::open(path_ + "-wal");
+    if (!wal) return std::move(wal).err();
+    auto file = paced_file::open(path_);
+    if (!file) return std::move(file).err();
+    wal_.emplace(std::move(*wal));
+    file_.emplace(std::move(*file));
+  }
+  KEEL_TRY(wal_->sync());
+  int wal_frames = 0, copied = 0;
+  if (auto rc = sqlite3_wal_checkpoint_v2(db_.handle(), nullptr, SQLITE_CHECKPOINT_PASSIVE, &wal_frames, &copied);
+      rc != SQLITE_OK)
+    return make_error(errc::io_error, "checkpoint of {}: {}", path_, sqlite3_errstr(rc));
+  // Copied into the file but not yet synced, the pages must stay in the WAL:
+  // nothing may start it over before this sync, and only this store writes.
+  if (copied > 0) KEEL_TRY(file_->sync());
+  return ok();
 }
 
 result<std::optional<snapshot_meta>> snapshot_store::latest(std::string_view task) {

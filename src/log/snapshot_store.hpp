@@ -2,6 +2,7 @@
 
 #include "base/result.hpp"
 #include "log/sqlite.hpp"
+#include "log/writeback.hpp"
 
 #include <condition_variable>
 #include <cstdint>
@@ -40,9 +41,18 @@ struct snapshot_chain {
 };
 
 /// Snapshots of task state in their own SQLite file, beside the log. A snapshot
-/// is a cache: losing it costs a longer replay, never correctness, so it is
-/// written with synchronous=NORMAL whatever the log uses. The newest `keep`
-/// full snapshots of each task are kept, with the deltas after the newest.
+/// is a cache: losing it costs a longer replay, never correctness. The newest
+/// `keep` full snapshots of each task are kept, with the deltas after the newest.
+///
+/// The store syncs what it writes itself, paced (paced_file): a snapshot is
+/// megabytes, and synced at once (as SQLite syncs a WAL and checkpoints it)
+/// every commit of the log on the same device waited for all of it. After each
+/// write the WAL's pages are written back a piece at a time and synced, then
+/// copied into the database file, which is written back and synced the same
+/// way before the next write may start the WAL over (so the WAL stays as
+/// small as one write). When a sync fails the store refuses every later write
+/// (errc::io_error): what it holds stays as the last good sync left it, and the
+/// next open recovers it from the WAL.
 ///
 /// Snapshots are written on a thread of the store's own, in the order they are
 /// handed over, so a task need not wait for the disk (save_later). A write that
@@ -88,16 +98,22 @@ public:
   result<std::optional<snapshot_chain>> load_chain(std::string_view task);
 
 private:
-  explicit snapshot_store(sqlite::connection db, int keep) : db_(std::move(db)), keep_(keep) {}
+  snapshot_store(sqlite::connection db, std::string path, int keep)
+    : db_(std::move(db)), path_(std::move(path)), keep_(keep) {}
   result<std::string> load_state(std::int64_t id, std::int64_t bytes, std::string_view task);
   result<void> write(const snapshot_meta& meta, std::string_view state);
+  /// Makes what write() committed durable, and checkpoints (class comment).
+  result<void> sync_written();
   result<void> compact(const std::string& task, const compact_fn& fn);
   void enqueue(snapshot_meta meta, std::string state, compact_fn compact, written_fn written);
   void run_writer();
 
   std::mutex mutex_;
   sqlite::connection db_;  // GUARDED_BY(mutex_)
+  std::string path_;
   int keep_;
+  std::optional<paced_file> wal_, file_;  // GUARDED_BY(mutex_): opened by the first write
+  std::optional<error> sync_failed_;       // GUARDED_BY(mutex_): the sync that stopped the writes
 
   struct pending {
     snapshot_meta meta;

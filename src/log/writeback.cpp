@@ -6,6 +6,7 @@
 #include <cerrno>
 #include <cstring>
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <utility>
 
@@ -140,6 +141,51 @@ result<void> db_file_writeback::sync_wal() {
   if (::fdatasync(wal_fd_) != 0) {
     const int e = errno;
     return make_error(errc_from_errno(e), "cannot sync {}-wal: {}", path_, std::strerror(e));
+  }
+  return ok();
+}
+
+result<paced_file> paced_file::open(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    const int e = errno;
+    return make_error(errc_from_errno(e), "cannot open {} to write it back: {}", path, std::strerror(e));
+  }
+  return paced_file{path, fd};
+}
+
+paced_file::paced_file(paced_file&& other) noexcept : path_(std::move(other.path_)), fd_(std::exchange(other.fd_, -1)) {}
+
+paced_file& paced_file::operator=(paced_file&& other) noexcept {
+  if (this != &other) {
+    if (fd_ >= 0) ::close(fd_);
+    path_ = std::move(other.path_);
+    fd_ = std::exchange(other.fd_, -1);
+  }
+  return *this;
+}
+
+paced_file::~paced_file() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+result<void> paced_file::sync(std::int64_t piece_bytes) const {
+  struct stat st {};
+  if (::fstat(fd_, &st) != 0) {
+    const int e = errno;
+    return make_error(errc_from_errno(e), "cannot stat {}: {}", path_, std::strerror(e));
+  }
+  const auto piece = std::max<std::int64_t>(piece_bytes, 4096);
+  constexpr unsigned flags = SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER;
+  for (std::int64_t at = 0; at < st.st_size; at += piece) {
+    if (::sync_file_range(fd_, at, std::min<std::int64_t>(piece, st.st_size - at), flags) != 0) {
+      const int e = errno;
+      return make_error(errc_from_errno(e), "cannot write back {}: {}", path_, std::strerror(e));
+    }
+  }
+  if (::fdatasync(fd_) != 0) {
+    const int e = errno;
+    return make_error(errc_from_errno(e), "cannot sync {}: {}", path_, std::strerror(e));
   }
   return ok();
 }

@@ -55,4 +55,31 @@ private:
   int wal_fd_ = -1;
 };
 
+/// A file written through SQLite whose dirty pages this writes back a piece
+/// at a time before it syncs them, for the same reason as
+/// db_file_writeback: the syncs of other files on the device (the log's
+/// commits) then wait for at most a piece of it. Opened on its own
+/// descriptor; a sync through it syncs the file, whoever wrote it.
+class paced_file {
+public:
+  /// Opens `path` (which must exist) to write back and sync.
+  static result<paced_file> open(const std::string& path);
+  paced_file(paced_file&& other) noexcept;
+  paced_file& operator=(paced_file&& other) noexcept;
+  paced_file(const paced_file&) = delete;
+  paced_file& operator=(const paced_file&) = delete;
+  ~paced_file();
+
+  /// Writes back the whole file's dirty pages, `piece_bytes` at a time, each
+  /// piece waiting for the one before (clean ranges cost no I/O), then
+  /// fdatasyncs it.
+  result<void> sync(std::int64_t piece_bytes = 256 * 1024) const;
+  const std::string& path() const noexcept { return path_; }
+
+private:
+  paced_file(std::string path, int fd) : path_(std::move(path)), fd_(fd) {}
+  std::string path_;
+  int fd_ = -1;
+};
+
 } // namespace keel

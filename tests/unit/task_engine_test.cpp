@@ -13,6 +13,7 @@
 
 #include <doctest/doctest.h>
 
+#include <filesystem>
 #include <map>
 #include <mutex>
 
@@ -447,6 +448,68 @@ SCENARIO("snapshots written in the background: in order, and a failed write brea
       for (int k = 0; k < 9; ++k)
         CHECK(restored->logic().describe("k" + std::to_string(k)) == engine->logic().describe("k" + std::to_string(k)));
       CHECK(restored->status().positions == engine->status().positions);
+    }
+  }
+}
+
+SCENARIO("the snapshot store syncs and checkpoints what it writes itself") {
+  test::temp_dir dir;
+  const auto path = dir.file("snapshots.db");
+  auto meta = [](std::int64_t changelog_next) {
+    snapshot_meta m;
+    m.task = "a/0";
+    m.changelog_next = changelog_next;
+    return m;
+  };
+  auto bytes_of = [](const std::string& file) {
+    std::error_code ec;
+    const auto n = std::filesystem::file_size(file, ec);
+    return ec ? std::uintmax_t{0} : n;
+  };
+  GIVEN("a store that wrote ten full snapshots of a megabyte each") {
+    auto store = std::move(*snapshot_store::open(path));
+    std::string last;
+    for (int i = 0; i < 10; ++i) {
+      last = std::string(1 << 20, static_cast<char>('a' + i));
+      REQUIRE(store->save(meta(i), last));
+    }
+    THEN("the WAL was copied back after each write: it holds about one write, not ten (nor SQLite's 4 MB)") {
+      CHECK(bytes_of(path + "-wal") < std::uintmax_t{2} << 20);
+    }
+    THEN("the database file alone, copied while the store is open, holds the newest snapshot") {
+      const auto copy = dir.file("copy.db");
+      std::filesystem::copy_file(path, copy);
+      auto copied = snapshot_store::open(copy);
+      REQUIRE(copied);
+      auto chain = (*copied)->load_chain("a/0");
+      REQUIRE(chain);
+      REQUIRE(*chain);
+      CHECK((*chain)->full == last);
+      CHECK((*chain)->meta.changelog_next == 9);
+    }
+    WHEN("the store closes") {
+      store.reset();
+      THEN("no WAL is left behind, and a new store reads the newest snapshot") {
+        CHECK_FALSE(std::filesystem::exists(path + "-wal"));
+        auto again = std::move(*snapshot_store::open(path));
+        auto chain = again->load_chain("a/0");
+        REQUIRE(chain);
+        REQUIRE(*chain);
+        CHECK((*chain)->full == last);
+      }
+    }
+  }
+  GIVEN("a store whose WAL cannot be synced (it was removed under it before the first write)") {
+    auto store = std::move(*snapshot_store::open(path));
+    std::filesystem::remove(path + "-wal");
+    THEN("the write fails with the reason, and every later one is refused as an I/O error") {
+      auto failed = store->save(meta(2), "second");
+      REQUIRE_FALSE(failed);
+      CHECK(failed.err().message.find("-wal") != std::string::npos);
+      auto refused = store->save(meta(3), "third");
+      REQUIRE_FALSE(refused);
+      CHECK(refused.err().code == errc::io_error);
+      CHECK(refused.err().message.find("stopped writing") != std::string::npos);
     }
   }
 }
