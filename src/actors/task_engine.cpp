@@ -57,6 +57,24 @@ std::string snapshot_item(std::string_view engine_state, std::string_view logic_
   return out;
 }
 
+// The same item, the logic's part appended in place by fill(out) (a state of
+// megabytes is not copied once more); its length is patched in after.
+template <class Fill>
+std::string snapshot_item_filled(std::string_view engine_state, Fill&& fill) {
+  std::string out;
+  byte_writer w{out};
+  w.str(snapshot_magic);
+  w.str(engine_state);
+  const auto length_at = out.size();
+  w.u64(0);
+  const auto start = out.size();
+  fill(out, start);
+  std::string length;
+  byte_writer{length}.u64(out.size() - start);
+  out.replace(length_at, length.size(), length);
+  return out;
+}
+
 // Changelog keys of the runtime's own records: a NUL byte, a kind letter, the
 // name. Input keys starting with NUL are refused, so they never collide.
 std::string reserved_key(char kind, std::string_view name) {
@@ -885,25 +903,29 @@ result<void> task_engine::snapshot() {
   // stored snapshot, so the chain starts again with a full one.
   if (snapshot_write_failed_->exchange(false)) deltas_since_full_ = -1;
   const auto started = std::chrono::steady_clock::now();
-  const auto cpu_started = thread_cpu_ms();
-  std::string engine_state, logic_state;
+  const bool timed = log_enabled(log_level::debug);
+  const auto cpu_started = timed ? thread_cpu_ms() : 0.0;
+  std::string engine_state;
   encode_engine_state(engine_state);
   // Written in the background, a chain of deltas is summed up into a full
   // snapshot by the store (compact_later), from the stored bytes and off this
   // thread: the task writes a full snapshot of its live state only to start a
   // chain (or restart a broken one), never to end one.
   const bool compacts = options_.snapshot_in_background && options_.snapshot_deltas_max > 0;
-  bool delta = deltas_since_full_ >= 0 && (compacts || deltas_since_full_ < options_.snapshot_deltas_max) &&
-               logic_->save_changes(logic_state);
-  if (!delta) {
-    logic_state.clear();
-    logic_->save(logic_state);
-  }
-  auto state = snapshot_item(engine_state, logic_state);
-  log(log_level::debug, "runtime", "{}: {} snapshot of {} entities, {} bytes, taken in {:.1f} ms ({:.1f} ms of CPU)",
-      name_, delta ? "delta" : "full", logic_->entity_count(), state.size(),
-      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - started).count(),
-      thread_cpu_ms() - cpu_started);
+  const bool may_delta = deltas_since_full_ >= 0 && (compacts || deltas_since_full_ < options_.snapshot_deltas_max);
+  bool delta = false;
+  auto state = snapshot_item_filled(engine_state, [&](std::string& out, std::size_t start) {
+    delta = may_delta && logic_->save_changes(out);
+    if (!delta) {
+      out.resize(start);
+      logic_->save(out);
+    }
+  });
+  if (timed)
+    log(log_level::debug, "runtime", "{}: {} snapshot of {} entities, {} bytes, taken in {:.1f} ms ({:.1f} ms of CPU)",
+        name_, delta ? "delta" : "full", logic_->entity_count(), state.size(),
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - started).count(),
+        thread_cpu_ms() - cpu_started);
   snapshot_meta meta;
   meta.task = name_;
   meta.changelog_next = changelog_next_;
