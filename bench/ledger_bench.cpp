@@ -276,6 +276,7 @@ struct bench {
       std::vector<std::int64_t> positions;  // clients in ledger.client-balances
       std::vector<std::int64_t> appended;   // the ends of ledger.transactions
       std::vector<std::int64_t> accounts;   // accounts in ledger.transactions
+      std::int64_t sqlite_commits = 0, sync_us = 0;  // the log's group commits so far
     };
     std::vector<sample> samples;
     const noise_meter latency_noise;
@@ -290,7 +291,8 @@ struct bench {
     std::thread watcher([&] {
       while (producing || samples.empty() ||
              committed(log, "clients", "ledger.client-balances") < end_of(log, "ledger.client-balances")) {
-        sample s{now_ms(), {}, {}, {}};
+        const auto grouped = log.commit_stats();
+        sample s{now_ms(), {}, {}, {}, grouped.transactions, grouped.sync_us_total};
         for (std::int32_t p = 0; p < partitions; ++p) {
           s.positions.push_back(log.position("clients", "ledger.client-balances", partition_id{p})->value_or(log_offset{0}).value());
           s.appended.push_back(log.offsets("ledger.transactions", partition_id{p})->end.value());
@@ -386,6 +388,23 @@ struct bench {
                                   values.back());
     }
     std::printf("by second   p50/p99/max ms by the second it was due in:%s\n", seconds_line.c_str());
+    // What the disk did in each second: the mean time a group's SQLite commit
+    // (the WAL written and synced) took. A slow second with quick syncs
+    // waited for the cores instead.
+    std::string syncs_line;
+    for (std::size_t i = 0, second = 0; i < samples.size(); ++second) {
+      const auto end_ms = start_ms + 1000 * static_cast<std::int64_t>(second + 1);
+      std::size_t j = i;
+      while (j + 1 < samples.size() && samples[j + 1].at_ms <= end_ms) ++j;
+      const auto commits = samples[j].sqlite_commits - samples[i].sqlite_commits;
+      if (commits > 0)
+        syncs_line += fmt::format(" {}s:{:.1f}", second,
+                                  static_cast<double>(samples[j].sync_us - samples[i].sync_us) / 1e3 /
+                                    static_cast<double>(commits));
+      if (j == i) break;
+      i = j;
+    }
+    std::printf("syncs       mean ms a group's SQLite commit took, by second:%s\n", syncs_line.c_str());
     std::printf("chain       due to appended: %s; to committed by the accounts stage: %s\n",
                 p50_p99(to_appended).c_str(), p50_p99(to_accounts).c_str());
     std::printf("steps       %lld task commits in the latency phase, %.0f transactions each\n",

@@ -761,7 +761,12 @@ std::vector<result<commit_receipt>> embedded_log::commit_group(const std::vector
     if (out[i])
       for (const auto& [log_id, rows] : group[i]->packed->partitions) records += rows.count;
   own_appended_.fetch_add(records, std::memory_order_release);
-  if (auto r = txn->commit(); !r) {
+  const auto sync_started = std::chrono::steady_clock::now();
+  auto committed = txn->commit();
+  sync_us_total_.fetch_add(
+    std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - sync_started).count(),
+    std::memory_order_relaxed);
+  if (auto& r = committed; !r) {
     own_appended_.fetch_sub(records, std::memory_order_release);
     return fail_all(with_context(std::move(r).err(), "commit"));
   }

@@ -56,6 +56,7 @@ struct group_commit_stats {
   std::int64_t wal_pages_max = 0; ///< the largest the WAL was at a checkpoint, in pages
   std::int64_t hold_us_total = 0; ///< time commits were held off to restart the WAL, in all
   std::int64_t hold_us_max = 0;   ///< ...and the longest hold
+  std::int64_t sync_us_total = 0; ///< time the groups' SQLite commits took (the WAL written and synced), in all
 };
 
 /// What one cleaning pass removed.
@@ -112,7 +113,8 @@ public:
     return {commits_.load(std::memory_order_relaxed), transactions_.load(std::memory_order_relaxed),
             static_cast<std::int64_t>(group_queue_.size()), checkpoints_.load(std::memory_order_relaxed),
             wal_restarts_.load(std::memory_order_relaxed), wal_pages_max_.load(std::memory_order_relaxed),
-            hold_us_total_.load(std::memory_order_relaxed), hold_us_max_.load(std::memory_order_relaxed)};
+            hold_us_total_.load(std::memory_order_relaxed), hold_us_max_.load(std::memory_order_relaxed),
+            sync_us_total_.load(std::memory_order_relaxed)};
   }
 
   struct reader;
@@ -194,6 +196,7 @@ private:
   std::atomic<std::int64_t> wal_restarts_{0};  // made by restart_wal
   std::atomic<std::int64_t> wal_pages_max_{0};
   std::atomic<std::int64_t> hold_us_total_{0}, hold_us_max_{0};  // restart_wal's holds
+  std::atomic<std::int64_t> sync_us_total_{0};                  // the groups' SQLite commits
   bool stopping_ = false;         // GUARDED_BY(checkpoint_mutex_): also stops the watcher
   std::thread checkpointer_;
 
