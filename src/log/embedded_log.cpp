@@ -20,13 +20,23 @@ namespace {
 // 'keel' in ASCII; SQLite's application_id marks the file as ours.
 constexpr std::int64_t application_id = 0x6b65656c;
 // 2: records packed in batches.
-constexpr std::int64_t schema_version = 2;
+// 3: a batch's records in a table of their own (blobs), appended in order.
+constexpr std::int64_t schema_version = 3;
 
 // Records live in batches (see record_batch.hpp), one row per partition per
 // commit, in one rowid table keyed by (log_id << offset_bits) | last offset,
 // where log_id numbers the partition. Reading from offset o of a partition is
 // then one range scan from key (log_id, o): the first row it meets is the batch
 // that holds o.
+//
+// A batch row holds the rowid of its records in `blobs`, not the records.
+// Each commit inserts into the middle of `batches` (at the end of each
+// partition's range), and a B-tree leaf holding the records themselves held
+// one or two rows: nearly every insert split a leaf and rewrote its siblings
+// and parent, four pages written to the WAL for each row on top of its
+// records. The rows of `batches` are small now (about 150 to a leaf), and
+// `blobs` is appended at its right edge, where SQLite adds a page without
+// rebalancing. A trigger deletes a batch's records with its row.
 constexpr int offset_bits = 40;
 constexpr std::int64_t offset_limit = std::int64_t{1} << offset_bits;  // per partition
 constexpr std::int64_t log_id_limit = std::int64_t{1} << (62 - offset_bits);
@@ -55,12 +65,6 @@ CREATE TABLE partitions(
   next_offset INTEGER NOT NULL,
   bytes INTEGER NOT NULL,
   PRIMARY KEY(topic_id, partition)) WITHOUT ROWID;
-CREATE TABLE batches(
-  id INTEGER PRIMARY KEY,
-  first_offset INTEGER NOT NULL,
-  max_timestamp_ms INTEGER NOT NULL,
-  payload_bytes INTEGER NOT NULL,
-  records BLOB NOT NULL);
 CREATE TABLE positions(
   group_name TEXT NOT NULL,
   topic_id INTEGER NOT NULL,
@@ -68,6 +72,51 @@ CREATE TABLE positions(
   next_offset INTEGER NOT NULL,
   PRIMARY KEY(group_name, topic_id, partition)) WITHOUT ROWID;
 )sql";
+
+// The batches, in their own constant: schema 2 is moved into them (migrate_to_3).
+constexpr std::string_view batches_sql = R"sql(
+CREATE TABLE batches(
+  id INTEGER PRIMARY KEY,
+  first_offset INTEGER NOT NULL,
+  max_timestamp_ms INTEGER NOT NULL,
+  payload_bytes INTEGER NOT NULL,
+  blob_id INTEGER NOT NULL);
+CREATE TABLE blobs(
+  id INTEGER PRIMARY KEY,
+  records BLOB NOT NULL);
+CREATE TRIGGER batches_drop_blob AFTER DELETE ON batches BEGIN
+  DELETE FROM blobs WHERE id = old.blob_id;
+END;
+)sql";
+
+/// Moves a schema 2 log's batches into schema 3's tables, in one transaction:
+/// all of it or nothing. The log's records are copied once (a log of a
+/// gigabyte takes tens of seconds), and the space of the old table is free
+/// pages afterwards, which later commits fill.
+result<void> migrate_to_3(sqlite::connection& db, const std::string& path) {
+  auto txn = sqlite::transaction::begin(db);
+  if (!txn) return std::move(txn).err();
+  // Another process may have moved it while we waited for the lock.
+  auto version = db.query_int("PRAGMA user_version");
+  if (!version) return std::move(version).err();
+  if (*version != 2) return ok();
+  auto rows = db.query_int("SELECT count(*) FROM batches");
+  if (!rows) return std::move(rows).err();
+  log(log_level::info, "log", "{}: moving {} batches to log schema 3 (once)", path, *rows);
+  const auto started = std::chrono::steady_clock::now();
+  KEEL_TRY(db.exec("ALTER TABLE batches RENAME TO batches_2"));
+  KEEL_TRY(db.exec(batches_sql));
+  KEEL_TRY(db.exec("INSERT INTO blobs(id, records) "
+                   "SELECT row_number() OVER (ORDER BY id), records FROM batches_2 ORDER BY id"));
+  KEEL_TRY(db.exec("INSERT INTO batches(id, first_offset, max_timestamp_ms, payload_bytes, blob_id) "
+                   "SELECT id, first_offset, max_timestamp_ms, payload_bytes, row_number() OVER (ORDER BY id) "
+                   "FROM batches_2 ORDER BY id"));
+  KEEL_TRY(db.exec(fmt::format("DROP TABLE batches_2; PRAGMA user_version={}", schema_version)));
+  KEEL_TRY(txn->commit());
+  log(log_level::info, "log", "{}: moved to log schema 3 in {} ms", path,
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - started).count());
+  return ok();
+}
 
 std::size_t record_bytes(const record& r) {
   std::size_t n = (r.key ? r.key->size() : 0) + (r.value ? r.value->size() : 0);
@@ -123,12 +172,30 @@ struct embedded_log::lease {
 };
 
 struct embedded_log::writer_statements {
+  sqlite::statement insert_blob;
   sqlite::statement insert_batch;
   sqlite::statement select_partition;
   sqlite::statement update_partition;
   sqlite::statement select_position;
   sqlite::statement upsert_position;
   sqlite::statement savepoint, release, rollback_to;
+
+  /// Inserts batch b of partition log_id, its offsets relative to base: its
+  /// records into blobs, then its row, which names them.
+  result<void> insert(std::int64_t log_id, std::int64_t base, const batch_builder& b) {
+    insert_blob.bind_bytes(1, b.blob());
+    auto stored = insert_blob.step();
+    insert_blob.reset();
+    if (!stored) return std::move(stored).err();
+    insert_batch.bind(1, record_id(log_id, base + b.last_offset()));
+    insert_batch.bind(2, base + b.first_offset());
+    insert_batch.bind(3, b.max_timestamp_ms());
+    insert_batch.bind(4, b.payload_bytes());
+    auto done = insert_batch.step();
+    insert_batch.reset();
+    if (!done) return std::move(done).err();
+    return ok();
+  }
 };
 
 struct embedded_log::pending_commit {
@@ -402,6 +469,7 @@ result<void> embedded_log::initialise() {
     if (!again) return std::move(again).err();
     if (*again == 0) {
       KEEL_TRY(writer_.exec(schema_sql));
+      KEEL_TRY(writer_.exec(batches_sql));
       KEEL_TRY(writer_.exec(fmt::format("PRAGMA application_id={}; PRAGMA user_version={}",
                                         application_id, schema_version)));
     }
@@ -409,6 +477,11 @@ result<void> embedded_log::initialise() {
   }
   auto version = writer_.query_int("PRAGMA user_version");
   if (!version) return std::move(version).err();
+  if (*version == 2) {
+    KEEL_TRY(migrate_to_3(writer_, path));
+    version = writer_.query_int("PRAGMA user_version");
+    if (!version) return std::move(version).err();
+  }
   if (*version != schema_version)
     return make_error(errc::foreign_format,
                       "{} holds keel log schema {}, this keel reads schema {}", path, *version,
@@ -427,8 +500,9 @@ result<void> embedded_log::initialise() {
     into = std::move(*s);
     return ok();
   };
+  KEEL_TRY(prepare(w->insert_blob, "INSERT INTO blobs(records) VALUES (?1)"));
   KEEL_TRY(prepare(w->insert_batch, "INSERT INTO batches(id, first_offset, max_timestamp_ms, "
-                                     "payload_bytes, records) VALUES (?1, ?2, ?3, ?4, ?5)"));
+                                     "payload_bytes, blob_id) VALUES (?1, ?2, ?3, ?4, last_insert_rowid())"));
   KEEL_TRY(prepare(w->select_partition,
                    "SELECT next_offset FROM partitions WHERE topic_id=?1 AND partition=?2"));
   KEEL_TRY(prepare(w->update_partition,
@@ -808,15 +882,7 @@ result<commit_receipt> embedded_log::apply_locked(const commit_batch& batch, con
       return make_error(errc::too_large, "append to {}[{}]: the partition is full at offset {}",
                         rows.topic->spec.name, rows.partition, c.base);
     for (const auto& b : rows.batches) {
-      auto& ins = w.insert_batch;
-      ins.bind(1, record_id(log_id, c.base + b.last_offset()));
-      ins.bind(2, c.base + b.first_offset());
-      ins.bind(3, b.max_timestamp_ms());
-      ins.bind(4, b.payload_bytes());
-      ins.bind_bytes(5, b.blob());
-      auto done = ins.step();
-      ins.reset();
-      if (!done)
+      if (auto done = w.insert(log_id, c.base, b); !done)
         return with_context(std::move(done).err(), fmt::format("append to {}[{}] at offset {}", rows.topic->spec.name,
                                                                rows.partition, c.base + b.first_offset()));
     }
@@ -913,8 +979,8 @@ result<std::unique_ptr<embedded_log::reader>> embedded_log::acquire_reader() {
                                       options_.cache_kib, options_.mmap_bytes));
       !e)
     return fail(std::move(e).err());
-  auto read = r->db.prepare("SELECT first_offset, records FROM batches "
-                            "WHERE id >= ?1 AND id < ?2 ORDER BY id");
+  auto read = r->db.prepare("SELECT b.first_offset, l.records FROM batches b CROSS JOIN blobs l ON l.id = b.blob_id "
+                            "WHERE b.id >= ?1 AND b.id < ?2 ORDER BY b.id");
   auto offsets = r->db.prepare(
     "SELECT start_offset, next_offset FROM partitions WHERE topic_id=?1 AND partition=?2");
   auto position = r->db.prepare("SELECT next_offset FROM positions WHERE group_name=?1 AND "
@@ -1073,7 +1139,8 @@ result<std::int64_t> embedded_log::clean_partition(const topic_info& topic, part
   const std::int64_t lo = record_id(log_id, 0), hi = record_id(log_id + 1, 0);
   auto txn = sqlite::transaction::begin(writer_);
   if (!txn) return std::move(txn).err();
-  auto scan = writer_.prepare("SELECT id, first_offset, records FROM batches WHERE id >= ?1 AND id < ?2 ORDER BY id");
+  auto scan = writer_.prepare("SELECT b.id, b.first_offset, l.records FROM batches b CROSS JOIN blobs l "
+                              "ON l.id = b.blob_id WHERE b.id >= ?1 AND b.id < ?2 ORDER BY b.id");
   if (!scan) return std::move(scan).err();
   scan->bind(1, lo);
   scan->bind(2, hi);
@@ -1144,7 +1211,8 @@ result<std::int64_t> embedded_log::clean_partition(const topic_info& topic, part
   // those holding doomed offsets are rewritten with what stays.
   std::int64_t deleted = 0;
   auto rewrite = [&](std::int64_t id, auto&& keep) -> result<void> {
-    auto sel = writer_.prepare("SELECT first_offset, records FROM batches WHERE id = ?1");
+    auto sel = writer_.prepare("SELECT b.first_offset, l.records FROM batches b CROSS JOIN blobs l "
+                               "ON l.id = b.blob_id WHERE b.id = ?1");
     if (!sel) return std::move(sel).err();
     sel->bind(1, id);
     auto row = sel->step();
@@ -1170,15 +1238,7 @@ result<std::int64_t> embedded_log::clean_partition(const topic_info& topic, part
     del->bind(1, id);
     KEEL_TRY(del->step());
     if (!kept) return ok();
-    auto& ins = write_->insert_batch;
-    ins.bind(1, record_id(log_id, kept->last_offset()));
-    ins.bind(2, kept->first_offset());
-    ins.bind(3, kept->max_timestamp_ms());
-    ins.bind(4, kept->payload_bytes());
-    ins.bind_bytes(5, kept->blob());
-    auto done = ins.step();
-    ins.reset();
-    return done ? ok() : result<void>{std::move(done).err()};
+    return write_->insert(log_id, 0, *kept);
   };
   // The id of the batch holding an offset: the first whose last offset is at or after it.
   auto batch_of = [&](std::int64_t offset) -> result<std::optional<std::int64_t>> {
@@ -1196,7 +1256,8 @@ result<std::int64_t> embedded_log::clean_partition(const topic_info& topic, part
     auto del = writer_.prepare("DELETE FROM batches WHERE id >= ?1 AND id < ?2");
     if (!del) return std::move(del).err();
     // Count the records of the rows about to go by reading them.
-    auto whole = writer_.prepare("SELECT first_offset, records FROM batches WHERE id >= ?1 AND id < ?2");
+    auto whole = writer_.prepare("SELECT b.first_offset, l.records FROM batches b CROSS JOIN blobs l "
+                                 "ON l.id = b.blob_id WHERE b.id >= ?1 AND b.id < ?2");
     if (!whole) return std::move(whole).err();
     whole->bind(1, lo);
     whole->bind(2, record_id(log_id, cut));

@@ -456,6 +456,80 @@ TEST_CASE("everything committed is there after reopening") {
   CHECK(log->verify());
 }
 
+namespace {
+std::int64_t count_rows(const std::string& path, const char* sql) {
+  sqlite3* db = nullptr;
+  REQUIRE(sqlite3_open(path.c_str(), &db) == SQLITE_OK);
+  sqlite3_stmt* stmt = nullptr;
+  REQUIRE(sqlite3_prepare_v2(db, sql, -1, &stmt, nullptr) == SQLITE_OK);
+  REQUIRE(sqlite3_step(stmt) == SQLITE_ROW);
+  const auto n = sqlite3_column_int64(stmt, 0);
+  sqlite3_finalize(stmt);
+  sqlite3_close(db);
+  return n;
+}
+} // namespace
+
+TEST_CASE("a log of schema 2 (records in the batch rows) is moved to schema 3 on open, nothing lost") {
+  test::temp_dir dir;
+  const auto path = dir.file("log.db");
+  std::vector<std::string> before[3];
+  {
+    auto log = open_at(path);
+    REQUIRE(log->create_topic({.name = "t", .partitions = 3}));
+    REQUIRE(log->create_topic({.name = "timed", .partitions = 1, .retention_ms = 1000}));
+    for (int b = 0; b < 10; ++b) {
+      commit_batch batch;
+      for (int i = 0; i < 50; ++i)
+        batch.records.push_back(entry("t", "k" + std::to_string(i), std::string(100 + b * 300, 'a' + i % 26)));
+      batch.records.push_back(entry("timed", "k", std::to_string(b), partition_id{0}, 100 * b));
+      batch.positions.push_back({"g", "t", partition_id{1}, log_offset{b}});
+      REQUIRE(log->commit(batch));
+    }
+    for (int p = 0; p < 3; ++p) before[p] = values_of(*log, "t", p);
+  }
+  // The file as keel wrote it at schema 2: each batch row holds its records.
+  {
+    sqlite3* db = nullptr;
+    REQUIRE(sqlite3_open(path.c_str(), &db) == SQLITE_OK);
+    const char* to_2 =
+      "BEGIN;"
+      "CREATE TABLE batches_2(id INTEGER PRIMARY KEY, first_offset INTEGER NOT NULL, "
+      "max_timestamp_ms INTEGER NOT NULL, payload_bytes INTEGER NOT NULL, records BLOB NOT NULL);"
+      "INSERT INTO batches_2 SELECT b.id, b.first_offset, b.max_timestamp_ms, b.payload_bytes, l.records "
+      "FROM batches b JOIN blobs l ON l.id = b.blob_id;"
+      "DROP TRIGGER batches_drop_blob; DROP TABLE batches; DROP TABLE blobs;"
+      "ALTER TABLE batches_2 RENAME TO batches; PRAGMA user_version=2; COMMIT;";
+    REQUIRE(sqlite3_exec(db, to_2, nullptr, nullptr, nullptr) == SQLITE_OK);
+    sqlite3_close(db);
+  }
+  REQUIRE(count_rows(path, "SELECT count(*) FROM sqlite_master WHERE name = 'blobs'") == 0);
+  const auto batches = count_rows(path, "SELECT count(*) FROM batches");
+  REQUIRE(batches >= 10);
+
+  auto log = open_at(path);
+  CHECK(count_rows(path, "PRAGMA user_version") == 3);
+  CHECK(count_rows(path, "SELECT count(*) FROM blobs") == batches);
+  CHECK(count_rows(path, "SELECT count(*) FROM sqlite_master WHERE name = 'batches_2'") == 0);
+  for (int p = 0; p < 3; ++p) CHECK(values_of(*log, "t", p) == before[p]);
+  CHECK(log->position("g", "t", partition_id{1}).value() == log_offset{9});
+  // Appends go on from the ends; retention takes a batch's records with its row.
+  commit_batch more;
+  more.records.push_back(entry("t", "k0", "after", partition_id{0}));
+  more.records.push_back(entry("timed", "k", "late", partition_id{0}, 5000));
+  REQUIRE(log->commit(more));
+  CHECK(values_of(*log, "t", 0).back() == "after");
+  CHECK(values_of(*log, "t", 0).size() == before[0].size() + 1);
+  auto cleaned = log->clean(5500);
+  REQUIRE(cleaned);
+  CHECK(cleaned->records_deleted == 10);
+  CHECK(values_of(*log, "timed", 0) == std::vector<std::string>{"late"});
+  CHECK(count_rows(path, "SELECT count(*) FROM blobs") == count_rows(path, "SELECT count(*) FROM batches"));
+  CHECK(count_rows(path, "SELECT count(*) FROM batches b LEFT JOIN blobs l ON l.id = b.blob_id "
+                         "WHERE l.id IS NULL") == 0);
+  CHECK(log->verify());
+}
+
 TEST_CASE("two handles on one file (as two processes would) append without clashing") {
   test::temp_dir dir;
   auto a = open_at(dir.file("log.db"));
