@@ -478,7 +478,11 @@ result<void> embedded_log::initialise() {
   auto version = writer_.query_int("PRAGMA user_version");
   if (!version) return std::move(version).err();
   if (*version == 2) {
-    KEEL_TRY(migrate_to_3(writer_, path));
+    if (auto moved = migrate_to_3(writer_, path); !moved)
+      return with_context(std::move(moved).err(),
+                          fmt::format("move {} to log schema 3 (it needs free space about the log's size; "
+                                      "the log is left as it was)",
+                                      path));
     version = writer_.query_int("PRAGMA user_version");
     if (!version) return std::move(version).err();
   }
