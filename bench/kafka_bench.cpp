@@ -180,8 +180,17 @@ struct bench {
 int main(int argc, char** argv) {
   bench b;
   std::string delivery = "both";
-  for (int i = 1; i + 1 < argc; i += 2) {
+  auto usage = [] {
+    std::fprintf(stderr, "usage: kafka_bench [--transactions N] [--accounts N] [--clients N] [--partitions N] "
+                         "[--batch N] [--delivery exactly_once|at_least_once|both]\n");
+  };
+  for (int i = 1; i < argc; i += 2) {
     std::string_view a = argv[i];
+    if (i + 1 == argc) {
+      std::fprintf(stderr, "kafka_bench: %s needs a value\n", argv[i]);
+      usage();
+      return 2;
+    }
     if (a == "--transactions") b.transactions = std::atoll(argv[i + 1]);
     else if (a == "--accounts") b.accounts = std::atoll(argv[i + 1]);
     else if (a == "--clients") b.clients = std::atoll(argv[i + 1]);
@@ -189,8 +198,7 @@ int main(int argc, char** argv) {
     else if (a == "--batch") b.batch = static_cast<std::size_t>(std::atoll(argv[i + 1]));
     else if (a == "--delivery") delivery = argv[i + 1];
     else {
-      std::fprintf(stderr, "usage: kafka_bench [--transactions N] [--accounts N] [--clients N] [--partitions N] "
-                           "[--batch N] [--delivery exactly_once|at_least_once|both]\n");
+      usage();
       return 2;
     }
   }

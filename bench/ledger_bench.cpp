@@ -444,8 +444,25 @@ struct bench {
 
 int main(int argc, char** argv) {
   bench b;
-  for (int i = 1; i + 1 < argc; i += 2) {
+  auto usage = [](std::FILE* out) {
+    std::fprintf(out, "usage: ledger_bench [--transactions N] [--accounts N] [--clients N] "
+                      "[--synchronous normal|full] [--partitions N] [--batch N] [--dir DIR] "
+                      "[--snapshots background|inline] [--snapshot-every EVENTS] [--mmap-bytes N] "
+                      "[--checkpoint-pages N] [--writeback-piece-bytes N] [--fetch-min-records N] "
+                      "[--fetch-max-wait-ms MS] [--scheduler sharing|stealing] [--latency-rate TX_PER_S] "
+                      "[--log debug|info|warn|error]\n");
+  };
+  for (int i = 1; i < argc; i += 2) {
     std::string_view a = argv[i];
+    if (a == "--help" || a == "-h") {
+      usage(stdout);
+      return 0;
+    }
+    if (i + 1 == argc) {
+      std::fprintf(stderr, "ledger_bench: %s needs a value\n", argv[i]);
+      usage(stderr);
+      return 2;
+    }
     if (a == "--transactions") b.transactions = std::atoll(argv[i + 1]);
     else if (a == "--accounts") b.accounts = std::atoll(argv[i + 1]);
     else if (a == "--clients") b.clients = std::atoll(argv[i + 1]);
@@ -474,11 +491,8 @@ int main(int argc, char** argv) {
       if (!m) die(m.err());
       b.sync = *m;
     } else {
-      std::fprintf(stderr, "usage: ledger_bench [--transactions N] [--accounts N] [--clients N] "
-                           "[--synchronous normal|full] [--partitions N] [--batch N] [--dir DIR] "
-                           "[--snapshots background|inline] [--snapshot-every EVENTS] [--mmap-bytes N] [--checkpoint-pages N] [--writeback-piece-bytes N] "
-                           "[--fetch-min-records N] [--fetch-max-wait-ms MS] [--scheduler sharing|stealing] "
-                           "[--latency-rate TX_PER_S] [--log debug|info|warn|error]\n");
+      std::fprintf(stderr, "ledger_bench: unknown option %s\n", argv[i]);
+      usage(stderr);
       return 2;
     }
   }

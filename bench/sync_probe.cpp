@@ -110,14 +110,22 @@ int main(int argc, char** argv) {
   std::string dir = "/tmp", pieces = "0 256 1024";
   int seconds = 10;
   long checkpoint_mib = 16;
-  for (int i = 1; i + 1 < argc; i += 2) {
+  auto usage = [] {
+    std::fprintf(stderr, "usage: sync_probe [--dir DIR] [--seconds S] [--checkpoint-mib M] [--pieces \"0 256 1024\"]\n");
+  };
+  for (int i = 1; i < argc; i += 2) {
     const std::string a = argv[i];
+    if (i + 1 == argc) {
+      std::fprintf(stderr, "sync_probe: %s needs a value\n", argv[i]);
+      usage();
+      return 2;
+    }
     if (a == "--dir") dir = argv[i + 1];
     else if (a == "--seconds") seconds = std::atoi(argv[i + 1]);
     else if (a == "--checkpoint-mib") checkpoint_mib = std::atol(argv[i + 1]);
     else if (a == "--pieces") pieces = argv[i + 1];
     else {
-      std::fprintf(stderr, "usage: sync_probe [--dir DIR] [--seconds S] [--checkpoint-mib M] [--pieces \"0 256 1024\"]\n");
+      usage();
       return 2;
     }
   }
