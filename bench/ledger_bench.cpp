@@ -101,6 +101,27 @@ private:
   sample start_;
 };
 
+/// What this process has written so far (/proc/self/io): bytes passed to
+/// write calls (wchar), the calls (syscw), and bytes sent on to the disk.
+struct io_counters {
+  std::int64_t wchar = 0, syscw = 0, write_bytes = 0;
+  static io_counters now() {
+    io_counters c;
+    if (std::FILE* f = std::fopen("/proc/self/io", "r")) {
+      char name[32];
+      long long v = 0;
+      while (std::fscanf(f, "%31[^:]: %lld\n", name, &v) == 2) {
+        const std::string_view n{name};
+        if (n == "wchar") c.wchar = v;
+        else if (n == "syscw") c.syscw = v;
+        else if (n == "write_bytes") c.write_bytes = v;
+      }
+      std::fclose(f);
+    }
+    return c;
+  }
+};
+
 /// CPU time of this process (every thread), user and system.
 double cpu_seconds() {
   rusage u{};
@@ -281,6 +302,7 @@ struct bench {
     std::vector<sample> samples;
     const noise_meter latency_noise;
     const double latency_cpu = cpu_seconds();
+    const auto latency_io = io_counters::now();
     auto task_commits = [&] {
       std::int64_t n = 0;
       for (const auto& st : (*rt)->status()) n += st.commits_total;
@@ -326,6 +348,8 @@ struct bench {
     producing = false;
     watcher.join();
     const double latency_cpu_s = cpu_seconds() - latency_cpu;  // with the sampler's, a thread polling every ms
+    const auto io_end = io_counters::now();
+    const double drained_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     const auto latency_commits = task_commits() - latency_commits_before;
     // Each balance change: from its booking time (when it was due to be
     // appended) to the first sample whose committed position is past it.
@@ -407,6 +431,13 @@ struct bench {
     std::printf("syncs       mean ms a group's SQLite commit took, by second:%s\n", syncs_line.c_str());
     std::printf("chain       due to appended: %s; to committed by the accounts stage: %s\n",
                 p50_p99(to_appended).c_str(), p50_p99(to_accounts).c_str());
+    std::printf("io          %.0f MB/s passed to write calls (%.0f calls/s), %.0f MB/s sent to the disk, %.0f bytes "
+                "written a transaction\n",
+                static_cast<double>(io_end.wchar - latency_io.wchar) / 1e6 / drained_s,
+                static_cast<double>(io_end.syscw - latency_io.syscw) / drained_s,
+                static_cast<double>(io_end.write_bytes - latency_io.write_bytes) / 1e6 / drained_s,
+                static_cast<double>(io_end.wchar - latency_io.wchar) /
+                  static_cast<double>(std::max<std::int64_t>(1, latency_transactions)));
     std::printf("steps       %lld task commits in the latency phase, %.0f transactions each\n",
                 static_cast<long long>(latency_commits),
                 static_cast<double>(latency_transactions) / static_cast<double>(std::max<std::int64_t>(1, latency_commits)));
