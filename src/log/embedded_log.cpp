@@ -354,18 +354,15 @@ void embedded_log::restart_wal(sqlite::connection& db, paced_sync* paced) {
   // Copy back, without holding anyone off, what was committed during the
   // checkpoint just made: less is left to copy under the hold.
   if (checkpoint(db, paced, size, copied) != SQLITE_OK) return;
-  // Started over meanwhile (the last restart's first commit came after the
-  // checkpoint that asked for this one): nothing to hold anyone off for.
-  if (size < wal_restart_pages()) return;
   std::lock_guard hold{writer_mutex_};
-  // How long commits were held off, counted however the attempt ends.
+  // How long commits were held off, counted however the attempt ends, and
+  // where the time went: waiting for readers, copying (and syncing) the
+  // rest, waiting for readers again.
   struct count_hold {
     embedded_log& log;
+    const int& copied;
     std::chrono::steady_clock::time_point at = std::chrono::steady_clock::now();
-    // Where the hold went: waiting for readers, copying (and syncing) the
-    // rest, waiting for readers again.
     double readers_ms = 0, copy_ms = 0, again_ms = 0;
-    int copied = 0;
     ~count_hold() {
       const auto us = std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - at).count();
       log.hold_us_total_.fetch_add(us, std::memory_order_relaxed);
@@ -375,24 +372,19 @@ void embedded_log::restart_wal(sqlite::connection& db, paced_sync* paced) {
                 "back and synced in {:.1f} ms, readers again {:.1f} ms)",
                 log.options_.path, static_cast<double>(us) / 1e3, readers_ms, copied, copy_ms, again_ms);
     }
-  } counted{*this};
-  constexpr auto wait = std::chrono::milliseconds{20};
-  auto since = [](std::chrono::steady_clock::time_point t) {
-    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t).count();
+  } counted{*this, copied};
+  // Runs one part of the hold, its wall time into `ms`.
+  auto timed = [](double& ms, auto&& part) {
+    const auto started = std::chrono::steady_clock::now();
+    const auto r = part();
+    ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - started).count();
+    return r;
   };
-  auto t = std::chrono::steady_clock::now();
-  const bool drained = drain_readers(wait);
-  counted.readers_ms = since(t);
-  if (!drained) return;
-  t = std::chrono::steady_clock::now();
-  const int rc = checkpoint(db, paced, size, copied, true);
-  counted.copy_ms = since(t);
-  counted.copied = copied;
-  if (rc != SQLITE_OK || copied != size) return;
-  t = std::chrono::steady_clock::now();
-  const bool again = drain_readers(wait);
-  counted.again_ms = since(t);
-  if (again) wal_restarts_.fetch_add(1, std::memory_order_relaxed);
+  constexpr auto wait = std::chrono::milliseconds{20};
+  if (!timed(counted.readers_ms, [&] { return drain_readers(wait); })) return;
+  if (timed(counted.copy_ms, [&] { return checkpoint(db, paced, size, copied, true); }) != SQLITE_OK || copied != size)
+    return;
+  if (timed(counted.again_ms, [&] { return drain_readers(wait); })) wal_restarts_.fetch_add(1, std::memory_order_relaxed);
 }
 
 void embedded_log::start_watcher() {
